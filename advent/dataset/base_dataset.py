@@ -1,0 +1,266 @@
+"""What every loader shares (data stage): list files, file checks, image and label preprocessing.
+
+An item is `(image, label, shape, name)`, as in the original ADVENT loaders:
+  image  float32 C x H x W: opened, converted to RGB, resized to the input size
+         (width, height) with PIL bicubic, reversed to BGR, minus the BGR mean
+         (SPEC section 4: no /255, no std, no crop, no flip);
+  label  int64 H x W of train ids (255 = ignored): resized with PIL nearest to the
+         label size BEFORE the ids are mapped; all 255 when the dataset has no labels;
+  shape  np.array(image.shape);
+  name   the list entry.
+User mistakes (missing root, list or files, undecodable files) raise a one-line UserError.
+"""
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils import data
+
+from advent.dataset.class_info import IGNORE_LABEL
+from advent.utils.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def read_list(list_path):
+    """The non-empty, stripped lines of a split list file."""
+    try:
+        text = Path(list_path).read_text()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise UserError(f"list file {list_path} not found") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise UserError(f"list file {list_path} is empty")
+    return names
+
+
+def repeat_for_iters(names, max_iters):
+    """The list repeated ceil(max_iters / len) times (the original's way of running max_iters items)."""
+    if max_iters is None:
+        return list(names)
+    return list(names) * int(np.ceil(float(max_iters) / len(names)))
+
+
+def missing_files(paths):
+    """Those of `paths` that do not exist, found with one listing per folder rather than a stat per file."""
+    listings = {}
+    missing = []
+    for path in paths:
+        folder, name = os.path.split(os.fspath(path))
+        if folder not in listings:
+            try:
+                listings[folder] = set(os.listdir(folder or "."))
+            except (FileNotFoundError, NotADirectoryError):
+                listings[folder] = set()
+        if name not in listings[folder]:
+            missing.append(Path(path))
+    return missing
+
+
+def check_present(paths, what, list_path):
+    """Raise a UserError naming the first missing file and how many are missing."""
+    unique = list(dict.fromkeys(paths))
+    missing = missing_files(unique)
+    if missing:
+        raise UserError(f"{len(missing)} of {len(unique)} {what} named in {list_path} are missing; "
+                        f"first: {missing[0]}")
+
+
+def pseudo_label_name(name):
+    """File name of the pseudo-label of list entry `name`: the image's file name, as a .png."""
+    return Path(name).with_suffix(".png").name
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def open_image(path, what="image"):
+    """Open and decode an image file with PIL; a missing or undecodable file is a UserError."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} not found") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise UserError(f"cannot decode {what} {path}: {_first_line(error)}") from None
+    return image
+
+
+def image_size(path, what="image"):
+    """(width, height) from the file header only (no decoding)."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} not found") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise UserError(f"cannot decode {what} {path}: {_first_line(error)}") from None
+
+
+def rgb_pixels(image, size):
+    """A PIL image converted to RGB, resized to `size` (width, height) bicubic, float32 H x W x 3."""
+    return np.asarray(image.convert("RGB").resize(tuple(size), Image.BICUBIC), dtype=np.float32)
+
+
+def load_image(path, size):
+    return rgb_pixels(open_image(path), size)
+
+
+def preprocess(image, mean):
+    """float32 RGB H x W x 3 -> BGR minus `mean` (BGR order) -> contiguous 3 x H x W."""
+    image = image[:, :, ::-1] - np.asarray(mean, dtype=np.float32)
+    return np.ascontiguousarray(image.transpose(2, 0, 1))
+
+
+def open_label(path):
+    """An 8-bit label image whose pixel values are ids: palette indices are read, never colours."""
+    image = open_image(path, "label")
+    if image.mode not in ("L", "P"):
+        raise UserError(f"label {path} is a {image.mode} image; expected 8-bit ids (grayscale or palette)")
+    return image
+
+
+def resize_ids(image, size):
+    """Nearest-neighbour resize of an id image to `size` (width, height), as a uint8 array."""
+    return np.asarray(image.resize(tuple(size), Image.NEAREST), dtype=np.uint8)
+
+
+class BaseDataset(data.Dataset):
+    """Loader skeleton: subclasses give the layout (`get_metadata`) and the id lookup (`label_lookup`).
+
+    load_labels: True (labels required), False (never touch a label file; labels are all 255)
+    or 'auto' (labels when every label file of the list exists, else none). A non-empty
+    `pseudo_label_dir` takes the labels from there instead: one 8-bit PNG of train ids per
+    image, named `pseudo_label_name(entry)`, not mapped. `check_files=False` skips the
+    presence checks (check_data counts files itself). `has_labels` says which case holds.
+    """
+    DATASET = "dataset"
+    LAYOUT = ""
+    RAW_LABEL_IDS = tuple(range(34))  # the Cityscapes label ids
+    RAW_LABEL_DESCRIPTION = "Cityscapes label ids 0..33"
+
+    def __init__(self, root, list_path, set_, max_iters, image_size, labels_size, mean,
+                 load_labels=True, pseudo_label_dir="", check_files=True):
+        self.root = Path(root)
+        self.set = set_
+        self.image_size = tuple(int(v) for v in image_size)
+        self.labels_size = self.image_size if labels_size is None else tuple(int(v) for v in labels_size)
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.pseudo_label_dir = str(pseudo_label_dir or "")
+        self.list_path = str(list_path).format(set_) if list_path else ""
+        self.check_root()
+        names = self.read_names()
+        self.img_ids = repeat_for_iters(names, max_iters)
+        unique = list(dict.fromkeys(names))
+        images, labels = zip(*(self.get_metadata(n) for n in unique))
+        if self.pseudo_label_dir:
+            labels = [self.pseudo_label_path(n) for n in unique]
+        if check_files:
+            check_present(images, "images", self.list_source())
+        self.has_labels = self._decide_labels(load_labels, labels, check_files)
+        paths = {n: (image, label) for n, image, label in zip(unique, images, labels)}
+        self.files = [(*paths[name], name) for name in self.img_ids]
+
+    # --- layout (subclasses) ---
+    def get_metadata(self, name):
+        """(image path, ground-truth label path) of list entry `name`."""
+        raise NotImplementedError
+
+    @property
+    def label_lookup(self):
+        """256-entry int64 table: raw label id -> train id."""
+        raise NotImplementedError
+
+    @property
+    def num_classes(self):
+        return self.info.num_classes
+
+    def check_root(self):
+        if not self.root.is_dir():
+            raise UserError(f"{self.DATASET} root {self.root} not found; expected {self.LAYOUT}")
+
+    def read_names(self):
+        return read_list(self.list_path)
+
+    def list_source(self):
+        return self.list_path
+
+    def image_path(self, name):
+        return Path(self.get_metadata(name)[0])
+
+    def gt_label_path(self, name):
+        return Path(self.get_metadata(name)[1])
+
+    def pseudo_label_path(self, name):
+        return Path(self.pseudo_label_dir) / pseudo_label_name(name)
+
+    def label_path(self, name):
+        """Where this dataset's labels come from: the pseudo-label folder when set, else ground truth."""
+        return self.pseudo_label_path(name) if self.pseudo_label_dir else self.gt_label_path(name)
+
+    def _decide_labels(self, load_labels, paths, check_files):
+        if load_labels is False:
+            return False
+        if self.pseudo_label_dir and not Path(self.pseudo_label_dir).is_dir():
+            raise UserError(f"pseudo-label folder {self.pseudo_label_dir} not found")
+        if load_labels == "auto":
+            missing = missing_files(paths)
+            if missing:
+                log.info("%s %s: %d of %d label files missing (first: %s); running without labels",
+                         self.DATASET, self.set, len(missing), len(paths), missing[0])
+            return not missing
+        if check_files:
+            what = "pseudo-labels" if self.pseudo_label_dir else "label files"
+            check_present(paths, what, self.list_source())
+        return True
+
+    # --- items ---
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, index):
+        img_file, label_file, name = self.files[index]
+        image = self.get_image(img_file)
+        label = self.get_label(label_file) if self.has_labels else self.empty_label()
+        return image, label, np.array(image.shape), name
+
+    def get_image(self, path):
+        return preprocess(load_image(path, self.image_size), self.mean)
+
+    def empty_label(self):
+        width, height = self.labels_size
+        return np.full((height, width), IGNORE_LABEL, dtype=np.int64)
+
+    def open_label(self, path):
+        """The raw ids of a label file as an 8-bit PIL image ('L' or 'P')."""
+        return open_label(path)
+
+    def read_label_ids(self, path):
+        """The raw ids of a label file, full size and unmapped (check_data samples these)."""
+        return np.asarray(self.open_label(path), dtype=np.uint8)
+
+    def expected_label_ids(self):
+        """(allowed raw values, description) of this dataset's label files."""
+        if self.pseudo_label_dir:
+            ids = tuple(range(self.num_classes)) + (IGNORE_LABEL,)
+            return ids, f"train ids 0..{self.num_classes - 1} and 255"
+        return self.RAW_LABEL_IDS, self.RAW_LABEL_DESCRIPTION
+
+    def get_label(self, path):
+        if self.pseudo_label_dir:
+            return self.get_pseudo_label(path)
+        return self.label_lookup[resize_ids(self.open_label(path), self.labels_size)]
+
+    def get_pseudo_label(self, path):
+        """Train ids as written by esl.py: resized, not mapped; other values are a UserError."""
+        label = resize_ids(open_label(path), self.labels_size).astype(np.int64)
+        bad = (label >= self.num_classes) & (label != IGNORE_LABEL)
+        if bad.any():
+            values = np.unique(label[bad])[:5].tolist()
+            raise UserError(f"pseudo-label {path} holds values {values} outside the train ids "
+                            f"0..{self.num_classes - 1} and 255")
+        return label

@@ -1,0 +1,143 @@
+"""Class lists (data stage): names, colours and id -> train-id tables read from an info json.
+
+An info json (cityscapes_list/info.json, info16.json, info7.json; the original ADVENT
+info.json reads too) holds:
+  "classes": C, "label": [C names], "palette": [C [r, g, b]],
+  "label2train": [[label id, train id], ...]  (Cityscapes label ids; unlisted ids -> 255),
+and optionally "mapillary_groups": {class name: [Mapillary v1.2 class names]} with
+"mapillary_ignored": [names deliberately ignored] (the 7-class setting).
+"""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from advent.utils.errors import UserError
+
+IGNORE_LABEL = 255
+LIST_DIR = Path(__file__).resolve().parent / "cityscapes_list"
+INFO_PATH = LIST_DIR / "info.json"
+INFO16_PATH = LIST_DIR / "info16.json"
+INFO7_PATH = LIST_DIR / "info7.json"
+
+
+@dataclass(frozen=True, eq=False)
+class ClassInfo:
+    """The classes a model predicts and how dataset ids map onto them.
+
+    label2train: 256-entry int64 lookup, Cityscapes label id -> train id (255 = ignored).
+    train2label: int64 array, train id -> its Cityscapes label id, or None when the
+        mapping is not one-to-one (7 classes): for writing Cityscapes *_labelIds.png.
+    mapillary_groups: Mapillary class name -> train id ({} when the json has none).
+    """
+    path: str
+    names: tuple
+    palette: tuple
+    label2train: np.ndarray
+    train2label: object = None
+    mapillary_groups: dict = field(default_factory=dict)
+    mapillary_ignored: tuple = ()
+    note: str = ""
+
+    @property
+    def num_classes(self):
+        return len(self.names)
+
+
+def load_class_info(path, num_classes=None):
+    """Read and validate an info json; `num_classes` (e.g. cfg.NUM_CLASSES) must match when given."""
+    data = _read_json(path)
+    names = _names(data, path)
+    if num_classes is not None and len(names) != num_classes:
+        raise UserError(f"class info {path} describes {len(names)} classes, "
+                        f"but {num_classes} are expected (NUM_CLASSES)")
+    label2train = _label2train(data, path, len(names))
+    groups = data.get("mapillary_groups", {})
+    return ClassInfo(
+        path=str(path),
+        names=names,
+        palette=_palette(data, path, len(names)),
+        label2train=label2train,
+        train2label=_train2label(label2train, len(names)),
+        mapillary_groups=_mapillary_groups(groups, names, path),
+        mapillary_ignored=tuple(data.get("mapillary_ignored", ())),
+        note=str(data.get("note", "")),
+    )
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"class info file {path} not found") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"class info {path}:{error.lineno}: not valid JSON ({error.msg})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"class info {path}: expected a JSON object at the top level")
+    for key in ("label", "palette", "label2train"):
+        if key not in data:
+            raise UserError(f"class info {path} has no '{key}' entry")
+    return data
+
+
+def _names(data, path):
+    names = tuple(str(name) for name in data["label"])
+    declared = data.get("classes", len(names))
+    if declared != len(names):
+        raise UserError(f"class info {path}: 'classes' is {declared} but 'label' lists {len(names)} names")
+    if len(names) < 2:
+        raise UserError(f"class info {path}: needs at least 2 classes, got {len(names)}")
+    return names
+
+
+def _palette(data, path, num_classes):
+    palette = data["palette"]
+    if len(palette) != num_classes:
+        raise UserError(f"class info {path}: 'palette' has {len(palette)} colours for {num_classes} classes")
+    try:
+        return tuple(tuple(int(c) for c in colour) for colour in palette)
+    except (TypeError, ValueError):
+        raise UserError(f"class info {path}: 'palette' entries must be [r, g, b] lists") from None
+
+
+def _label2train(data, path, num_classes):
+    lookup = np.full(256, IGNORE_LABEL, dtype=np.int64)
+    for pair in data["label2train"]:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise UserError(f"class info {path}: 'label2train' entries must be [label id, train id], "
+                            f"got {pair!r}")
+        label_id, train_id = int(pair[0]), int(pair[1])
+        if label_id < 0:
+            continue  # Cityscapes' license plate (-1) never occurs in an 8-bit label file
+        if label_id > 255 or not (0 <= train_id < num_classes or train_id == IGNORE_LABEL):
+            raise UserError(f"class info {path}: 'label2train' entry {pair!r} is out of range "
+                            f"(label ids 0..255, train ids 0..{num_classes - 1} or 255)")
+        lookup[label_id] = train_id
+    return lookup
+
+
+def _train2label(label2train, num_classes):
+    """train id -> label id, when every train id comes from exactly one label id."""
+    result = np.zeros(num_classes, dtype=np.int64)
+    for train_id in range(num_classes):
+        sources = np.flatnonzero(label2train == train_id)
+        if len(sources) != 1:
+            return None
+        result[train_id] = sources[0]
+    return result
+
+
+def _mapillary_groups(groups, names, path):
+    """{group name: [Mapillary names]} -> {Mapillary name: train id}."""
+    result = {}
+    for group, members in groups.items():
+        if group not in names:
+            raise UserError(f"class info {path}: mapillary_groups names '{group}', "
+                            f"which is not one of its classes ({', '.join(names)})")
+        for member in members:
+            if member in result:
+                raise UserError(f"class info {path}: Mapillary class '{member}' is in two groups")
+            result[member] = names.index(group)
+    return result

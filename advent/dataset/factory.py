@@ -1,0 +1,107 @@
+"""The one dataset factory of train.py, esl.py and test.py (data stage).
+
+get_source_dataset(cfg)          labelled source (GTA5 or SYNTHIA) at TRAIN.INPUT_SIZE_SOURCE.
+get_target_dataset(cfg, stage)   target (Cityscapes or Mapillary) for stage
+    'train': no labels (unsupervised), or ESL pseudo-labels from PSEUDO_LABEL_DIRECTORY_TARGET
+             at TRAIN.INPUT_SIZE_TARGET when that is set;
+    'test':  ground truth required, at TEST.OUTPUT_SIZE_TARGET;
+    'esl':   ground truth at ESL.OUTPUT_SIZE_TARGET when every label file of the split exists
+             (for the pseudo-label quality report), else none (has_labels False).
+get_class_info(cfg, stage)       the class names / palette / id tables used by that stage.
+List files: DATA_LIST_* with '{}' replaced by the split. Left at their (GTA5 / Cityscapes)
+defaults, a SYNTHIA source reads the shipped synthia_list and a Mapillary target lists the
+images of its split folder.
+"""
+import logging
+from pathlib import Path
+
+from advent.dataset.cityscapes import CityscapesDataSet
+from advent.dataset.class_info import ClassInfo, load_class_info
+from advent.dataset.gta5 import GTA5DataSet
+from advent.dataset.mapillary import MapillaryDataSet
+from advent.dataset.synthia import SYNDataSet
+from advent.domain_adaptation.config import get_default_cfg
+
+__all__ = ["ClassInfo", "get_class_info", "get_source_dataset", "get_target_dataset", "load_class_info"]
+log = logging.getLogger(__name__)
+
+SOURCES = {"GTA": GTA5DataSet, "SYNTHIA": SYNDataSet}
+TARGETS = {"Cityscapes": CityscapesDataSet, "Mapillary": MapillaryDataSet}
+STAGES = ("train", "test", "esl")
+SYNTHIA_LIST = Path(__file__).resolve().parent / "synthia_list" / "{}.txt"
+
+
+def stage_section(cfg, stage):
+    """cfg.TRAIN, cfg.TEST or cfg.ESL for stage 'train', 'test' or 'esl'."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    return {"train": cfg.TRAIN, "test": cfg.TEST, "esl": cfg.ESL}[stage]
+
+
+def source_info_path(cfg):
+    return cfg.TRAIN.INFO_SOURCE or cfg.TRAIN.INFO_TARGET
+
+
+def get_class_info(cfg, stage):
+    """Class info of `stage` ('source', 'train', 'test' or 'esl'), checked against cfg.NUM_CLASSES."""
+    path = source_info_path(cfg) if stage == "source" else stage_section(cfg, stage).INFO_TARGET
+    return load_class_info(path, cfg.NUM_CLASSES)
+
+
+def source_list_template(cfg):
+    """DATA_LIST_SOURCE; for SYNTHIA the GTA5 default means the shipped SYNTHIA list."""
+    if cfg.SOURCE == "SYNTHIA" and cfg.DATA_LIST_SOURCE == get_default_cfg().DATA_LIST_SOURCE:
+        return str(SYNTHIA_LIST)
+    return cfg.DATA_LIST_SOURCE
+
+
+def target_list_template(cfg):
+    """DATA_LIST_TARGET; for Mapillary the Cityscapes default means 'every image of the split'."""
+    if cfg.TARGET == "Mapillary" and cfg.DATA_LIST_TARGET == get_default_cfg().DATA_LIST_TARGET:
+        return ""
+    return cfg.DATA_LIST_TARGET
+
+
+def get_source_dataset(cfg, max_iters=None, check_files=True):
+    """The labelled source training set."""
+    dataset_class = SOURCES[cfg.SOURCE]
+    return dataset_class(cfg.DATA_DIRECTORY_SOURCE, source_list_template(cfg), set=cfg.TRAIN.SET_SOURCE,
+                         max_iters=max_iters, crop_size=cfg.TRAIN.INPUT_SIZE_SOURCE,
+                         mean=cfg.TRAIN.IMG_MEAN, info_path=source_info_path(cfg),
+                         num_classes=cfg.NUM_CLASSES, check_files=check_files)
+
+
+def target_label_mode(cfg, stage):
+    """(load_labels, labels_size, pseudo_label_dir) of the target set for `stage`."""
+    section = stage_section(cfg, stage)
+    if stage == "train":
+        return bool(cfg.PSEUDO_LABEL_DIRECTORY_TARGET), section.INPUT_SIZE_TARGET, \
+            cfg.PSEUDO_LABEL_DIRECTORY_TARGET
+    if stage == "test":
+        return True, section.OUTPUT_SIZE_TARGET, ""
+    return "auto", section.OUTPUT_SIZE_TARGET, ""
+
+
+def get_target_dataset(cfg, stage, max_iters=None, check_files=True):
+    """The target set of `stage` ('train', 'test' or 'esl'); see the module docstring for labels.
+
+    `check_files=False` skips the presence checks (for check_data, which counts files itself).
+    """
+    section = stage_section(cfg, stage)
+    load_labels, labels_size, pseudo_dir = target_label_mode(cfg, stage)
+    if cfg.TARGET == "Mapillary":
+        _warn_aspect(section.INPUT_SIZE_TARGET, labels_size, stage)
+    dataset_class = TARGETS[cfg.TARGET]
+    return dataset_class(cfg.DATA_DIRECTORY_TARGET, target_list_template(cfg), set=section.SET_TARGET,
+                         max_iters=max_iters, crop_size=section.INPUT_SIZE_TARGET, mean=section.IMG_MEAN,
+                         load_labels=load_labels, info_path=section.INFO_TARGET, labels_size=labels_size,
+                         pseudo_label_dir=pseudo_dir, num_classes=cfg.NUM_CLASSES,
+                         check_files=check_files)
+
+
+def _warn_aspect(input_size, labels_size, stage):
+    # Padded Mapillary canvases line up only when input and label sizes share one aspect ratio.
+    if input_size[0] * labels_size[1] != input_size[1] * labels_size[0]:
+        log.warning("Mapillary %s: input size %s and label size %s differ in aspect ratio; the padded "
+                    "image and label canvases will not line up", stage, list(input_size), list(labels_size))
+

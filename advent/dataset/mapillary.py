@@ -1,0 +1,136 @@
+"""Mapillary Vistas v1.2 loader (the target of the 7-class GTA5/SYNTHIA -> Mapillary setting).
+
+Layout: config.json (`{"labels": [{"name": ..., "readable": ..., "color": [r, g, b]}, ...]}`;
+the position in that list is the palette index used in the label files),
+{split}/images/*.jpg and {split}/labels/*.png (8-bit palette indices). Without a list file the
+split is every image of {split}/images, sorted. Class names are grouped into the model's
+classes by the class info's `mapillary_groups` (info7.json), looked up BY NAME, so any class
+order in config.json maps correctly; unlisted names are ignored (255).
+
+Images differ in size and aspect ratio, so, as the original, an image is resized keeping its
+aspect ratio to fit inside the input size (bicubic) and placed at the top-left of the
+input-size canvas; the label likewise inside the label size (nearest) and padded with 255
+(ignored). Deliberate change: the padding is the mean colour, i.e. exactly 0 after mean
+subtraction (the original padded with black, which became -mean). Pseudo-labels, written on
+the padded canvas by esl.py, are only resized. Use input and label sizes of one aspect ratio
+so that the padded canvases line up.
+"""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from advent.dataset.base_dataset import BaseDataset, open_image, preprocess, read_list, resize_ids, \
+    rgb_pixels
+from advent.dataset.class_info import IGNORE_LABEL, INFO7_PATH, load_class_info
+from advent.utils.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def fit_size(size, box):
+    """The largest (width, height) of `size`'s aspect ratio inside `box` (as the original: floor)."""
+    (width, height), (box_width, box_height) = size, box
+    if width * box_height > box_width * height:  # wider than the box: the width fits
+        return box_width, max(1, int(height * box_width / width))
+    return max(1, int(width * box_height / height)), box_height
+
+
+def pad_to(array, size, fill):
+    """Place `array` (.. x h x w) at the top-left of a (.. x H x W) canvas filled with `fill`."""
+    width, height = size
+    canvas = np.full(array.shape[:-2] + (height, width), fill, dtype=array.dtype)
+    canvas[..., :array.shape[-2], :array.shape[-1]] = array
+    return canvas
+
+
+def read_mapillary_labels(root):
+    """The 'labels' list of the dataset's config.json."""
+    path = Path(root) / "config.json"
+    try:
+        labels = json.loads(path.read_text())["labels"]
+    except FileNotFoundError:
+        raise UserError(f"Mapillary class list {path} not found") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{path}: expected a JSON object with a 'labels' list") from None
+    if not isinstance(labels, list) or not all(isinstance(e, dict) and "name" in e for e in labels):
+        raise UserError(f"{path}: every entry of 'labels' must be an object with a 'name'")
+    if len(labels) > 256:
+        raise UserError(f"{path}: {len(labels)} classes do not fit 8-bit label files")
+    return labels
+
+
+def mapillary_lookup(labels, info, root):
+    """256-entry table: palette index -> train id, by class name; unknown names -> 255."""
+    lookup = np.full(256, IGNORE_LABEL, dtype=np.int64)
+    for index, entry in enumerate(labels):
+        lookup[index] = info.mapillary_groups.get(entry["name"], IGNORE_LABEL)
+    if (lookup == IGNORE_LABEL).all():
+        raise UserError(f"{Path(root) / 'config.json'}: none of its class names is grouped by {info.path}")
+    return lookup
+
+
+class MapillaryDataSet(BaseDataset):
+    DATASET = "Mapillary"
+    LAYOUT = "config.json, {split}/images/*.jpg and {split}/labels/*.png"
+
+    def __init__(self, root, list_path="", set="validation", max_iters=None, crop_size=(321, 321),
+                 mean=(128, 128, 128), load_labels=True, info_path=INFO7_PATH, labels_size=None,
+                 pseudo_label_dir="", num_classes=None, check_files=True):
+        self.info = load_class_info(info_path, num_classes)
+        if not self.info.mapillary_groups:
+            raise UserError(f"class info {info_path} has no 'mapillary_groups'; the Mapillary target "
+                            f"needs one, e.g. {INFO7_PATH}")
+        self._lookup = None
+        super().__init__(root, list_path, set, max_iters, crop_size, labels_size, mean,
+                         load_labels=load_labels, pseudo_label_dir=pseudo_label_dir,
+                         check_files=check_files)
+        if self.has_labels and not self.pseudo_label_dir:
+            self._lookup = mapillary_lookup(self.class_list(), self.info, self.root)
+
+    def class_list(self):
+        return read_mapillary_labels(self.root)
+
+    def read_names(self):
+        if self.list_path:
+            return read_list(self.list_path)
+        folder = self.root / self.set / "images"
+        try:
+            names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES))
+        except (FileNotFoundError, NotADirectoryError):
+            raise UserError(f"Mapillary split folder {folder} not found; expected {self.LAYOUT}") from None
+        if not names:
+            raise UserError(f"Mapillary split folder {folder} holds no image")
+        return names
+
+    def list_source(self):
+        return self.list_path or str(self.root / self.set / "images")
+
+    def get_metadata(self, name):
+        split = self.root / self.set
+        return split / "images" / name, split / "labels" / Path(name).with_suffix(".png")
+
+    @property
+    def label_lookup(self):
+        if self._lookup is None:
+            self._lookup = mapillary_lookup(self.class_list(), self.info, self.root)
+        return self._lookup
+
+    def expected_label_ids(self):
+        if self.pseudo_label_dir:
+            return super().expected_label_ids()
+        count = len(self.class_list())
+        return tuple(range(count)), f"the {count} class indices of config.json"
+
+    def get_image(self, path):
+        image = open_image(path)
+        pixels = rgb_pixels(image, fit_size(image.size, self.image_size))
+        return pad_to(preprocess(pixels, self.mean), self.image_size, 0.0)
+
+    def get_label(self, path):
+        if self.pseudo_label_dir:
+            return self.get_pseudo_label(path)
+        image = self.open_label(path)
+        ids = resize_ids(image, fit_size(image.size, self.labels_size))
+        return pad_to(self.label_lookup[ids], self.labels_size, IGNORE_LABEL)

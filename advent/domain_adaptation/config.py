@@ -1,0 +1,328 @@
+"""Configuration: every default in one place, and a strict merge of a YAML file over them.
+
+`cfg_from_file(path)` is the only way a YAML file changes the configuration:
+an unknown key, a value of the wrong type or an invalid choice stops with one
+line naming the key and the file. Relative paths in a YAML file are taken as
+relative to advent/scripts/ (the original README runs the scripts from there),
+so a shipped config works from any working directory.
+"""
+import copy
+import difflib
+import os.path as osp
+
+import numpy as np
+import yaml
+from easydict import EasyDict
+
+from advent import PROJECT_ROOT
+from advent.utils.errors import UserError
+
+SCRIPTS_DIR = PROJECT_ROOT / "advent" / "scripts"
+DATASET_DIR = PROJECT_ROOT / "advent" / "dataset"
+IMG_MEAN = np.array((104.00698793, 116.66876762, 122.67891434), dtype=np.float32)
+
+_C = EasyDict()
+_C.SOURCE = "GTA"
+_C.TARGET = "Cityscapes"
+_C.NUM_WORKERS = 4
+_C.DATA_LIST_SOURCE = str(DATASET_DIR / "gta5_list" / "{}.txt")
+_C.DATA_LIST_TARGET = str(DATASET_DIR / "cityscapes_list" / "{}.txt")
+_C.DATA_DIRECTORY_SOURCE = str(PROJECT_ROOT / "data" / "GTA5")
+_C.DATA_DIRECTORY_TARGET = str(PROJECT_ROOT / "data" / "Cityscapes")
+_C.PSEUDO_LABEL_DIRECTORY_TARGET = ""  # non-empty: train with these target pseudo-labels (ESL)
+_C.NUM_CLASSES = 19
+_C.EXP_NAME = ""  # '' -> {SOURCE}2{TARGET}_{TRAIN.MODEL}_{TRAIN.DA_METHOD}
+_C.EXP_ROOT = str(PROJECT_ROOT / "experiments")
+_C.EXP_ROOT_SNAPSHOT = ""  # '' -> EXP_ROOT/snapshots
+_C.EXP_ROOT_LOGS = ""  # '' -> EXP_ROOT/logs
+_C.GPU_ID = 0
+
+_C.TRAIN = EasyDict()
+_C.TRAIN.SET_SOURCE = "all"
+_C.TRAIN.SET_TARGET = "train"
+_C.TRAIN.BATCH_SIZE_SOURCE = 1
+_C.TRAIN.BATCH_SIZE_TARGET = 1
+_C.TRAIN.IGNORE_LABEL = 255
+_C.TRAIN.INPUT_SIZE_SOURCE = (1280, 720)  # (width, height)
+_C.TRAIN.INPUT_SIZE_TARGET = (1024, 512)
+_C.TRAIN.INFO_SOURCE = ""  # '' -> TRAIN.INFO_TARGET (source and target share the class list)
+_C.TRAIN.INFO_TARGET = str(DATASET_DIR / "cityscapes_list" / "info.json")
+_C.TRAIN.MODEL = "DeepLabv2"
+_C.TRAIN.MULTI_LEVEL = True
+_C.TRAIN.RESTORE_FROM = ""
+_C.TRAIN.IMG_MEAN = IMG_MEAN.copy()
+_C.TRAIN.LEARNING_RATE = 2.5e-4
+_C.TRAIN.MOMENTUM = 0.9
+_C.TRAIN.WEIGHT_DECAY = 0.0005
+_C.TRAIN.POWER = 0.9
+_C.TRAIN.LAMBDA_SEG_MAIN = 1.0
+_C.TRAIN.LAMBDA_SEG_AUX = 0.1
+# Faithful to the original optimiser, which updated most backbone parameters 3x per step
+# (README: "Optimiser fidelity").
+_C.TRAIN.REPEAT_BACKBONE_UPDATES = True
+_C.TRAIN.DA_METHOD = "AdvEnt"  # 'SourceOnly', 'MinEnt' or 'AdvEnt'
+_C.TRAIN.LEARNING_RATE_D = 1e-4
+_C.TRAIN.LAMBDA_ADV_MAIN = 0.001
+_C.TRAIN.LAMBDA_ADV_AUX = 0.0002
+_C.TRAIN.LAMBDA_ENT_MAIN = 0.001
+_C.TRAIN.LAMBDA_ENT_AUX = 0.0002
+_C.TRAIN.MAX_ITERS = 250000
+_C.TRAIN.EARLY_STOP = 120000
+_C.TRAIN.SAVE_PRED_EVERY = 2000
+_C.TRAIN.SNAPSHOT_DIR = ""  # '' -> EXP_ROOT_SNAPSHOT/EXP_NAME
+_C.TRAIN.RANDOM_SEED = 1234
+_C.TRAIN.TENSORBOARD_LOGDIR = ""  # '' -> EXP_ROOT_LOGS/tensorboard/EXP_NAME
+_C.TRAIN.TENSORBOARD_VIZRATE = 100
+_C.TRAIN.AMP = "none"  # 'none', 'bf16' or 'fp16'
+
+_C.TEST = EasyDict()
+_C.TEST.MODE = "best"  # 'best' or 'single'
+_C.TEST.MODEL = ("DeepLabv2",)
+_C.TEST.MODEL_WEIGHT = (1.0,)
+_C.TEST.MULTI_LEVEL = (True,)
+_C.TEST.IMG_MEAN = IMG_MEAN.copy()
+_C.TEST.RESTORE_FROM = ("",)
+_C.TEST.SNAPSHOT_DIR = ("",)  # '' -> EXP_ROOT_SNAPSHOT/EXP_NAME
+_C.TEST.SNAPSHOT_STEP = 2000
+_C.TEST.SNAPSHOT_MAXITER = 120000
+_C.TEST.SET_TARGET = "val"
+_C.TEST.BATCH_SIZE_TARGET = 1
+_C.TEST.INPUT_SIZE_TARGET = (1024, 512)
+_C.TEST.OUTPUT_SIZE_TARGET = (2048, 1024)
+_C.TEST.INFO_TARGET = str(DATASET_DIR / "cityscapes_list" / "info.json")
+_C.TEST.WAIT_MODEL = True
+_C.TEST.WAIT_TIMEOUT = 86400  # seconds 'best' mode waits for a snapshot still being trained
+_C.TEST.SAVE_PREDICTIONS = False
+_C.TEST.AMP = "none"
+
+_C.ESL = EasyDict()
+_C.ESL.METHOD = "entropy"  # 'entropy' (ESL) or 'maxprob' (the MPSL baseline)
+_C.ESL.THRESHOLD = 0.1  # entropy thresholds are raised to at least this
+_C.ESL.MAXPROB_THRESHOLD = 0.9  # max-probability thresholds are lowered to at most this
+_C.ESL.RESTORE_FROM = ""
+_C.ESL.MODEL = "DeepLabv2"
+_C.ESL.MULTI_LEVEL = True
+_C.ESL.IMG_MEAN = IMG_MEAN.copy()
+_C.ESL.SET_TARGET = "train"
+_C.ESL.BATCH_SIZE_TARGET = 1
+_C.ESL.INPUT_SIZE_TARGET = (1024, 512)
+_C.ESL.OUTPUT_SIZE_TARGET = (1024, 512)
+_C.ESL.INFO_TARGET = str(DATASET_DIR / "cityscapes_list" / "info.json")
+_C.ESL.WAIT_MODEL = True
+_C.ESL.MAX_MEDIAN_BATCH = 3000
+_C.ESL.AMP = "none"
+
+# The importable global of the original; prefer a fresh copy from get_default_cfg().
+cfg = copy.deepcopy(_C)
+
+PATH_KEYS = {
+    "DATA_LIST_SOURCE", "DATA_LIST_TARGET", "DATA_DIRECTORY_SOURCE", "DATA_DIRECTORY_TARGET",
+    "PSEUDO_LABEL_DIRECTORY_TARGET", "EXP_ROOT", "EXP_ROOT_SNAPSHOT", "EXP_ROOT_LOGS",
+    "TRAIN.INFO_SOURCE", "TRAIN.INFO_TARGET", "TRAIN.RESTORE_FROM", "TRAIN.SNAPSHOT_DIR",
+    "TRAIN.TENSORBOARD_LOGDIR", "TEST.RESTORE_FROM", "TEST.SNAPSHOT_DIR", "TEST.INFO_TARGET",
+    "ESL.RESTORE_FROM", "ESL.INFO_TARGET",
+}
+CHOICES = {
+    "SOURCE": ("GTA", "SYNTHIA"),
+    "TARGET": ("Cityscapes", "Mapillary"),
+    "TRAIN.DA_METHOD": ("SourceOnly", "MinEnt", "AdvEnt"),
+    "TEST.MODE": ("best", "single"),
+    "ESL.METHOD": ("entropy", "maxprob"),
+    "TRAIN.AMP": ("none", "bf16", "fp16"),
+    "TEST.AMP": ("none", "bf16", "fp16"),
+    "ESL.AMP": ("none", "bf16", "fp16"),
+}
+MODELS = ("DeepLabv2", "DeepLabv2-R50", "DeepLabv2-Tiny")
+SIZE_KEYS = ("TRAIN.INPUT_SIZE_SOURCE", "TRAIN.INPUT_SIZE_TARGET", "TEST.INPUT_SIZE_TARGET",
+             "TEST.OUTPUT_SIZE_TARGET", "ESL.INPUT_SIZE_TARGET", "ESL.OUTPUT_SIZE_TARGET")
+PER_MODEL_TEST_KEYS = ("TEST.MODEL", "TEST.MODEL_WEIGHT", "TEST.MULTI_LEVEL", "TEST.RESTORE_FROM")
+
+
+def get_default_cfg():
+    """A fresh copy of the defaults, independent of the module-level `cfg`."""
+    return copy.deepcopy(_C)
+
+
+def cfg_from_file(filename, config=None):
+    """Merge the YAML file `filename` into `config` (the global `cfg` by default) and return it."""
+    config = cfg if config is None else config
+    try:
+        with open(filename) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {filename}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{filename}:{mark.line + 1}" if mark is not None else str(filename)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UserError(f"{where}: YAML syntax error: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{filename}: the top level must be a mapping of keys, got {type_name(data)}")
+    _merge(data, config, filename, prefix="")
+    check_cfg(config, filename)
+    return config
+
+
+def type_name(value):
+    if isinstance(value, dict):
+        return "mapping"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "list"
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+def _all_keys(config, prefix=""):
+    for key, value in config.items():
+        yield prefix + key
+        if isinstance(value, dict):
+            yield from _all_keys(value, prefix + key + ".")
+
+
+def _merge(data, config, filename, prefix):
+    for key, value in data.items():
+        full_key = f"{prefix}{key}"
+        if key not in config:
+            close = difflib.get_close_matches(full_key, list(_all_keys(_C)), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise UserError(f"{filename}: unknown config key {full_key}{hint}")
+        default = config[key]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise _type_error(filename, full_key, "mapping", value)
+            _merge(value, default, filename, full_key + ".")
+            continue
+        value = _coerce(value, default, full_key, filename)
+        if full_key in PATH_KEYS:
+            value = _resolve_path(value)
+        config[key] = value
+
+
+def _type_error(filename, key, expected, value):
+    return UserError(f"{filename}: {key} expects {expected}, got {type_name(value)} ({value!r})")
+
+
+def _coerce(value, default, key, filename):
+    """Return `value` converted to the type of `default`, or raise a UserError naming `key`."""
+    if isinstance(default, (tuple, list, np.ndarray)):
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(filename, key, "list", value)
+        if isinstance(default, np.ndarray):
+            if len(value) != len(default):
+                raise UserError(f"{filename}: {key} expects a list of {len(default)} numbers, "
+                                f"got {len(value)}")
+            items = [_coerce(v, float(default[0]), f"{key}[{i}]", filename) for i, v in enumerate(value)]
+            return np.array(items, dtype=default.dtype)
+        if len(default) == 0:
+            return tuple(value)
+        return tuple(_coerce(v, default[0], f"{key}[{i}]", filename) for i, v in enumerate(value))
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise _type_error(filename, key, "bool", value)
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _type_error(filename, key, "int", value)
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads '1e-4' (no dot) as a string: accept any text float() accepts.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise _type_error(filename, key, "float", value)
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        raise _type_error(filename, key, "str", value)
+    raise AssertionError(f"no coercion for default {default!r} of {key}")
+
+
+def _resolve_path(value):
+    """Make a relative path from a YAML file absolute, relative to advent/scripts/."""
+    if isinstance(value, tuple):
+        return tuple(_resolve_path(v) for v in value)
+    if value == "":
+        return value
+    value = osp.expanduser(value)
+    if osp.isabs(value):
+        return value
+    return osp.normpath(osp.join(SCRIPTS_DIR, value))
+
+
+def _get(config, full_key):
+    value = config
+    for part in full_key.split("."):
+        value = value[part]
+    return value
+
+
+def check_cfg(config, filename="config"):
+    """Reject values of the right type that no run can use (bad choices, sizes, lengths)."""
+    for key, allowed in CHOICES.items():
+        value = _get(config, key)
+        if value not in allowed:
+            raise UserError(f"{filename}: {key} is {value!r}; expected one of {', '.join(allowed)}")
+    for key in ("TRAIN.MODEL", "ESL.MODEL"):
+        _check_model(_get(config, key), key, filename)
+    for i, model in enumerate(config.TEST.MODEL):
+        _check_model(model, f"TEST.MODEL[{i}]", filename)
+    for key in SIZE_KEYS:
+        size = _get(config, key)
+        if len(size) != 2 or min(size) <= 0:
+            raise UserError(f"{filename}: {key} must be [width, height] with positive values, got {list(size)}")
+    lengths = {key: len(_get(config, key)) for key in PER_MODEL_TEST_KEYS}
+    if len(set(lengths.values())) != 1:
+        listed = ", ".join(f"{k} has {n}" for k, n in lengths.items())
+        raise UserError(f"{filename}: the per-model TEST lists must have one entry per model ({listed})")
+    if config.NUM_CLASSES < 2:
+        raise UserError(f"{filename}: NUM_CLASSES must be at least 2, got {config.NUM_CLASSES}")
+    for key in ("TRAIN.SAVE_PRED_EVERY", "TRAIN.MAX_ITERS", "TRAIN.EARLY_STOP", "TEST.SNAPSHOT_STEP",
+                "ESL.MAX_MEDIAN_BATCH", "TRAIN.BATCH_SIZE_SOURCE", "TRAIN.BATCH_SIZE_TARGET",
+                "TEST.BATCH_SIZE_TARGET", "ESL.BATCH_SIZE_TARGET"):
+        if _get(config, key) <= 0:
+            raise UserError(f"{filename}: {key} must be positive, got {_get(config, key)}")
+
+
+def _check_model(name, key, filename):
+    if name not in MODELS:
+        raise UserError(f"{filename}: {key} is {name!r}; expected one of {', '.join(MODELS)}")
+
+
+def derive_paths(config, exp_suffix=""):
+    """Fill EXP_NAME and the snapshot / log folders left empty, as the original scripts did."""
+    if config.EXP_NAME == "":
+        config.EXP_NAME = f"{config.SOURCE}2{config.TARGET}_{config.TRAIN.MODEL}_{config.TRAIN.DA_METHOD}"
+    if exp_suffix:
+        config.EXP_NAME += f"_{exp_suffix}"
+    if config.EXP_ROOT_SNAPSHOT == "":
+        config.EXP_ROOT_SNAPSHOT = osp.join(config.EXP_ROOT, "snapshots")
+    if config.EXP_ROOT_LOGS == "":
+        config.EXP_ROOT_LOGS = osp.join(config.EXP_ROOT, "logs")
+    if config.TRAIN.SNAPSHOT_DIR == "":
+        config.TRAIN.SNAPSHOT_DIR = osp.join(config.EXP_ROOT_SNAPSHOT, config.EXP_NAME)
+    if config.TRAIN.TENSORBOARD_LOGDIR == "":
+        config.TRAIN.TENSORBOARD_LOGDIR = osp.join(config.EXP_ROOT_LOGS, "tensorboard", config.EXP_NAME)
+    if config.TEST.SNAPSHOT_DIR[0] == "":
+        config.TEST.SNAPSHOT_DIR = (osp.join(config.EXP_ROOT_SNAPSHOT, config.EXP_NAME),) + tuple(
+            config.TEST.SNAPSHOT_DIR[1:])
+    return config
+
+
+def cfg_to_dict(config):
+    """Plain dicts, lists and scalars (for saving the resolved config as YAML or JSON)."""
+    if isinstance(config, dict):
+        return {key: cfg_to_dict(value) for key, value in config.items()}
+    if isinstance(config, (tuple, list)):
+        return [cfg_to_dict(value) for value in config]
+    if isinstance(config, np.ndarray):
+        return [float(v) for v in config]
+    if isinstance(config, np.generic):
+        return config.item()
+    return config

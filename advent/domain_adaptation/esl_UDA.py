@@ -1,0 +1,241 @@
+"""ESL stage: stream the target split through a trained model and write entropy-filtered
+pseudo-labels (or max-probability-filtered ones, the MPSL baseline).
+
+Images are processed in consecutive groups of ESL.MAX_MEDIAN_BATCH (a short last group is
+just shorter). Per group, three passes over the images:
+  1. model inference; each image's label and score maps are spilled to a temporary folder
+     and the high bits of the scores are counted per class;
+  2. the spilled maps are read back to count the low bits inside each class's chosen bin,
+     which gives the exact per-class threshold (pseudo_labels.PerClassSelector);
+  3. the thresholds are applied and one 8-bit PNG is written per image.
+Memory does not grow with the number of images (the original held float64 maps of every
+image in memory, about 25 GB for Cityscapes train). The labels are written into a staging
+folder that replaces the output folder only once complete, so a crash or a kill leaves
+the previous pseudo-labels as they were.
+"""
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from advent.dataset import get_class_info, pseudo_label_name
+from advent.domain_adaptation.pseudo_labels import (
+    PerClassSelector, apply_thresholds, finish_thresholds, predict_with_confidence,
+)
+from advent.utils.errors import UserError
+from advent.utils.func import fast_hist, per_class_iu
+from advent.utils.serialization import atomic_path, json_dump
+
+log = logging.getLogger(__name__)
+REPORT_NAME = "esl_report.json"
+
+
+def group_bounds(num_images, group_size):
+    """Consecutive [start, stop) ranges of at most `group_size` images; the last may be shorter."""
+    return [(start, min(start + group_size, num_images)) for start in range(0, num_images, group_size)]
+
+
+@contextmanager
+def staged_output(output_dir):
+    """Yield a fresh staging folder beside `output_dir` that replaces it on success.
+
+    Raises a UserError at once when the output folder cannot be written.
+    """
+    if not str(output_dir):
+        raise UserError("PSEUDO_LABEL_DIRECTORY_TARGET is empty: set it to the folder for the pseudo-labels")
+    final = Path(output_dir).resolve()
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+    except OSError as error:
+        raise UserError(f"cannot write pseudo-labels to {output_dir}: {error.strerror}") from None
+    if final.exists() and not os.access(final, os.W_OK):
+        shutil.rmtree(staging)
+        raise UserError(f"cannot write pseudo-labels to {output_dir}: permission denied")
+    try:
+        yield staging
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class MapSpill:
+    """Per-image label / score / ground-truth maps of one group, kept on disk, not in memory."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.folder.mkdir()
+
+    def put(self, index, label, score, gt):
+        with open(self.folder / f"{index}.npy", "wb") as f:
+            for array in (label, score, gt):
+                np.save(f, array)
+
+    def get(self, index):
+        with open(self.folder / f"{index}.npy", "rb") as f:
+            return tuple(np.load(f) for _ in range(3))
+
+    def remove(self, index):
+        os.remove(self.folder / f"{index}.npy")
+
+
+class QualityStats:
+    """Counts for the report: predicted and kept pixels per class, and with ground truth the
+    confusion of all predictions and of the kept pseudo-labels against it."""
+
+    def __init__(self, num_classes):
+        self.num_classes = num_classes
+        self.predicted = np.zeros(num_classes, np.int64)
+        self.kept = np.zeros(num_classes, np.int64)
+        self.hist_all = np.zeros((num_classes, num_classes), np.int64)
+        self.hist_kept = np.zeros((num_classes, num_classes), np.int64)
+
+    def update(self, label, pseudo, gt):
+        self.predicted += np.bincount(label.ravel(), minlength=256)[:self.num_classes]
+        self.kept += np.bincount(pseudo.ravel(), minlength=256)[:self.num_classes]
+        if gt is not None:
+            self.hist_all += fast_hist(gt, label, self.num_classes)
+            kept = pseudo != 255
+            self.hist_kept += fast_hist(gt[kept], pseudo[kept], self.num_classes)
+
+
+def generate_pseudo_labels(model, dataset, cfg, output_dir, device):
+    """Write the pseudo-labels of every image of `dataset` into `output_dir`; return the report."""
+    esl = cfg.ESL
+    num_classes = cfg.NUM_CLASSES
+    stats = QualityStats(num_classes)
+    groups = []
+    with staged_output(output_dir) as staging:
+        for start, stop in group_bounds(len(dataset), esl.MAX_MEDIAN_BATCH):
+            spill = MapSpill(staging / ".spill")
+            names, thresholds = _threshold_group(model, dataset, range(start, stop), spill, cfg, device)
+            _write_group(names, spill, thresholds, esl.METHOD, staging, stats, dataset.has_labels)
+            shutil.rmtree(spill.folder)
+            groups.append({"images": [start, stop], "thresholds": thresholds.tolist()})
+        report = build_report(cfg, stats, groups, dataset.has_labels, len(dataset))
+        json_dump(report, staging / REPORT_NAME)
+    return report
+
+
+def _threshold_group(model, dataset, indices, spill, cfg, device):
+    """Passes 1 and 2 over one group: spill the maps, select the exact per-class thresholds.
+
+    Returns the image names of the group and the thresholds."""
+    esl = cfg.ESL
+    names = []
+    selector = PerClassSelector(cfg.NUM_CLASSES)
+    loader = DataLoader(Subset(dataset, indices), batch_size=esl.BATCH_SIZE_TARGET, shuffle=False,
+                        num_workers=cfg.NUM_WORKERS, pin_memory=device.type == "cuda")
+    for image, gt, _, batch_names in tqdm(loader, desc=f"ESL images {indices.start}-{indices.stop} (model)"):
+        logits = _main_logits(model, image.to(device, non_blocking=True), esl.AMP)
+        label, score = predict_with_confidence(logits, esl.OUTPUT_SIZE_TARGET, esl.METHOD)
+        label, score = label.to(torch.uint8).cpu(), score.cpu()
+        selector.count_high(label, score)
+        for i, name in enumerate(batch_names):
+            gt_map = gt[i].numpy().astype(np.uint8) if dataset.has_labels else np.zeros(0, np.uint8)
+            spill.put(len(names), label[i].numpy(), score[i].numpy(), gt_map)
+            names.append(name)
+    selector.choose_bins()
+    for index in tqdm(range(len(names)), desc="ESL thresholds"):
+        label, score, _ = spill.get(index)
+        selector.count_low(torch.from_numpy(label), torch.from_numpy(score))
+    return names, finish_thresholds(selector.kth_values(), selector.counts(), esl.METHOD,
+                                    floor=esl.THRESHOLD, cap=esl.MAXPROB_THRESHOLD)
+
+
+@torch.no_grad()
+def _main_logits(model, image, amp):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    with torch.autocast(image.device.type, dtype=dtype, enabled=dtype is not None):
+        _, main = model(image)
+    if not bool(torch.isfinite(main).all()):
+        raise UserError("the model produced non-finite logits (NaN or inf): check ESL.RESTORE_FROM")
+    return main.float()
+
+
+def _write_group(names, spill, thresholds, method, folder, stats, has_labels):
+    """Pass 3: apply the thresholds and write one PNG per image."""
+    for index, name in enumerate(tqdm(names, desc="ESL writing")):
+        label, score, gt = spill.get(index)
+        pseudo = apply_thresholds(torch.from_numpy(label), torch.from_numpy(score), thresholds, method)
+        pseudo = pseudo.numpy().astype(np.uint8)
+        with atomic_path(folder / pseudo_label_name(name)) as tmp:
+            Image.fromarray(pseudo).save(tmp, format="PNG")
+        stats.update(label, pseudo, gt if has_labels else None)
+        spill.remove(index)
+
+
+def build_report(cfg, stats, groups, has_labels, num_images):
+    """Per-class thresholds and kept fractions; with ground truth, pseudo-label accuracy and mIoU."""
+    names = _class_names(cfg)
+    thresholds = np.array([g["thresholds"] for g in groups])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kept_fraction = stats.kept / stats.predicted
+        classes = [{"name": names[c], "threshold": float(thresholds[:, c].mean()),
+                    "predicted_pixels": int(stats.predicted[c]), "kept_pixels": int(stats.kept[c]),
+                    "kept_fraction": _number(kept_fraction[c])} for c in range(cfg.NUM_CLASSES)]
+        report = {"method": cfg.ESL.METHOD, "images": num_images, "output_size": list(cfg.ESL.OUTPUT_SIZE_TARGET),
+                  "kept_fraction": _number(stats.kept.sum() / stats.predicted.sum()),
+                  "groups": groups, "classes": classes}
+        if has_labels:
+            accuracy_kept = np.diag(stats.hist_kept) / stats.hist_kept.sum(0)
+            accuracy_all = np.diag(stats.hist_all) / stats.hist_all.sum(0)
+            for c, entry in enumerate(classes):
+                entry["accuracy_kept"] = _number(accuracy_kept[c])
+                entry["accuracy_all"] = _number(accuracy_all[c])
+                entry["iou_kept"] = _number(per_class_iu(stats.hist_kept)[c])
+            report["accuracy_kept"] = _number(np.diag(stats.hist_kept).sum() / stats.hist_kept.sum())
+            report["accuracy_all"] = _number(np.diag(stats.hist_all).sum() / stats.hist_all.sum())
+            report["mIoU_kept"] = _number(np.nanmean(per_class_iu(stats.hist_kept)))
+            report["mIoU_all"] = _number(np.nanmean(per_class_iu(stats.hist_all)))
+    return report
+
+
+def _number(value):
+    """A float for JSON, None where the quantity is undefined (0/0)."""
+    value = float(value)
+    return None if np.isnan(value) else value
+
+
+def _class_names(cfg):
+    return list(get_class_info(cfg, "esl").names)
+
+
+def format_report(report):
+    """The report as a table: one row per class, then the totals."""
+    with_gt = "accuracy_kept" in report
+    header = f"{'class':<15}{'threshold':>10}{'kept %':>9}"
+    if with_gt:
+        header += f"{'acc kept %':>12}{'acc all %':>11}"
+    lines = [header]
+    for entry in report["classes"]:
+        row = f"{entry['name']:<15}{entry['threshold']:>10.4f}{_percent(entry['kept_fraction']):>9}"
+        if with_gt:
+            row += f"{_percent(entry['accuracy_kept']):>12}{_percent(entry['accuracy_all']):>11}"
+        lines.append(row)
+    total = f"{'all':<15}{'':>10}{_percent(report['kept_fraction']):>9}"
+    if with_gt:
+        total += f"{_percent(report['accuracy_kept']):>12}{_percent(report['accuracy_all']):>11}"
+        lines += [total, f"mIoU of kept pseudo-labels = {_percent(report['mIoU_kept'])} "
+                         f"(all predictions: {_percent(report['mIoU_all'])})"]
+    else:
+        lines.append(total)
+    if len(report["groups"]) > 1:
+        lines.append(f"thresholds: mean over {len(report['groups'])} groups (per group in {REPORT_NAME})")
+    return "\n".join(lines)
+
+
+def _percent(value):
+    return "-" if value is None else f"{100 * value:.2f}"

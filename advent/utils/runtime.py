@@ -1,0 +1,33 @@
+"""What every script does first: load the config, pick the device, seed the generators."""
+import logging
+import random
+
+import numpy as np
+import torch
+
+from advent.domain_adaptation.config import cfg_from_file, derive_paths, get_default_cfg
+
+log = logging.getLogger(__name__)
+
+
+def load_config(path, exp_suffix=""):
+    """A fresh config: defaults, then the YAML file (strict), then the derived names and folders."""
+    return derive_paths(cfg_from_file(path, get_default_cfg()), exp_suffix)
+
+
+def select_device(gpu_id=0):
+    """cuda:GPU_ID when CUDA is available, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", gpu_id)
+    return torch.device("cpu")
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def setup_logging():
+    logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -1,0 +1,53 @@
+"""JSON / YAML reading and atomic writing (no pickle anywhere)."""
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; on success fsync it and rename it over `path`.
+
+    A crash or a kill before the rename leaves `path` as it was: never a truncated file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def json_load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def json_dump(data, path):
+    """Write `data` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+
+
+def yaml_load(path):
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def yaml_dump(data, path):
+    """Write `data` (plain dicts, lists and scalars) as YAML, atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            yaml.safe_dump(data, f, sort_keys=False, default_flow_style=None)

@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny datasets in the real on-disk formats (see fake_data.py), one per test."""
+import pytest
+
+from fake_data import make_fake_cfg, write_cityscapes, write_gta5, write_mapillary, write_synthia
+
+
+@pytest.fixture
+def fake_gta5(tmp_path):
+    """4 GTA5 pairs, 64x32, under tmp_path/GTA5 (FakeSplit; list at .list_path)."""
+    return write_gta5(tmp_path / "GTA5", 4)
+
+
+@pytest.fixture
+def fake_cityscapes(tmp_path):
+    """Cityscapes under tmp_path/Cityscapes: {'train': FakeSplit, 'val': FakeSplit};
+    4 labelled images each."""
+    root = tmp_path / "Cityscapes"
+    return {"train": write_cityscapes(root, "train", ("aachen", "bochum"), 2, seed=1),
+            "val": write_cityscapes(root, "val", ("frankfurt", "lindau"), 2, seed=2)}
+
+
+@pytest.fixture
+def fake_synthia(tmp_path):
+    """3 SYNTHIA pairs, 64x32, 16-bit 3-channel labels, under tmp_path/SYNTHIA."""
+    return write_synthia(tmp_path / "SYNTHIA", 3)
+
+
+@pytest.fixture
+def fake_mapillary(tmp_path):
+    """Mapillary 'validation' split of 3 images of mixed aspect ratios, under tmp_path/Mapillary."""
+    return write_mapillary(tmp_path / "Mapillary", "validation")
+
+
+@pytest.fixture
+def fake_cfg(tmp_path):
+    """(cfg, written): GTA5 -> Cityscapes, 19 classes, every size 64x32, over fake data in tmp_path."""
+    return make_fake_cfg(tmp_path)

@@ -1,0 +1,153 @@
+"""The config module: SPEC defaults, strict merge, path resolution, derived names."""
+import numpy as np
+import pytest
+
+from advent.domain_adaptation.config import (
+    SCRIPTS_DIR, cfg_from_file, cfg_to_dict, derive_paths, get_default_cfg,
+)
+from advent.utils.errors import UserError
+from advent.utils.serialization import yaml_dump
+
+SPEC_DEFAULTS = {
+    "SOURCE": "GTA", "TARGET": "Cityscapes", "NUM_WORKERS": 4, "PSEUDO_LABEL_DIRECTORY_TARGET": "",
+    "NUM_CLASSES": 19, "EXP_NAME": "", "GPU_ID": 0,
+    "TRAIN.SET_SOURCE": "all", "TRAIN.SET_TARGET": "train", "TRAIN.BATCH_SIZE_SOURCE": 1,
+    "TRAIN.BATCH_SIZE_TARGET": 1, "TRAIN.IGNORE_LABEL": 255, "TRAIN.INPUT_SIZE_SOURCE": (1280, 720),
+    "TRAIN.INPUT_SIZE_TARGET": (1024, 512), "TRAIN.MODEL": "DeepLabv2", "TRAIN.MULTI_LEVEL": True,
+    "TRAIN.RESTORE_FROM": "", "TRAIN.LEARNING_RATE": 2.5e-4, "TRAIN.MOMENTUM": 0.9,
+    "TRAIN.WEIGHT_DECAY": 5e-4, "TRAIN.POWER": 0.9, "TRAIN.LAMBDA_SEG_MAIN": 1.0,
+    "TRAIN.LAMBDA_SEG_AUX": 0.1, "TRAIN.DA_METHOD": "AdvEnt", "TRAIN.LEARNING_RATE_D": 1e-4,
+    "TRAIN.LAMBDA_ADV_MAIN": 1e-3, "TRAIN.LAMBDA_ADV_AUX": 2e-4, "TRAIN.LAMBDA_ENT_MAIN": 1e-3,
+    "TRAIN.LAMBDA_ENT_AUX": 2e-4, "TRAIN.MAX_ITERS": 250000, "TRAIN.EARLY_STOP": 120000,
+    "TRAIN.SAVE_PRED_EVERY": 2000, "TRAIN.SNAPSHOT_DIR": "", "TRAIN.RANDOM_SEED": 1234,
+    "TRAIN.TENSORBOARD_LOGDIR": "", "TRAIN.TENSORBOARD_VIZRATE": 100,
+    "TEST.MODE": "best", "TEST.MODEL": ("DeepLabv2",), "TEST.MODEL_WEIGHT": (1.0,),
+    "TEST.MULTI_LEVEL": (True,), "TEST.RESTORE_FROM": ("",), "TEST.SNAPSHOT_DIR": ("",),
+    "TEST.SNAPSHOT_STEP": 2000, "TEST.SNAPSHOT_MAXITER": 120000, "TEST.SET_TARGET": "val",
+    "TEST.BATCH_SIZE_TARGET": 1, "TEST.INPUT_SIZE_TARGET": (1024, 512),
+    "TEST.OUTPUT_SIZE_TARGET": (2048, 1024), "TEST.WAIT_MODEL": True,
+    "ESL.THRESHOLD": 0.1, "ESL.RESTORE_FROM": "", "ESL.MODEL": "DeepLabv2", "ESL.MULTI_LEVEL": True,
+    "ESL.SET_TARGET": "train", "ESL.BATCH_SIZE_TARGET": 1, "ESL.INPUT_SIZE_TARGET": (1024, 512),
+    "ESL.OUTPUT_SIZE_TARGET": (1024, 512), "ESL.WAIT_MODEL": True, "ESL.MAX_MEDIAN_BATCH": 3000,
+}
+
+
+def _get(config, dotted):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+def _load(tmp_path, text):
+    path = tmp_path / "exp.yml"
+    path.write_text(text)
+    return cfg_from_file(path, get_default_cfg())
+
+
+def _error(tmp_path, text):
+    with pytest.raises(UserError) as info:
+        _load(tmp_path, text)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_defaults_match_spec():
+    config = get_default_cfg()
+    for key, expected in SPEC_DEFAULTS.items():
+        value = _get(config, key)
+        if isinstance(expected, tuple):
+            assert tuple(value) == expected, key
+        else:
+            assert value == expected and type(value) is type(expected), key
+    for section in ("TRAIN", "TEST", "ESL"):
+        np.testing.assert_allclose(config[section].IMG_MEAN, [104.00698793, 116.66876762, 122.67891434])
+    assert config.DATA_LIST_SOURCE.endswith("gta5_list/{}.txt")
+    assert config.TRAIN.INFO_TARGET.endswith("cityscapes_list/info.json")
+
+
+def test_default_copies_are_independent():
+    first, second = get_default_cfg(), get_default_cfg()
+    first.TRAIN.LEARNING_RATE = 1.0
+    assert second.TRAIN.LEARNING_RATE == 2.5e-4
+
+
+def test_unknown_key_names_key_file_and_closest(tmp_path):
+    message = _error(tmp_path, "TRAIN:\n  LEARNIN_RATE: 0.1\n")
+    assert "TRAIN.LEARNIN_RATE" in message and "exp.yml" in message
+    assert "did you mean TRAIN.LEARNING_RATE" in message
+
+
+def test_wrong_type_names_key_expected_and_given(tmp_path):
+    message = _error(tmp_path, "TRAIN:\n  MAX_ITERS: 1.5\n")
+    assert "TRAIN.MAX_ITERS" in message and "expects int" in message and "float" in message
+    assert "expects bool" in _error(tmp_path, "TRAIN:\n  MULTI_LEVEL: 1\n")
+    assert "expects mapping" in _error(tmp_path, "TEST: 3\n")
+    assert "expects list" in _error(tmp_path, "TRAIN:\n  INPUT_SIZE_SOURCE: 1280\n")
+    assert "TEST.MODEL_WEIGHT[0]" in _error(tmp_path, "TEST:\n  MODEL_WEIGHT: [heavy]\n")
+
+
+def test_lists_accepted_for_tuple_and_array_defaults(tmp_path):
+    config = _load(tmp_path, "TRAIN:\n  INPUT_SIZE_SOURCE: [640, 360]\n  IMG_MEAN: [1, 2, 3]\n"
+                             "TEST:\n  MODEL_WEIGHT: [1]\n")
+    assert tuple(config.TRAIN.INPUT_SIZE_SOURCE) == (640, 360)
+    assert isinstance(config.TRAIN.IMG_MEAN, np.ndarray) and config.TRAIN.IMG_MEAN.dtype == np.float32
+    np.testing.assert_array_equal(config.TRAIN.IMG_MEAN, [1, 2, 3])
+    assert tuple(config.TEST.MODEL_WEIGHT) == (1.0,) and isinstance(config.TEST.MODEL_WEIGHT[0], float)
+
+
+def test_float_keys_take_yaml_exponent_strings_and_ints(tmp_path):
+    config = _load(tmp_path, "TRAIN:\n  LEARNING_RATE: 1e-4\n  LAMBDA_SEG_MAIN: 2\n")
+    assert config.TRAIN.LEARNING_RATE == 1e-4 and config.TRAIN.LAMBDA_SEG_MAIN == 2.0
+    assert "expects float" in _error(tmp_path, "TRAIN:\n  LEARNING_RATE: fast\n")
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    message = _error(tmp_path, "TRAIN:\n  MAX_ITERS: 10\n  INPUT_SIZE_SOURCE: [1, 2\n")
+    assert "exp.yml:4" in message and "YAML syntax error" in message
+
+
+def test_safe_load_rejects_python_tags(tmp_path):
+    message = _error(tmp_path, "EXP_NAME: !!python/object/apply:os.system ['true']\n")
+    assert "exp.yml:1" in message
+
+
+def test_invalid_choices_and_sizes(tmp_path):
+    message = _error(tmp_path, "TRAIN:\n  DA_METHOD: Advent\n")
+    assert "TRAIN.DA_METHOD" in message and "AdvEnt" in message
+    assert "TEST.MODEL[0]" in _error(tmp_path, "TEST:\n  MODEL: [ResNet]\n")
+    assert "[width, height]" in _error(tmp_path, "TEST:\n  OUTPUT_SIZE_TARGET: [2048]\n")
+    assert "one entry per model" in _error(tmp_path, "TEST:\n  RESTORE_FROM: [a.pth, b.pth]\n")
+
+
+def test_missing_file_and_non_mapping(tmp_path):
+    with pytest.raises(UserError, match="config file not found"):
+        cfg_from_file(tmp_path / "nope.yml", get_default_cfg())
+    assert "top level must be a mapping" in _error(tmp_path, "- a\n- b\n")
+
+
+def test_relative_paths_are_relative_to_scripts_dir(tmp_path):
+    config = _load(tmp_path, "TRAIN:\n  RESTORE_FROM: ../../pretrained_models/init.pth\n"
+                             "TEST:\n  RESTORE_FROM: [/abs/a.pth]\nPSEUDO_LABEL_DIRECTORY_TARGET: ''\n")
+    assert config.TRAIN.RESTORE_FROM == str(SCRIPTS_DIR.parent.parent / "pretrained_models" / "init.pth")
+    assert config.TEST.RESTORE_FROM == ("/abs/a.pth",)
+    assert config.PSEUDO_LABEL_DIRECTORY_TARGET == ""
+
+
+def test_derived_names_and_dirs():
+    config = get_default_cfg()
+    config.EXP_ROOT = "/runs"
+    config.TRAIN.DA_METHOD = "MinEnt"
+    derive_paths(config, exp_suffix="seed2")
+    assert config.EXP_NAME == "GTA2Cityscapes_DeepLabv2_MinEnt_seed2"
+    assert config.TRAIN.SNAPSHOT_DIR == "/runs/snapshots/GTA2Cityscapes_DeepLabv2_MinEnt_seed2"
+    assert config.TRAIN.TENSORBOARD_LOGDIR == "/runs/logs/tensorboard/GTA2Cityscapes_DeepLabv2_MinEnt_seed2"
+    assert config.TEST.SNAPSHOT_DIR[0] == config.TRAIN.SNAPSHOT_DIR
+
+
+def test_saved_resolved_config_loads_back_equal(tmp_path):
+    config = derive_paths(_load(tmp_path, "TRAIN:\n  INPUT_SIZE_SOURCE: [640, 360]\n"))
+    saved = tmp_path / "resolved.yml"
+    yaml_dump(cfg_to_dict(config), saved)
+    reloaded = cfg_from_file(saved, get_default_cfg())
+    assert cfg_to_dict(reloaded) == cfg_to_dict(config)
