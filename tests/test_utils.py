@@ -146,3 +146,11 @@ def test_run_main_prints_one_line_and_exits_2():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr == "error: TRAIN.X is bad\n"
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    import os
+    json_dump({"v": 1}, tmp_path / "out.json")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o666 & ~umask

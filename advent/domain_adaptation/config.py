@@ -108,7 +108,8 @@ _C.ESL.BATCH_SIZE_TARGET = 1
 _C.ESL.INPUT_SIZE_TARGET = (1024, 512)
 _C.ESL.OUTPUT_SIZE_TARGET = (1024, 512)
 _C.ESL.INFO_TARGET = str(DATASET_DIR / "cityscapes_list" / "info.json")
-_C.ESL.WAIT_MODEL = True
+_C.ESL.WAIT_MODEL = True  # wait for ESL.RESTORE_FROM to appear (it may still be training)
+_C.ESL.WAIT_TIMEOUT = 86400  # seconds
 _C.ESL.MAX_MEDIAN_BATCH = 3000
 _C.ESL.AMP = "none"
 

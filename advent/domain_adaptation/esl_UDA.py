@@ -32,7 +32,7 @@ from advent.domain_adaptation.pseudo_labels import (
 )
 from advent.utils.errors import UserError
 from advent.utils.func import fast_hist, per_class_iu
-from advent.utils.serialization import atomic_path, json_dump
+from advent.utils.serialization import DIR_MODE, atomic_path, json_dump
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "esl_report.json"
@@ -43,23 +43,29 @@ def group_bounds(num_images, group_size):
     return [(start, min(start + group_size, num_images)) for start in range(0, num_images, group_size)]
 
 
-@contextmanager
-def staged_output(output_dir):
-    """Yield a fresh staging folder beside `output_dir` that replaces it on success.
-
-    Raises a UserError at once when the output folder cannot be written.
-    """
+def check_output_dir(output_dir):
+    """Fail with one line, before any model work, when the pseudo-label folder cannot be written."""
     if not str(output_dir):
         raise UserError("PSEUDO_LABEL_DIRECTORY_TARGET is empty: set it to the folder for the pseudo-labels")
     final = Path(output_dir).resolve()
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
-    except OSError as error:
-        raise UserError(f"cannot write pseudo-labels to {output_dir}: {error.strerror}") from None
-    if final.exists() and not os.access(final, os.W_OK):
-        shutil.rmtree(staging)
-        raise UserError(f"cannot write pseudo-labels to {output_dir}: permission denied")
+    if final.exists() and not final.is_dir():
+        raise UserError(f"PSEUDO_LABEL_DIRECTORY_TARGET {output_dir} exists and is not a folder")
+    existing = next(p for p in (final, *final.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"cannot write pseudo-labels to {output_dir}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK) or (
+            final.exists() and not os.access(final.parent, os.W_OK | os.X_OK)):
+        raise UserError(f"cannot write pseudo-labels to {output_dir}: permission denied on {existing}")
+    return final
+
+
+@contextmanager
+def staged_output(output_dir):
+    """Yield a fresh staging folder beside `output_dir` that replaces it once the block succeeds."""
+    final = check_output_dir(output_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+    os.chmod(staging, DIR_MODE)
     try:
         yield staging
         old = final.parent / f".{final.name}.old-{os.getpid()}"

@@ -56,7 +56,7 @@ def finish_thresholds(kth_values, counts, method, floor=0.1, cap=0.9):
 
 def apply_thresholds(label, score, thresholds, method):
     """Pseudo-labels: `label` where the pixel is confident enough for its class, else 255."""
-    class_threshold = thresholds[label]
+    class_threshold = thresholds[label.long()]
     if method == "entropy":
         drop = score > class_threshold
     else:

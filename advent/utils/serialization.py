@@ -8,6 +8,16 @@ from pathlib import Path
 import yaml
 
 
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp/mkdtemp create private (0600/0700) entries; finished outputs get the usual permissions.
+FILE_MODE = 0o666 & ~_current_umask()
+DIR_MODE = 0o777 & ~_current_umask()
+
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`.
@@ -22,6 +32,7 @@ def atomic_path(path):
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

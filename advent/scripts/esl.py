@@ -1,0 +1,71 @@
+"""ESL stage: write entropy-filtered pseudo-labels of the target training images.
+
+    python advent/scripts/esl.py --cfg advent/scripts/configs/esl.yml
+
+Loads ESL.RESTORE_FROM, runs it over the target split ESL.SET_TARGET and writes one 8-bit
+PNG per image into PSEUDO_LABEL_DIRECTORY_TARGET, with the report (per-class thresholds,
+kept fractions and, when the split has ground truth, pseudo-label accuracy) printed and
+saved as esl_report.json beside the labels. ESL.METHOD 'maxprob' gives the MPSL baseline.
+Then train on them with train.py and the same config.
+"""
+import argparse
+import logging
+import os
+import sys
+import time
+
+from advent.dataset import get_target_dataset
+from advent.domain_adaptation.esl_UDA import check_output_dir, format_report, generate_pseudo_labels
+from advent.model import build_segmenter, load_checkpoint
+from advent.utils.errors import UserError, run_main
+from advent.utils.run_record import build_run_record, write_run_record
+from advent.utils.runtime import load_config, select_device, setup_logging
+
+log = logging.getLogger("esl")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Generate ESL (or MPSL) pseudo-labels for the target domain")
+    parser.add_argument("--cfg", required=True, help="YAML config file")
+    return parser.parse_args(argv)
+
+
+def wait_for_checkpoint(path, wait, timeout, poll_seconds=10):
+    """Return once `path` exists; with `wait`, poll for it up to `timeout` seconds."""
+    if not path:
+        raise UserError("ESL.RESTORE_FROM is empty: set it to the trained model (e.g. the best AdvEnt snapshot)")
+    if os.path.exists(path):
+        return
+    if not wait:
+        raise UserError(f"ESL.RESTORE_FROM not found: {path}")
+    log.info("waiting for %s (ESL.WAIT_MODEL is True; giving up after %d s)", path, timeout)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() >= deadline:
+            raise UserError(f"ESL.RESTORE_FROM did not appear within {timeout} s: {path}")
+        time.sleep(min(poll_seconds, max(deadline - time.monotonic(), 0)))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    setup_logging()
+    cfg = load_config(args.cfg)
+    output_dir = check_output_dir(cfg.PSEUDO_LABEL_DIRECTORY_TARGET)
+    dataset = get_target_dataset(cfg, "esl")
+    if len(dataset) == 0:
+        raise UserError(f"the target split '{cfg.ESL.SET_TARGET}' lists no image")
+    wait_for_checkpoint(cfg.ESL.RESTORE_FROM, cfg.ESL.WAIT_MODEL, cfg.ESL.WAIT_TIMEOUT)
+    device = select_device(cfg.GPU_ID)
+    model = build_segmenter(cfg.ESL.MODEL, cfg.NUM_CLASSES, cfg.ESL.MULTI_LEVEL)
+    checkpoint = load_checkpoint(model, cfg.ESL.RESTORE_FROM)
+    model.to(device).eval()
+    record = build_run_record("esl", cfg, device, [checkpoint])
+    log.info("ESL (%s) over %d images of '%s' -> %s", cfg.ESL.METHOD, len(dataset), cfg.ESL.SET_TARGET, output_dir)
+    report = generate_pseudo_labels(model, dataset, cfg, output_dir, device)
+    write_run_record(output_dir, record)
+    print(format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

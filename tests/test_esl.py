@@ -1,0 +1,203 @@
+"""esl.py end to end on tiny Cityscapes-format data: labels and report against a direct
+reference computation, groups with a short last group, file names the loader reads back,
+unlabelled targets, and the failure modes (bad output folder, crash mid-run)."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from advent.dataset import get_target_dataset, pseudo_label_name
+from advent.domain_adaptation import esl_UDA
+from advent.domain_adaptation.pseudo_labels import predict_with_confidence
+from advent.model import build_segmenter
+from advent.scripts import esl as esl_script
+from advent.utils.errors import UserError
+from advent.utils.serialization import json_load
+from fake_data import make_fake_cfg, write_cfg_yaml
+
+NUM_CLASSES = 19
+
+
+def tiny_checkpoint(path, seed=0):
+    """A Tiny DeepLab with random classifiers strong enough to give varied predictions."""
+    torch.manual_seed(seed)
+    model = build_segmenter("DeepLabv2-Tiny", NUM_CLASSES, True)
+    for name, param in model.named_parameters():
+        if name.startswith(("layer5", "layer6")) and name.endswith("weight"):
+            param.data.normal_(0, 100.0)  # the backbone features are tiny at init
+    torch.save(model.state_dict(), path)
+    return model
+
+
+def esl_config(tmp_path, method="entropy", group=3, count=6, train_labels=True, output_size=(48, 24)):
+    cfg, written = make_fake_cfg(tmp_path, count=count, train_labels=train_labels)
+    tiny_checkpoint(tmp_path / "model.pth")
+    cfg.NUM_WORKERS = 0
+    cfg.ESL.MODEL = "DeepLabv2-Tiny"
+    cfg.ESL.RESTORE_FROM = str(tmp_path / "model.pth")
+    cfg.ESL.METHOD = method
+    cfg.ESL.MAX_MEDIAN_BATCH = group
+    cfg.ESL.WAIT_MODEL = False
+    cfg.ESL.OUTPUT_SIZE_TARGET = output_size
+    cfg.PSEUDO_LABEL_DIRECTORY_TARGET = str(tmp_path / "labels")
+    return cfg, written
+
+
+def run_esl(cfg, tmp_path):
+    path = write_cfg_yaml(cfg, tmp_path / "esl.yml")
+    assert esl_script.main(["--cfg", str(path)]) == 0
+    return json_load(tmp_path / "labels" / esl_UDA.REPORT_NAME)
+
+
+def reference(cfg):
+    """SPEC section 6 stated directly: per group, sort each class's scores, take index round(n/2)."""
+    model = build_segmenter("DeepLabv2-Tiny", NUM_CLASSES, True)
+    model.load_state_dict(torch.load(cfg.ESL.RESTORE_FROM, weights_only=True))
+    model.eval()
+    dataset = get_target_dataset(cfg, "esl")
+    maps = []
+    with torch.no_grad():
+        for image, gt, _, name in dataset:
+            _, logits = model(torch.from_numpy(image)[None])
+            label, score = predict_with_confidence(logits, cfg.ESL.OUTPUT_SIZE_TARGET, cfg.ESL.METHOD)
+            maps.append((name, label[0].numpy(), score[0].numpy(), gt))
+    labels, thresholds_per_group = {}, []
+    for start in range(0, len(maps), cfg.ESL.MAX_MEDIAN_BATCH):
+        group = maps[start:start + cfg.ESL.MAX_MEDIAN_BATCH]
+        all_labels = np.concatenate([m[1].ravel() for m in group])
+        all_scores = np.concatenate([m[2].ravel() for m in group])
+        thresholds = np.zeros(NUM_CLASSES, np.float32)
+        for c in range(NUM_CLASSES):
+            values = np.sort(all_scores[all_labels == c])
+            thresholds[c] = values[round(len(values) / 2)] if len(values) else 0.0
+        if cfg.ESL.METHOD == "entropy":
+            thresholds = np.maximum(thresholds, np.float32(cfg.ESL.THRESHOLD))
+        else:
+            thresholds = np.minimum(thresholds, np.float32(cfg.ESL.MAXPROB_THRESHOLD))
+        thresholds_per_group.append(thresholds)
+        for name, label, score, gt in group:
+            drop = score > thresholds[label] if cfg.ESL.METHOD == "entropy" else score < thresholds[label]
+            labels[name] = (np.where(drop, 255, label), label, gt)
+    return labels, thresholds_per_group
+
+
+@pytest.mark.parametrize("method", ["entropy", "maxprob"])
+def test_labels_and_report_equal_direct_reference(tmp_path, method):
+    cfg, _ = esl_config(tmp_path, method=method, group=4, count=6)  # 6 images: groups of 4 and 2
+    report = run_esl(cfg, tmp_path)
+    expected, thresholds = reference(cfg)
+    assert len(expected) == 6 and [g["images"] for g in report["groups"]] == [[0, 4], [4, 6]]
+    for group, reference_thresholds in zip(report["groups"], thresholds):
+        np.testing.assert_array_equal(np.float32(group["thresholds"]), reference_thresholds)
+    kept = predicted = 0
+    hist = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    for name, (pseudo, label, gt) in expected.items():
+        written = np.asarray(Image.open(tmp_path / "labels" / pseudo_label_name(name)))
+        assert written.dtype == np.uint8 and written.shape == (24, 48)
+        np.testing.assert_array_equal(written, pseudo)
+        kept += (pseudo != 255).sum()
+        predicted += label.size
+        valid = (pseudo != 255) & (gt != 255)
+        hist += np.bincount(NUM_CLASSES * gt[valid] + pseudo[valid], minlength=NUM_CLASSES ** 2).reshape(
+            NUM_CLASSES, NUM_CLASSES)
+    assert 0 < kept < predicted
+    assert report["kept_fraction"] == pytest.approx(kept / predicted)
+    assert report["accuracy_kept"] == pytest.approx(np.trace(hist) / hist.sum())
+    assert report["images"] == 6 and report["method"] == method
+
+
+def test_labels_load_back_through_the_pseudo_label_loader(tmp_path):
+    cfg, _ = esl_config(tmp_path, output_size=(64, 32))
+    run_esl(cfg, tmp_path)
+    expected, _ = reference(cfg)
+    train = get_target_dataset(cfg, "train")  # pseudo-label mode: PSEUDO_LABEL_DIRECTORY_TARGET is set
+    assert train.has_labels
+    for _, label, _, name in train:
+        np.testing.assert_array_equal(label, expected[name][0])
+
+
+def test_one_group_when_max_median_batch_exceeds_dataset(tmp_path):
+    cfg, _ = esl_config(tmp_path, group=3000, count=4)
+    report = run_esl(cfg, tmp_path)
+    assert [g["images"] for g in report["groups"]] == [[0, 4]]
+
+
+def test_unlabelled_target_split(tmp_path):
+    cfg, _ = esl_config(tmp_path, train_labels=False, count=4)
+    assert not (tmp_path / "data" / "Cityscapes" / "gtFine" / "train").exists()
+    report = run_esl(cfg, tmp_path)
+    assert "accuracy_kept" not in report
+    assert len(list((tmp_path / "labels").glob("*.png"))) == 4
+    assert "acc kept" not in esl_UDA.format_report(report)
+
+
+def test_no_temporary_files_are_left(tmp_path):
+    cfg, _ = esl_config(tmp_path)
+    run_esl(cfg, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert not list((tmp_path / "labels").glob(".*"))
+
+
+def test_crash_mid_run_keeps_previous_labels(tmp_path, monkeypatch):
+    cfg, _ = esl_config(tmp_path)
+    run_esl(cfg, tmp_path)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "labels").iterdir()}
+    calls = []
+
+    def crash_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return original(*args, **kwargs)
+
+    original = esl_UDA.apply_thresholds
+    monkeypatch.setattr(esl_UDA, "apply_thresholds", crash_on_third)
+    cfg.ESL.METHOD = "maxprob"
+    with pytest.raises(RuntimeError, match="killed"):
+        run_esl(cfg, tmp_path)
+    after = {p.name: p.read_bytes() for p in (tmp_path / "labels").iterdir()}
+    assert after == before
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_output_folder_problems_fail_before_model_work(tmp_path):
+    cfg, _ = esl_config(tmp_path)
+    cfg.ESL.RESTORE_FROM = str(tmp_path / "absent.pth")  # would fail later, if it got there
+    cfg.PSEUDO_LABEL_DIRECTORY_TARGET = ""
+    with pytest.raises(UserError, match="PSEUDO_LABEL_DIRECTORY_TARGET is empty"):
+        esl_script.main(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "a.yml"))])
+    (tmp_path / "a_file").write_text("x")
+    cfg.PSEUDO_LABEL_DIRECTORY_TARGET = str(tmp_path / "a_file" / "labels")
+    with pytest.raises(UserError, match="is not a folder"):
+        esl_script.main(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "b.yml"))])
+
+
+def test_missing_checkpoint_one_line_exit_2(tmp_path):
+    cfg, _ = esl_config(tmp_path)
+    cfg.ESL.RESTORE_FROM = str(tmp_path / "absent.pth")
+    path = write_cfg_yaml(cfg, tmp_path / "esl.yml")
+    result = subprocess.run([sys.executable, "-m", "advent.scripts.esl", "--cfg", str(path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: ESL.RESTORE_FROM not found: {tmp_path / 'absent.pth'}"
+
+
+def test_wait_for_checkpoint_times_out(tmp_path):
+    with pytest.raises(UserError, match="did not appear within 0.2 s"):
+        esl_script.wait_for_checkpoint(str(tmp_path / "later.pth"), True, 0.2, poll_seconds=0.05)
+    (tmp_path / "later.pth").write_bytes(b"")
+    esl_script.wait_for_checkpoint(str(tmp_path / "later.pth"), True, 0.2, poll_seconds=0.05)
+
+
+def test_outputs_are_readable_by_others_as_umask_allows(tmp_path):
+    import os
+    cfg, _ = esl_config(tmp_path)
+    run_esl(cfg, tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "labels").stat().st_mode & 0o777 == 0o777 & ~umask
+    for path in (tmp_path / "labels").iterdir():
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
