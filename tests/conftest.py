@@ -1,5 +1,6 @@
 """Shared fixtures: tiny datasets in the real on-disk formats (see fake_data.py), one per test."""
 import pytest
+import torch
 
 from fake_data import make_fake_cfg, write_cityscapes, write_gta5, write_mapillary, write_synthia
 
@@ -35,3 +36,13 @@ def fake_mapillary(tmp_path):
 def fake_cfg(tmp_path):
     """(cfg, written): GTA5 -> Cityscapes, 19 classes, every size 64x32, over fake data in tmp_path."""
     return make_fake_cfg(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny tensors: one torch thread is faster, and steady on a busy 2-core machine (two OpenMP
+    threads there can stall for seconds per operation)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

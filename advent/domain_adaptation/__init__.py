@@ -1,0 +1,1 @@
+"""Domain adaptation stages: config, training, ESL pseudo-labels, evaluation."""

@@ -1,0 +1,488 @@
+"""Test stage: evaluate segmenters on the target validation set (TEST.MODE 'single' or 'best').
+
+single  the models of TEST.RESTORE_FROM; several make an ensemble whose output is the sum of
+        TEST.MODEL_WEIGHT[i] times model i's upsampled main logits (as the original).
+best    every snapshot model_{k}.pth in TEST.SNAPSHOT_DIR[0], k = SNAPSHOT_STEP, 2 * SNAPSHOT_STEP,
+        ... up to and including SNAPSHOT_MAXITER (snapshots.expected_snapshots). TEST.WAIT_MODEL
+        waits for snapshots the trainer has not written yet (at most TEST.WAIT_TIMEOUT seconds
+        each); otherwise missing ones are skipped. Each snapshot's confusion matrix is cached in
+        <snapshot dir>/test_cache.json under its SHA-256 and every evaluation setting, so a
+        re-run evaluates only what changed. Both the last snapshot and the best one are
+        reported: picking the best on the validation set is an oracle selection (as the papers).
+
+Per image, on the model's device: main logits of the INPUT_SIZE image (under TEST.AMP autocast),
+upsampled in float32 to OUTPUT_SIZE (bilinear, align_corners=True), argmax, counted in a C x C
+confusion matrix; only that matrix comes back to the CPU.
+
+Outputs: results_single.json (in EXP_ROOT_LOGS/test/<config name>/) or results_best.json (in the
+snapshot folder), a run record beside it, and with TEST.SAVE_PREDICTIONS the predictions in
+predictions/ there: labelIds/ (Cityscapes label ids, the names cityscapesscripts' evaluation
+looks for; trainIds/ when the classes have no one-to-one label id) and color/ (class palette).
+"""
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from advent.dataset import get_class_info, get_target_dataset
+from advent.domain_adaptation.metrics import (
+    ConfusionMatrix, format_miou, format_summary, summarize, warn_if_suspicious,
+)
+from advent.domain_adaptation.snapshots import expected_snapshots, model_snapshot_path
+from advent.model import build_segmenter, load_checkpoint
+from advent.model.weights import CheckpointInfo, file_sha256
+from advent.utils.errors import UserError
+from advent.utils.run_record import build_run_record, write_run_record
+from advent.utils.serialization import atomic_path, json_dump, json_load
+from advent.utils.viz_segmask import colorize_mask
+
+log = logging.getLogger(__name__)
+
+CACHE_NAME = "test_cache.json"
+CACHE_FORMAT = 1
+RESULTS_SINGLE = "results_single.json"
+RESULTS_BEST = "results_best.json"
+POLL_SECONDS = 10.0  # how often 'best' mode looks for a snapshot it waits for
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+BEST_LABEL = "best on val — oracle selection, as in the papers"
+
+
+# --- prediction and counting (on the model's device) ---
+
+class Buffers:
+    """Output tensors reused from batch to batch. On the CPU a fresh 19 x 1024 x 2048 float
+    tensor per image costs about as much as the upsampling itself (page faults on first touch);
+    on CUDA the caching allocator would reuse the memory anyway."""
+
+    def __init__(self):
+        self._tensors = {}
+
+    def get(self, key, shape, dtype, device):
+        tensor = self._tensors.get(key)
+        if tensor is None or tuple(tensor.shape) != tuple(shape) or tensor.dtype != dtype \
+                or tensor.device != torch.device(device):
+            tensor = torch.empty(shape, dtype=dtype, device=device)
+            self._tensors[key] = tensor
+        return tensor
+
+
+def main_logits(model, image, amp="none"):
+    """The model's main output for `image`, the forward under autocast when `amp` is 'bf16' or
+    'fp16', returned in float32."""
+    dtype = AMP_DTYPES[amp]
+    with torch.autocast(image.device.type, dtype=dtype, enabled=dtype is not None):
+        _, main = model(image)
+    return main.float()
+
+
+def upsample_logits(logits, output_size, out=None):
+    """Bilinear upsampling (align_corners=True, as the original) of N x C x h x w float32 logits
+    to `output_size` (width, height); written into `out` when given (the same kernel as
+    F.interpolate, so the same numbers)."""
+    size = [int(output_size[1]), int(output_size[0])]
+    if out is None:
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+    return torch.ops.aten.upsample_bilinear2d.out(logits, size, True, None, None, out=out)
+
+
+def upsampled_prediction(mains, weights, output_size, buffers=None):
+    """argmax over classes of sum_i weights[i] * upsample(mains[i]): N x H x W int64 class ids.
+
+    With `buffers`, the result is one of its tensors, valid until the next call with them.
+    """
+    buffers = Buffers() if buffers is None else buffers
+    batch, classes = mains[0].shape[:2]
+    shape = (batch, classes, int(output_size[1]), int(output_size[0]))
+    device = mains[0].device
+    total = None
+    for i, (main, weight) in enumerate(zip(mains, weights)):
+        out = buffers.get(f"logits{min(i, 1)}", shape, torch.float32, device)  # the sum, then model i's
+        logits = upsample_logits(main, output_size, out)
+        if weight != 1.0:  # as the original: weight * upsampled logits, then the sum
+            logits.mul_(weight)
+        total = logits if total is None else total.add_(logits)
+    values = buffers.get("max", (batch,) + shape[2:], torch.float32, device)
+    indices = buffers.get("argmax", (batch,) + shape[2:], torch.int64, device)
+    torch.max(total, dim=1, out=(values, indices))  # the first maximal class on ties, as np.argmax
+    return indices
+
+
+@torch.inference_mode()
+def evaluate(models, loader, num_classes, device, output_size, weights=None, amp="none",
+             on_prediction=None, desc="test"):
+    """Confusion matrix of the (weighted ensemble of) `models` over `loader` (items as the dataset
+    factory's: image, label, shape, name), counted on `device` and summed over all processes.
+
+    `on_prediction(preds, names)`, when given, receives each batch's predictions as an
+    N x H x W uint8 numpy array (the only per-image copy to the CPU, for saving them).
+    """
+    weights = [1.0] * len(models) if weights is None else list(weights)
+    confmat = ConfusionMatrix(num_classes, device)
+    buffers = Buffers()
+    nonfinite = torch.zeros((), dtype=torch.int64, device=device)
+    for image, label, _, names in tqdm(loader, desc=desc):
+        image = image.to(device, non_blocking=True)
+        mains = [main_logits(model, image, amp) for model in models]
+        for main in mains:
+            nonfinite += (~torch.isfinite(main)).flatten(1).any(1).sum()
+        pred = upsampled_prediction(mains, weights, output_size, buffers)
+        confmat.update(label.to(device, non_blocking=True), pred)
+        if on_prediction is not None:
+            on_prediction(pred.to(torch.uint8).cpu().numpy(), list(names))
+    confmat.reduce_from_all_processes()
+    if int(nonfinite.item()):
+        log.warning("%d model outputs held NaN or inf logits%s", int(nonfinite.item()),
+                    "; try TEST.AMP 'bf16' or 'none'" if amp == "fp16" else "")
+    return confmat
+
+
+# --- inputs ---
+
+def build_test_loader(cfg, device):
+    """(dataset, loader) of the target test split: images at TEST.INPUT_SIZE_TARGET, ground-truth
+    train ids at TEST.OUTPUT_SIZE_TARGET, in list order."""
+    dataset = get_target_dataset(cfg, "test")
+    if len(dataset) == 0:
+        raise UserError(f"the test set '{cfg.TEST.SET_TARGET}' of {cfg.DATA_DIRECTORY_TARGET} holds no image")
+    loader = DataLoader(dataset, batch_size=cfg.TEST.BATCH_SIZE_TARGET, shuffle=False,
+                        num_workers=cfg.NUM_WORKERS, pin_memory=device.type == "cuda",
+                        persistent_workers=cfg.NUM_WORKERS > 0)
+    return dataset, loader
+
+
+def load_models(cfg, device):
+    """The models of TEST.RESTORE_FROM ('single' mode), in eval mode on `device`, and their
+    CheckpointInfo."""
+    models, infos = [], []
+    test = cfg.TEST
+    for i, (name, multi_level, path) in enumerate(zip(test.MODEL, test.MULTI_LEVEL, test.RESTORE_FROM)):
+        if not path:
+            raise UserError(f"TEST.RESTORE_FROM[{i}] is empty: 'single' mode needs a checkpoint per model")
+        model = build_segmenter(name, cfg.NUM_CLASSES, multi_level)
+        infos.append(load_checkpoint(model, path))
+        models.append(model.eval().to(device))
+    return models, infos
+
+
+def run_header(cfg, cfg_path, dataset, mode):
+    """What every results file starts with: the mode, the config and the evaluation setting."""
+    return {
+        "mode": mode,
+        "config": str(Path(cfg_path).resolve()) if cfg_path else None,
+        "target": cfg.TARGET,
+        "set": cfg.TEST.SET_TARGET,
+        "images": len(dataset),
+        "num_classes": cfg.NUM_CLASSES,
+        "input_size": list(cfg.TEST.INPUT_SIZE_TARGET),
+        "output_size": list(cfg.TEST.OUTPUT_SIZE_TARGET),
+        "amp": cfg.TEST.AMP,
+        "iou_unit": "percent",
+    }
+
+
+# --- saved predictions ---
+
+def prediction_file_name(name):
+    """Flat file name of a list entry's prediction: 'frankfurt/frankfurt_000000_000294_leftImg8bit.png'
+    -> 'frankfurt_000000_000294_leftImg8bit.png' (what cityscapesscripts' evaluation matches)."""
+    return Path(name).with_suffix(".png").name
+
+
+def save_png(image, path):
+    """Write a PIL image as PNG through a temporary file and a rename."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+class PredictionWriter:
+    """Writes each prediction as a colour PNG (the class palette) in color/ and an id PNG:
+    Cityscapes label ids in labelIds/ (via the class info's train2label), or train ids in
+    trainIds/ when the classes have no one-to-one label id (the 7-class setting)."""
+
+    def __init__(self, folder, info):
+        self.folder = Path(folder)
+        self.palette = info.palette
+        if info.train2label is not None:
+            self.ids_dir, self.lut = self.folder / "labelIds", info.train2label.astype(np.uint8)
+        else:
+            self.ids_dir, self.lut = self.folder / "trainIds", np.arange(info.num_classes, dtype=np.uint8)
+        self.color_dir = self.folder / "color"
+        self.written = set()
+        self._clear_earlier()
+
+    def _clear_earlier(self):
+        # a flat folder per run: earlier files of other images would confuse an external evaluation
+        earlier = [p for d in (self.folder / "labelIds", self.folder / "trainIds", self.color_dir)
+                   if d.is_dir() for p in d.glob("*.png")]
+        if earlier:
+            log.info("replacing %d earlier prediction files in %s", len(earlier), self.folder)
+            for path in earlier:
+                path.unlink()
+
+    def __call__(self, preds, names):
+        for pred, name in zip(preds, names):
+            file_name = prediction_file_name(name)
+            if file_name in self.written:
+                raise UserError(f"two test images share the prediction file name {file_name} "
+                                f"(list entry {name}); the flat prediction folder cannot hold both")
+            self.written.add(file_name)
+            save_png(Image.fromarray(self.lut[pred]), self.ids_dir / file_name)
+            save_png(colorize_mask(pred, self.palette), self.color_dir / file_name)
+
+
+# --- 'single' mode ---
+
+def single_results_dir(cfg, cfg_path):
+    """EXP_ROOT_LOGS/test/<config file name without .yml> (EXP_NAME without a config file)."""
+    name = Path(cfg_path).stem if cfg_path else cfg.EXP_NAME
+    return Path(cfg.EXP_ROOT_LOGS) / "test" / name
+
+
+def eval_single(cfg, device, cfg_path="", argv=None):
+    """Evaluate the model (or the ensemble) of TEST.RESTORE_FROM; return the results dict."""
+    models, infos = load_models(cfg, device)
+    dataset, loader = build_test_loader(cfg, device)
+    info = get_class_info(cfg, "test")
+    folder = single_results_dir(cfg, cfg_path)
+    writer = PredictionWriter(folder / "predictions", info) if cfg.TEST.SAVE_PREDICTIONS else None
+    if len(models) > 1:
+        log.info("ensemble of %d models, weights %s", len(models), list(cfg.TEST.MODEL_WEIGHT))
+    confmat = evaluate(models, loader, cfg.NUM_CLASSES, device, cfg.TEST.OUTPUT_SIZE_TARGET,
+                       cfg.TEST.MODEL_WEIGHT, cfg.TEST.AMP, on_prediction=writer)
+    hist = confmat.hist()
+    summary = summarize(hist, info.names)
+    log.info("%s", format_summary(summary))
+    unexpected = confmat.unexpected_labels()
+    warn_if_suspicious(summary, unexpected, cfg.NUM_CLASSES)
+    results = run_header(cfg, cfg_path, dataset, "single")
+    results["checkpoints"] = [
+        {"path": i.path, "sha256": i.sha256, "layout": i.layout, "model": name, "multi_level": bool(ml),
+         "weight": float(w)}
+        for i, name, ml, w in zip(infos, cfg.TEST.MODEL, cfg.TEST.MULTI_LEVEL, cfg.TEST.MODEL_WEIGHT)]
+    results.update(summary)
+    results.update(confusion_matrix=hist.tolist(), unexpected_label_pixels=unexpected,
+                   predictions=str(writer.folder) if writer else None)
+    write_outputs(folder, RESULTS_SINGLE, results, build_run_record("test", cfg, device, infos, argv))
+    return results
+
+
+def write_outputs(folder, file_name, results, record):
+    """The results JSON and the run record in `folder` (both atomic)."""
+    path = Path(folder) / file_name
+    json_dump(results, path)
+    record["results_file"] = str(path)
+    write_run_record(folder, record)
+    log.info("results written to %s", path)
+
+
+# --- 'best' mode ---
+
+def wait_for_snapshot(path, timeout, poll=None):
+    """Return once `path` exists, saying once that we wait; a UserError after `timeout` seconds.
+
+    Only the final name is looked at: the trainer writes a temporary file and renames it, so
+    an existing snapshot is complete."""
+    path = Path(path)
+    if path.exists():
+        return
+    log.info("waiting for %s ... (TEST.WAIT_MODEL; giving up after %s s, TEST.WAIT_TIMEOUT)",
+             path.name, timeout)
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise UserError(f"gave up waiting for {path} after {timeout} s (TEST.WAIT_TIMEOUT)")
+        time.sleep(min(POLL_SECONDS if poll is None else poll, remaining))
+
+
+def _sha256_text(text):
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _sha256_array(array):
+    return hashlib.sha256(np.ascontiguousarray(array, dtype=np.int64).tobytes()).hexdigest()
+
+
+def eval_setting(cfg, dataset, info):
+    """Everything besides the snapshot file that decides its confusion matrix (the cache key)."""
+    setting = {
+        "target": cfg.TARGET,
+        "data_directory": str(Path(cfg.DATA_DIRECTORY_TARGET).resolve()),
+        "set": cfg.TEST.SET_TARGET,
+        "images": len(dataset),
+        "image_list_sha256": _sha256_text("\n".join(dataset.img_ids)),
+        "input_size": list(cfg.TEST.INPUT_SIZE_TARGET),
+        "output_size": list(cfg.TEST.OUTPUT_SIZE_TARGET),
+        "img_mean": [float(v) for v in cfg.TEST.IMG_MEAN],
+        "num_classes": cfg.NUM_CLASSES,
+        "class_names": list(info.names),
+        "label_lookup_sha256": _sha256_array(dataset.label_lookup),
+        "model": cfg.TEST.MODEL[0],
+        "multi_level": bool(cfg.TEST.MULTI_LEVEL[0]),
+        "amp": cfg.TEST.AMP,
+    }
+    return json.loads(json.dumps(setting))  # the form it has after a round trip through the file
+
+
+class EvalCache:
+    """Confusion matrices of evaluated snapshots in a JSON file, found by (file name, SHA-256 of
+    the file, evaluation setting): a changed file or setting is never served a stale entry."""
+
+    def __init__(self, path, setting):
+        self.path = Path(path)
+        self.setting = setting
+        self.entries = self._read()
+
+    def _read(self):
+        if not self.path.exists():
+            return []
+        try:
+            data = json_load(self.path)
+        except (OSError, ValueError) as error:
+            log.warning("ignoring the unreadable test cache %s (%s)", self.path, error)
+            return []
+        if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or \
+                not isinstance(data.get("entries"), list):
+            log.warning("ignoring the test cache %s: not in format %d", self.path, CACHE_FORMAT)
+            return []
+        return [e for e in data["entries"] if isinstance(e, dict)]
+
+    def lookup(self, snapshot, sha256):
+        for entry in self.entries:
+            if (entry.get("snapshot"), entry.get("sha256"), entry.get("setting")) == \
+                    (snapshot, sha256, self.setting):
+                return entry
+        return None
+
+    def store(self, snapshot, info, hist, unexpected):
+        """Record a result (replacing the entry of this file under this setting) and save the file."""
+        entry = {"snapshot": snapshot, "sha256": info.sha256, "layout": info.layout, "setting": self.setting,
+                 "confusion_matrix": np.asarray(hist).tolist(), "unexpected_label_pixels": int(unexpected)}
+        self.entries = [e for e in self.entries
+                        if (e.get("snapshot"), e.get("setting")) != (snapshot, self.setting)] + [entry]
+        json_dump({"format": CACHE_FORMAT, "entries": self.entries}, self.path)
+        return entry
+
+
+def snapshot_dir_of(cfg):
+    folder = Path(cfg.TEST.SNAPSHOT_DIR[0])
+    if not folder.is_dir():
+        raise UserError(f"snapshot folder {folder} not found (TEST.SNAPSHOT_DIR)")
+    if len(cfg.TEST.MODEL) != 1:
+        raise UserError(f"'best' mode evaluates one model per snapshot, but TEST.MODEL lists "
+                        f"{len(cfg.TEST.MODEL)}; use 'single' mode for an ensemble")
+    return folder
+
+
+def available_snapshots(cfg, folder):
+    """Yield (iteration, path) of the snapshots to evaluate, in order: waiting for each (WAIT_MODEL)
+    or skipping the missing ones with a note; a UserError when none exists."""
+    found, skipped = 0, []
+    for n_iter in expected_snapshots(cfg.TEST.SNAPSHOT_STEP, cfg.TEST.SNAPSHOT_MAXITER):
+        path = model_snapshot_path(folder, n_iter)
+        if cfg.TEST.WAIT_MODEL:
+            wait_for_snapshot(path, cfg.TEST.WAIT_TIMEOUT)
+        elif not path.exists():
+            skipped.append(path.name)
+            continue
+        found += 1
+        yield n_iter, path
+    if skipped:
+        log.info("skipped %d missing snapshot(s) (TEST.WAIT_MODEL is False): %s",
+                 len(skipped), ", ".join(skipped))
+    if not found:
+        raise UserError(f"no snapshot model_<k>.pth for k = {cfg.TEST.SNAPSHOT_STEP}, "
+                        f"{2 * cfg.TEST.SNAPSHOT_STEP}, ... {cfg.TEST.SNAPSHOT_MAXITER} in {folder}")
+
+
+def evaluate_snapshot(model, path, cache, loader, cfg, device):
+    """The cache entry of snapshot `path`: looked up by its SHA-256, else evaluated and stored.
+    Returns (entry, cached)."""
+    entry = cache.lookup(path.name, file_sha256(path))
+    if entry is not None:
+        return entry, True
+    info = load_checkpoint(model, path)
+    confmat = evaluate([model], loader, cfg.NUM_CLASSES, device, cfg.TEST.OUTPUT_SIZE_TARGET,
+                       amp=cfg.TEST.AMP, desc=path.stem)
+    return cache.store(path.name, info, confmat.hist(), confmat.unexpected_labels()), False
+
+
+def _miou_key(result):
+    return -math.inf if result["mIoU"] is None else result["mIoU"]
+
+
+def pick_best(results):
+    """The result of highest mIoU (the earliest on ties)."""
+    return max(results, key=_miou_key)
+
+
+def eval_best(cfg, device, cfg_path="", argv=None):
+    """Evaluate every expected snapshot of TEST.SNAPSHOT_DIR[0]; report the last and the best."""
+    folder = snapshot_dir_of(cfg)
+    dataset, loader = build_test_loader(cfg, device)
+    info = get_class_info(cfg, "test")
+    model = build_segmenter(cfg.TEST.MODEL[0], cfg.NUM_CLASSES, cfg.TEST.MULTI_LEVEL[0]).eval().to(device)
+    cache = EvalCache(folder / CACHE_NAME, eval_setting(cfg, dataset, info))
+    results, weights = [], []
+    for n_iter, path in available_snapshots(cfg, folder):
+        entry, cached = evaluate_snapshot(model, path, cache, loader, cfg, device)
+        weights.append(CheckpointInfo(str(path), entry["sha256"], entry.get("layout", "state_dict")))
+        results.append({"snapshot": path.stem, "iteration": n_iter, "path": str(path),
+                        "sha256": entry["sha256"], "cached": cached,
+                        **summarize(entry["confusion_matrix"], info.names),
+                        "unexpected_label_pixels": entry["unexpected_label_pixels"]})
+        best = pick_best(results)
+        log.info("%s: %s%s; best so far: %s (%s)", path.stem, format_miou(results[-1]),
+                 " (cached)" if cached else "", best["snapshot"], format_miou(best))
+    last, best = results[-1], pick_best(results)
+    report_best(last, best, cfg)
+    output = run_header(cfg, cfg_path, dataset, "best")
+    output.update(snapshot_dir=str(folder), snapshots=results, last=last["snapshot"], best=best["snapshot"],
+                  selection=f"'best' is the {BEST_LABEL}; 'last' is the final snapshot evaluated",
+                  predictions=None)
+    if cfg.TEST.SAVE_PREDICTIONS:
+        output["predictions"] = save_best_predictions(model, best, loader, info, folder, cfg, device)
+    write_outputs(folder, RESULTS_BEST, output, build_run_record("test", cfg, device, weights, argv))
+    return output
+
+
+def report_best(last, best, cfg):
+    """Per-class table of the best snapshot, then the 'last' and 'best on val' lines; warnings."""
+    log.info("per class, %s:\n%s", best["snapshot"], format_summary(best))
+    expected_last = expected_snapshots(cfg.TEST.SNAPSHOT_STEP, cfg.TEST.SNAPSHOT_MAXITER)[-1]
+    if last["iteration"] != expected_last:
+        log.info("model_%d.pth was not evaluated: 'last' is the last snapshot found", expected_last)
+    log.info("last (%s): %s", last["snapshot"], format_miou(last))
+    log.info("%s (%s): %s", BEST_LABEL, best["snapshot"], format_miou(best))
+    warn_if_suspicious(best, last["unexpected_label_pixels"], cfg.NUM_CLASSES, what=best["snapshot"])
+
+
+def save_best_predictions(model, best, loader, info, folder, cfg, device):
+    """One more pass of the best snapshot, writing its predictions to predictions/<snapshot>/."""
+    load_checkpoint(model, best["path"])
+    writer = PredictionWriter(folder / "predictions" / best["snapshot"], info)
+    evaluate([model], loader, cfg.NUM_CLASSES, device, cfg.TEST.OUTPUT_SIZE_TARGET, amp=cfg.TEST.AMP,
+             on_prediction=writer, desc=f"{best['snapshot']} (saving predictions)")
+    log.info("predictions of %s written to %s", best["snapshot"], writer.folder)
+    return str(writer.folder)
+
+
+def evaluate_domain_adaptation(cfg, device, cfg_path="", argv=None):
+    """The test stage as cfg.TEST.MODE says; returns the results dict (also written as JSON).
+
+    `cfg_path` is the config file (recorded, and naming the 'single' results folder); `argv`
+    the command line for the run record."""
+    log.info("test: mode %s, %s '%s', device %s, AMP %s", cfg.TEST.MODE, cfg.TARGET, cfg.TEST.SET_TARGET,
+             device, cfg.TEST.AMP)
+    if cfg.TEST.MODE == "best":
+        return eval_best(cfg, device, cfg_path, argv)
+    return eval_single(cfg, device, cfg_path, argv)

@@ -1,0 +1,462 @@
+"""Training stage: source-only, MinEnt, AdvEnt and ESL self-training in one loop (SPEC section 5).
+
+`train_domain_adaptation(cfg, device)` builds the segmenter, the discriminators (AdvEnt) and
+their optimisers, or restores them from the newest train state (`resume=True`), then runs
+`train_step` for min(EARLY_STOP, MAX_ITERS) iterations in total, writing snapshots and a train
+state (train_state.py) every SAVE_PRED_EVERY completed iterations and at the end.
+
+One iteration (`train_step`): zero the gradients, set the poly learning rates from the 0-based
+iteration, then
+  (1) source forward, both levels upsampled to the source input size, cross-entropy, backward;
+  (2) target forward, upsampled to the target input size: the pseudo-label cross-entropy when
+      PSEUDO_LABEL_DIRECTORY_TARGET is set (ESL), plus the adaptation loss (MinEnt: the
+      entropy; AdvEnt: fool the frozen discriminators, i.e. target maps against the SOURCE
+      label), one backward;
+  (3) AdvEnt: each discriminator learns source (0) from target (1) on detached maps, halved;
+  (4) step every optimiser.
+Every loss is weighted per level (aux, main) by its LAMBDA_*; aux exists only with MULTI_LEVEL.
+SIGINT / SIGTERM stop the loop after the current iteration with a saved train state
+(TrainingInterrupted); a non-finite loss stops it before the optimisers step (UserError).
+"""
+import logging
+import math
+import random
+import signal
+import threading
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from advent.dataset import get_class_info, get_source_dataset, get_target_dataset
+from advent.domain_adaptation import train_viz
+from advent.domain_adaptation.config import cfg_to_dict
+from advent.domain_adaptation.snapshots import train_state_path
+from advent.domain_adaptation.train_state import (
+    ResumableSampler, TrainingSetup, check_fresh_snapshot_dir, check_resume_config, check_stream,
+    data_stream, latest_train_state, load_train_state, restore_train_state, save_snapshot,
+    save_train_state, set_rng_state, train_state,
+)
+from advent.model import (
+    build_segmenter, discriminator_optimizer, get_fc_discriminator, load_checkpoint, segmenter_optimizer,
+)
+from advent.utils.errors import UserError
+from advent.utils.func import (
+    adjust_learning_rate, adjust_learning_rate_discriminator, bce_loss, prob_2_entropy,
+)
+from advent.utils.loss import cross_entropy_2d, entropy_loss
+from advent.utils.run_record import build_run_record, write_run_record
+from advent.utils.runtime import seed_everything
+from advent.utils.serialization import yaml_dump
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("aux", "main")  # the order of the model's outputs
+SOURCE_LABEL, TARGET_LABEL = 0, 1  # the discriminators' domain labels
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+BATCH_SIZE_KEYS = {"source": "BATCH_SIZE_SOURCE", "target": "BATCH_SIZE_TARGET"}
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after `n_iter` iterations; the train state is at `path`."""
+
+    def __init__(self, signum, n_iter, path):
+        super().__init__(f"stopped by {signal.Signals(signum).name} after {n_iter} iterations; saved {path}")
+        self.signum, self.n_iter, self.path = signum, n_iter, path
+
+
+class NonFiniteLoss(UserError):
+    """A loss of the iteration is NaN or infinite (raised before any optimiser steps)."""
+
+
+# --- the configuration's view of a run ---
+
+def total_iterations(cfg):
+    return min(cfg.TRAIN.EARLY_STOP, cfg.TRAIN.MAX_ITERS)
+
+
+def uses_target(cfg):
+    """The target images are needed unless the run is source-only without pseudo-labels."""
+    return cfg.TRAIN.DA_METHOD != "SourceOnly" or bool(cfg.PSEUDO_LABEL_DIRECTORY_TARGET)
+
+
+def level_weights(cfg, kind):
+    """{level: TRAIN.LAMBDA_{kind}_{LEVEL}} for kind 'SEG', 'ADV' or 'ENT'; 'aux' only if multi-level."""
+    levels = LEVELS if cfg.TRAIN.MULTI_LEVEL else ("main",)
+    return {level: cfg.TRAIN[f"LAMBDA_{kind}_{level.upper()}"] for level in levels}
+
+
+def describe(cfg):
+    """One line saying what this config trains."""
+    train = cfg.TRAIN
+    method = train.DA_METHOD + (" + pseudo-labels" if cfg.PSEUDO_LABEL_DIRECTORY_TARGET else "")
+    return (f"{cfg.EXP_NAME}: {method}, {cfg.SOURCE} -> {cfg.TARGET} ({cfg.NUM_CLASSES} classes), "
+            f"{train.MODEL} {'multi' if train.MULTI_LEVEL else 'single'}-level, "
+            f"{total_iterations(cfg)} iterations, snapshots every {train.SAVE_PRED_EVERY} "
+            f"in {train.SNAPSHOT_DIR}")
+
+
+# --- one iteration ---
+
+def autocast(device, amp):
+    dtype = AMP_DTYPES[amp]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def predict(model, images, size, amp):
+    """{level: logits upsampled to `size` (width, height)}, bilinear with align_corners=True."""
+    with autocast(images.device, amp):
+        outputs = model(images)
+    return {level: F.interpolate(out.float(), size=(size[1], size[0]), mode="bilinear", align_corners=True)
+            for level, out in zip(LEVELS, outputs) if out is not None}
+
+
+def discriminate(discriminator, logits, amp):
+    """The discriminator's output on the weighted self-information map of the softmax of `logits`."""
+    with autocast(logits.device, amp):
+        return discriminator(prob_2_entropy(F.softmax(logits, dim=1))).float()
+
+
+def seg_losses(preds, labels):
+    return {level: cross_entropy_2d(pred, labels) for level, pred in preds.items()}
+
+
+def entropy_losses(preds):
+    return {level: entropy_loss(F.softmax(pred, dim=1)) for level, pred in preds.items()}
+
+
+def adversarial_losses(discriminators, preds, amp):
+    """Target maps against the SOURCE label: the segmenter learns to fool the discriminators."""
+    return {level: bce_loss(discriminate(discriminators[level], pred, amp), SOURCE_LABEL)
+            for level, pred in preds.items()}
+
+
+def weighted(metrics, name, losses, weights):
+    """Record each level's loss as metrics['loss_{name}_{level}']; return their weighted sum."""
+    for level, loss in losses.items():
+        metrics[f"loss_{name}_{level}"] = loss.detach()
+    return sum(weights[level] * loss for level, loss in losses.items())
+
+
+def set_requires_grad(modules, flag):
+    for module in modules:
+        for param in module.parameters():
+            param.requires_grad_(flag)
+
+
+def backward(setup, loss):
+    (setup.scaler.scale(loss) if setup.scaler is not None else loss).backward()
+
+
+def train_discriminators(setup, pred_src, pred_trg, metrics, amp):
+    """Step (3): each discriminator learns source (label 0) from target (label 1), each loss halved."""
+    for domain, preds, label in (("src", pred_src, SOURCE_LABEL), ("trg", pred_trg, TARGET_LABEL)):
+        loss_sum = 0.0
+        for level, pred in preds.items():
+            d_out = discriminate(setup.discriminators[level], pred.detach(), amp)
+            loss = bce_loss(d_out, label) / 2
+            metrics[f"loss_d_{domain}_{level}"] = loss.detach()
+            # accuracy before this update: the fraction of outputs on the domain's side of 0
+            metrics[f"acc_d_{domain}_{level}"] = ((d_out > 0) == bool(label)).float().mean().detach()
+            loss_sum = loss_sum + loss
+        backward(setup, loss_sum)
+
+
+def set_learning_rates(setup, cfg, i_iter):
+    """Poly schedule from the 0-based iteration: segmenter (classifiers at 10x) and discriminators."""
+    train = cfg.TRAIN
+    rates = {"lr": adjust_learning_rate(setup.optimizer, i_iter, train.LEARNING_RATE, train.MAX_ITERS,
+                                        train.POWER)}
+    for optimizer in setup.optimizers_d.values():
+        rates["lr_d"] = adjust_learning_rate_discriminator(optimizer, i_iter, train.LEARNING_RATE_D,
+                                                           train.MAX_ITERS, train.POWER)
+    return rates
+
+
+def fetch(metrics, i_iter):
+    """The metrics as floats (one device sync); NonFiniteLoss if a loss is NaN or infinite."""
+    names = list(metrics)
+    values = dict(zip(names, torch.stack([metrics[n].float() for n in names]).tolist()))
+    for name in names:
+        if name.startswith("loss_") and not math.isfinite(values[name]):
+            raise NonFiniteLoss(f"iteration {i_iter + 1}: {name} is {values[name]}")
+    return values
+
+
+def step_optimizers(setup):
+    for optimizer in setup.optimizers():
+        if setup.scaler is not None:
+            setup.scaler.step(optimizer)
+        else:
+            optimizer.step()
+    if setup.scaler is not None:
+        setup.scaler.update()
+
+
+def train_step(setup, batch_src, batch_trg, cfg, i_iter):
+    """One iteration (module docstring) on (images, labels) batches; `batch_trg` None when the
+    run uses no target. Returns ({metric: float}, {'source' / 'target': main logits, detached})."""
+    train, amp = cfg.TRAIN, cfg.TRAIN.AMP
+    seg_w, adv_w, ent_w = (level_weights(cfg, kind) for kind in ("SEG", "ADV", "ENT"))
+    rates = set_learning_rates(setup, cfg, i_iter)
+    for optimizer in setup.optimizers():
+        optimizer.zero_grad()
+    metrics = {}
+    # (1) supervised loss on the source
+    images_src, labels_src = batch_src
+    pred_src = predict(setup.model, images_src, train.INPUT_SIZE_SOURCE, amp)
+    backward(setup, weighted(metrics, "seg_src", seg_losses(pred_src, labels_src), seg_w))
+    pred_trg = {}
+    if batch_trg is not None:
+        # (2) target: ESL's pseudo-label loss and the adaptation loss, one backward
+        images_trg, labels_trg = batch_trg
+        pred_trg = predict(setup.model, images_trg, train.INPUT_SIZE_TARGET, amp)
+        loss = 0.0
+        if cfg.PSEUDO_LABEL_DIRECTORY_TARGET:
+            loss += weighted(metrics, "seg_trg", seg_losses(pred_trg, labels_trg), seg_w)
+        if train.DA_METHOD == "MinEnt":
+            loss += weighted(metrics, "ent", entropy_losses(pred_trg), ent_w)
+        elif train.DA_METHOD == "AdvEnt":
+            set_requires_grad(setup.discriminators.values(), False)
+            adversarial = adversarial_losses(setup.discriminators, pred_trg, amp)
+            loss += weighted(metrics, "adv_trg", adversarial, adv_w)
+        backward(setup, loss)
+    if train.DA_METHOD == "AdvEnt":
+        # (3) the discriminators, on detached maps
+        set_requires_grad(setup.discriminators.values(), True)
+        train_discriminators(setup, pred_src, pred_trg, metrics, amp)
+    values = fetch(metrics, i_iter)
+    # (4)
+    step_optimizers(setup)
+    outputs = {"source": pred_src["main"].detach()}
+    if pred_trg:
+        outputs["target"] = pred_trg["main"].detach()
+    return {**values, **rates}, outputs
+
+
+# --- building a run ---
+
+def build_setup(cfg, device):
+    """Segmenter, discriminators (AdvEnt, one per level) and their optimisers on `device`."""
+    train = cfg.TRAIN
+    model = build_segmenter(train.MODEL, cfg.NUM_CLASSES, train.MULTI_LEVEL).to(device)
+    optimizer = segmenter_optimizer(model, train.LEARNING_RATE, train.MOMENTUM, train.WEIGHT_DECAY,
+                                    train.REPEAT_BACKBONE_UPDATES)
+    discriminators = {}
+    if train.DA_METHOD == "AdvEnt":
+        discriminators = {level: get_fc_discriminator(cfg.NUM_CLASSES).to(device)
+                          for level in level_weights(cfg, "ADV")}
+    optimizers_d = {level: discriminator_optimizer(d, train.LEARNING_RATE_D)
+                    for level, d in discriminators.items()}
+    scaler = torch.amp.GradScaler(device.type) if train.AMP == "fp16" else None
+    return TrainingSetup(model, optimizer, discriminators, optimizers_d, scaler)
+
+
+def initial_weights(model, restore_from):
+    """Load TRAIN.RESTORE_FROM (ImageNet init, torchvision, a released or own model); [CheckpointInfo]."""
+    if not restore_from:
+        log.warning("TRAIN.RESTORE_FROM is empty: the segmenter starts from random weights "
+                    "(the papers start from the ImageNet init)")
+        return []
+    return [load_checkpoint(model, restore_from)]
+
+
+def training_datasets(cfg, total):
+    """{'source': ..., 'target': ...} (target only when used), each long enough for `total` iterations."""
+    datasets = {"source": get_source_dataset(cfg, max_iters=total * cfg.TRAIN.BATCH_SIZE_SOURCE)}
+    if uses_target(cfg):
+        datasets["target"] = get_target_dataset(cfg, "train", max_iters=total * cfg.TRAIN.BATCH_SIZE_TARGET)
+    return datasets
+
+
+def data_streams(cfg, datasets, seed=None, saved=None, path=None):
+    """Each loader's order (seed, length, position) and batch size: new from `seed`, or `saved`."""
+    streams = {}
+    for offset, (name, dataset) in enumerate(datasets.items()):
+        if saved is None:
+            stream = data_stream(seed + offset, len(dataset))
+        else:
+            stream = saved[name]
+            check_stream(name, stream, len(dataset), path)
+        streams[name] = {**stream, "batch_size": cfg.TRAIN[BATCH_SIZE_KEYS[name]]}
+    return streams
+
+
+def seed_worker(worker_id):
+    """Loader workers: NumPy and Python generators from the worker's torch seed (set by the loader)."""
+    seed = torch.initial_seed() % 2 ** 32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset, stream, num_workers, device):
+    """A loader in the stream's order from its position on; its own generator leaves the global RNG alone."""
+    sampler = ResumableSampler(stream["num_samples"], stream["seed"], stream["position"])
+    return DataLoader(dataset, batch_size=stream["batch_size"], sampler=sampler, num_workers=num_workers,
+                      pin_memory=device.type == "cuda", worker_init_fn=seed_worker,
+                      generator=torch.Generator().manual_seed(stream["seed"]))
+
+
+def batches(loader, device):
+    for images, labels, _, _ in loader:
+        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+
+# --- signals ---
+
+@contextmanager
+def stop_signals():
+    """While training: the first SIGINT / SIGTERM asks to stop after the current iteration
+    (the yielded dict's 'signum' is set); a second aborts at once with KeyboardInterrupt."""
+    stop = {"signum": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signal handlers can only be installed from the main thread
+        return
+
+    def handle(signum, frame):
+        if stop["signum"] is not None:
+            raise KeyboardInterrupt
+        stop["signum"] = signum
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# --- the loop ---
+
+class Run:
+    """What the loop needs besides the networks: config, device, data streams, monitoring."""
+
+    def __init__(self, cfg, device, setup, streams, writer=None, last_saved=None):
+        self.cfg, self.device, self.setup, self.streams = cfg, device, setup, streams
+        self.writer, self.last_saved = writer, last_saved
+        self.snapshot_dir = Path(cfg.TRAIN.SNAPSHOT_DIR)
+        self.palette = get_class_info(cfg, "train").palette if writer is not None else None
+
+    def save(self, n_iter, snapshot=True):
+        if snapshot:
+            save_snapshot(self.snapshot_dir, n_iter, self.setup.model, self.setup.discriminators)
+        self.last_saved = save_train_state(self.snapshot_dir, n_iter,
+                                           train_state(self.setup, n_iter, self.streams, self.cfg))
+        return self.last_saved
+
+    def state_at(self, n_iter):
+        """The train state after `n_iter` iterations: the one just saved, or a new one."""
+        if self.last_saved is not None and self.last_saved.name == train_state_path("", n_iter).name:
+            return self.last_saved
+        return self.save(n_iter, snapshot=False)
+
+    def report(self, bar, n_iter, metrics, batch, outputs):
+        bar.set_postfix({name[5:-5]: f"{value:.3g}" for name, value in metrics.items()
+                         if name.startswith("loss_") and name.endswith("_main")}, refresh=False)
+        if self.writer is None:
+            return
+        train_viz.log_scalars(self.writer, n_iter, metrics)
+        if n_iter % self.cfg.TRAIN.TENSORBOARD_VIZRATE == 0:
+            for domain, logits in outputs.items():
+                train_viz.log_images(self.writer, n_iter, domain, batch[domain][0], logits, self.palette,
+                                     self.cfg.TRAIN.IMG_MEAN)
+
+
+def train_loop(run, loaders, start, total):
+    """Iterations start..total-1; returns the number completed. Raises TrainingInterrupted on a signal."""
+    streams = {name: batches(loader, run.device) for name, loader in loaders.items()}
+    n_iter = start
+    progress = tqdm(range(start, total), initial=start, total=total, desc=run.cfg.EXP_NAME,
+                    dynamic_ncols=True)
+    with stop_signals() as stop, logging_redirect_tqdm(), progress as bar:
+        for i_iter in bar:
+            try:
+                batch = {name: next(stream) for name, stream in streams.items()}
+            except Exception:
+                if stop["signum"] is None:
+                    raise
+                break  # a loader worker ended by the same Ctrl-C: abandon this iteration
+            try:
+                metrics, outputs = train_step(run.setup, batch["source"], batch.get("target"), run.cfg,
+                                              i_iter)
+            except NonFiniteLoss as error:
+                raise UserError(f"training diverged at {error}; nothing of this iteration was saved, "
+                                f"last good train state: {run.last_saved or 'none'}") from None
+            n_iter = i_iter + 1
+            run.report(bar, n_iter, metrics, batch, outputs)
+            if n_iter % run.cfg.TRAIN.SAVE_PRED_EVERY == 0 or n_iter == total:
+                run.save(n_iter)
+            if stop["signum"] is not None:
+                break
+    if stop["signum"] is not None and n_iter < total:
+        raise TrainingInterrupted(stop["signum"], n_iter, run.state_at(n_iter))
+    return n_iter
+
+
+# --- the entry point ---
+
+def begin(cfg, resume):
+    """(train state, CheckpointInfo) to resume from, checked against `cfg`; (None, None) for a
+    fresh run, after checking that its folder holds no other run."""
+    snapshot_dir = cfg.TRAIN.SNAPSHOT_DIR
+    if not resume:
+        check_fresh_snapshot_dir(snapshot_dir)
+        return None, None
+    path = latest_train_state(snapshot_dir)
+    state, info = load_train_state(path)
+    check_resume_config(state["config"], cfg, path)
+    log.info("resuming from %s (%d iterations done)", path, state["iteration"])
+    return state, info
+
+
+def write_run_files(cfg, device, weights):
+    """SNAPSHOT_DIR/config.yml (the resolved config) and a run record of the weights loaded."""
+    snapshot_dir = Path(cfg.TRAIN.SNAPSHOT_DIR)
+    yaml_dump(cfg_to_dict(cfg), snapshot_dir / "config.yml")
+    write_run_record(snapshot_dir, build_run_record("train", cfg, device, weights))
+
+
+def train_domain_adaptation(cfg, device, resume=False, tensorboard=False, seeded=True):
+    """Train as `cfg` says, fresh or (`resume`) from the newest train state in TRAIN.SNAPSHOT_DIR.
+
+    `seeded`: seed every generator from TRAIN.RANDOM_SEED (False: --random-train; the data order
+    is still recorded, so a resume stays exact). Returns the number of completed iterations;
+    raises TrainingInterrupted after SIGINT / SIGTERM and UserError for user mistakes or a
+    non-finite loss. A fresh run refuses a SNAPSHOT_DIR that holds another run's files.
+    """
+    total = total_iterations(cfg)
+    saved, info = begin(cfg, resume)
+    if saved is not None and saved["iteration"] >= total:
+        log.info("%s: training already finished (%d of %d iterations)", cfg.EXP_NAME,
+                 saved["iteration"], total)
+        return saved["iteration"]
+    datasets = training_datasets(cfg, total)  # first: missing data fails before any model is built
+    if seeded:
+        seed_everything(cfg.TRAIN.RANDOM_SEED)
+    setup = build_setup(cfg, device)
+    if saved is None:
+        weights = initial_weights(setup.model, cfg.TRAIN.RESTORE_FROM)
+        data_seed = cfg.TRAIN.RANDOM_SEED if seeded else random.SystemRandom().randrange(2 ** 31)
+        streams, start = data_streams(cfg, datasets, seed=data_seed), 0
+    else:
+        weights = [info]
+        restore_train_state(setup, saved, info.path)
+        streams, start = data_streams(cfg, datasets, saved=saved["data"], path=info.path), saved["iteration"]
+        set_rng_state(saved["rng"])
+    write_run_files(cfg, device, weights)
+    setup.model.train()
+    for discriminator in setup.discriminators.values():
+        discriminator.train()
+    loaders = {name: make_loader(datasets[name], stream, cfg.NUM_WORKERS, device)
+               for name, stream in streams.items()}
+    writer = None
+    if tensorboard:
+        writer = train_viz.tensorboard_writer(cfg.TRAIN.TENSORBOARD_LOGDIR, purge_step=start or None)
+    with writer if writer is not None else nullcontext():
+        run = Run(cfg, device, setup, streams, writer, last_saved=Path(info.path) if info else None)
+        return train_loop(run, loaders, start, total)

@@ -1,0 +1,77 @@
+"""Training stage: train DeepLab-v2 with source-only, MinEnt, AdvEnt or ESL self-training.
+
+    python advent/scripts/train.py --cfg advent/scripts/configs/advent.yml [--resume]
+        [--tensorboard] [--viz-every-iter N] [--exp-suffix S] [--random-train]
+
+Snapshots, the train state and the resolved config go to TRAIN.SNAPSHOT_DIR (default
+EXP_ROOT/snapshots/EXP_NAME). Exit codes: 0 done; 2 a user error (one line on stderr);
+128 + signal number after SIGINT / SIGTERM, with a train state saved for --resume.
+"""
+import argparse
+import logging
+import shlex
+import signal
+import sys
+
+import torch
+
+from advent.domain_adaptation.train_UDA import TrainingInterrupted, describe, train_domain_adaptation
+from advent.utils.errors import UserError, run_main
+from advent.utils.runtime import load_config, select_device, setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cfg", required=True, help="the YAML config file")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest train state in the run's snapshot folder")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="write TensorBoard scalars and images to TRAIN.TENSORBOARD_LOGDIR")
+    parser.add_argument("--viz-every-iter", type=int, default=None,
+                        help="image grids every N iterations (overrides TRAIN.TENSORBOARD_VIZRATE)")
+    parser.add_argument("--exp-suffix", default="", help="appended to EXP_NAME (a separate run folder)")
+    parser.add_argument("--random-train", action="store_true",
+                        help="do not seed the random generators from TRAIN.RANDOM_SEED")
+    return parser.parse_args(argv)
+
+
+def resume_command(args):
+    script = sys.argv[0] if sys.argv[0].endswith(".py") else "advent/scripts/train.py"
+    words = ["python", script, "--cfg", args.cfg]
+    if args.exp_suffix:
+        words += ["--exp-suffix", args.exp_suffix]
+    if args.tensorboard:
+        words.append("--tensorboard")
+    return shlex.join(words + ["--resume"])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    setup_logging()
+    cfg = load_config(args.cfg, args.exp_suffix)
+    if args.viz_every_iter is not None:
+        if args.viz_every_iter <= 0:
+            raise UserError(f"--viz-every-iter must be positive, got {args.viz_every_iter}")
+        cfg.TRAIN.TENSORBOARD_VIZRATE = args.viz_every_iter
+    device = select_device(cfg.GPU_ID)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the original: fixed input sizes
+    log.info("%s on %s; full config: %s/config.yml", describe(cfg), device, cfg.TRAIN.SNAPSHOT_DIR)
+    try:
+        train_domain_adaptation(cfg, device, resume=args.resume, tensorboard=args.tensorboard,
+                                seeded=not args.random_train)
+    except TrainingInterrupted as stop:
+        print(f"{signal.Signals(stop.signum).name}: stopped after {stop.n_iter} iterations, train state "
+              f"saved to {stop.path}; resume with: {resume_command(args)}", file=sys.stderr)
+        sys.exit(128 + stop.signum)
+    except KeyboardInterrupt:
+        print(f"aborted without saving; the newest train state in {cfg.TRAIN.SNAPSHOT_DIR} is kept",
+              file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
