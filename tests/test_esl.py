@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from advent.dataset import get_target_dataset, pseudo_label_name
-from advent.domain_adaptation import esl_UDA
+from advent.domain_adaptation import esl_UDA, snapshots
 from advent.domain_adaptation.pseudo_labels import predict_with_confidence
 from advent.model import build_segmenter
 from advent.scripts import esl as esl_script
@@ -185,11 +185,12 @@ def test_missing_checkpoint_one_line_exit_2(tmp_path):
     assert result.stderr.strip() == f"error: ESL.RESTORE_FROM not found: {tmp_path / 'absent.pth'}"
 
 
-def test_wait_for_checkpoint_times_out(tmp_path):
-    with pytest.raises(UserError, match="did not appear within 0.2 s"):
-        esl_script.wait_for_checkpoint(str(tmp_path / "later.pth"), True, 0.2, poll_seconds=0.05)
+def test_wait_for_checkpoint_times_out(tmp_path, monkeypatch):
+    monkeypatch.setattr(snapshots, "POLL_SECONDS", 0.05)
+    with pytest.raises(UserError, match=r"gave up waiting for .*later.pth after 0.2 s \(ESL.WAIT_TIMEOUT\)"):
+        esl_script.check_checkpoint(str(tmp_path / "later.pth"), True, 0.2)
     (tmp_path / "later.pth").write_bytes(b"")
-    esl_script.wait_for_checkpoint(str(tmp_path / "later.pth"), True, 0.2, poll_seconds=0.05)
+    esl_script.check_checkpoint(str(tmp_path / "later.pth"), True, 0.2)
 
 
 def test_outputs_are_readable_by_others_as_umask_allows(tmp_path):

@@ -23,7 +23,7 @@ from advent import PROJECT_ROOT
 from advent.dataset import CityscapesDataSet, get_class_info, get_target_dataset
 from advent.dataset.class_info import INFO16_PATH
 from advent.domain_adaptation.config import get_default_cfg
-from advent.domain_adaptation import eval_UDA
+from advent.domain_adaptation import eval_UDA, snapshots
 from advent.domain_adaptation.eval_UDA import (
     BEST_LABEL, CACHE_NAME, RESULTS_BEST, RESULTS_SINGLE, Buffers, build_test_loader, evaluate,
     pick_best, upsampled_prediction,
@@ -472,7 +472,7 @@ def test_best_mode_cache_is_reused_and_invalidated_by_file_or_setting_changes(tm
 def test_best_mode_waits_for_a_snapshot_then_evaluates_it(tmp_path, monkeypatch, caplog):
     cfg, folder = best_cfg(tmp_path, iterations=(2000, 4000), wait=True)
     cfg.TEST.WAIT_TIMEOUT = 30
-    monkeypatch.setattr(eval_UDA, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(snapshots, "POLL_SECONDS", 0.05)
     model = tiny_model(6000)
     waiting = threading.Event()
 
@@ -480,7 +480,7 @@ def test_best_mode_waits_for_a_snapshot_then_evaluates_it(tmp_path, monkeypatch,
         waiting.set()
         time.sleep(seconds)
 
-    monkeypatch.setattr(eval_UDA, "time", SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
+    monkeypatch.setattr(snapshots, "time", SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
 
     def trainer():  # writes model_6000.pth (atomically, as train.py) once the tester waits for it
         assert waiting.wait(timeout=60)
@@ -502,7 +502,7 @@ def test_best_mode_waits_for_a_snapshot_then_evaluates_it(tmp_path, monkeypatch,
 def test_best_mode_gives_up_waiting_after_the_timeout(tmp_path, monkeypatch, caplog, capsys):
     cfg, folder = best_cfg(tmp_path, iterations=(2000, 4000), wait=True)
     cfg.TEST.WAIT_TIMEOUT = 1
-    monkeypatch.setattr(eval_UDA, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(snapshots, "POLL_SECONDS", 0.05)
     path = write_cfg_yaml(cfg, tmp_path / "wait.yml")
     start = time.monotonic()
     with caplog.at_level(logging.INFO):

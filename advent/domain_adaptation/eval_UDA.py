@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ from advent.dataset import get_class_info, get_target_dataset
 from advent.domain_adaptation.metrics import (
     ConfusionMatrix, format_miou, format_summary, summarize, warn_if_suspicious,
 )
-from advent.domain_adaptation.snapshots import expected_snapshots, model_snapshot_path
+from advent.domain_adaptation.snapshots import expected_snapshots, model_snapshot_path, wait_for_file
 from advent.model import build_segmenter, load_checkpoint
 from advent.model.weights import CheckpointInfo, file_sha256
 from advent.utils.errors import UserError
@@ -51,7 +50,6 @@ CACHE_NAME = "test_cache.json"
 CACHE_FORMAT = 1
 RESULTS_SINGLE = "results_single.json"
 RESULTS_BEST = "results_best.json"
-POLL_SECONDS = 10.0  # how often 'best' mode looks for a snapshot it waits for
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 BEST_LABEL = "best on val — oracle selection, as in the papers"
 
@@ -286,24 +284,6 @@ def write_outputs(folder, file_name, results, record):
 
 # --- 'best' mode ---
 
-def wait_for_snapshot(path, timeout, poll=None):
-    """Return once `path` exists, saying once that we wait; a UserError after `timeout` seconds.
-
-    Only the final name is looked at: the trainer writes a temporary file and renames it, so
-    an existing snapshot is complete."""
-    path = Path(path)
-    if path.exists():
-        return
-    log.info("waiting for %s ... (TEST.WAIT_MODEL; giving up after %s s, TEST.WAIT_TIMEOUT)",
-             path.name, timeout)
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise UserError(f"gave up waiting for {path} after {timeout} s (TEST.WAIT_TIMEOUT)")
-        time.sleep(min(POLL_SECONDS if poll is None else poll, remaining))
-
-
 def _sha256_text(text):
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -390,7 +370,7 @@ def available_snapshots(cfg, folder):
     for n_iter in expected_snapshots(cfg.TEST.SNAPSHOT_STEP, cfg.TEST.SNAPSHOT_MAXITER):
         path = model_snapshot_path(folder, n_iter)
         if cfg.TEST.WAIT_MODEL:
-            wait_for_snapshot(path, cfg.TEST.WAIT_TIMEOUT)
+            wait_for_file(path, cfg.TEST.WAIT_TIMEOUT, "TEST")
         elif not path.exists():
             skipped.append(path.name)
             continue

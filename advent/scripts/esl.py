@@ -12,9 +12,9 @@ import argparse
 import logging
 import os
 import sys
-import time
 
 from advent.dataset import get_target_dataset
+from advent.domain_adaptation.snapshots import wait_for_file
 from advent.domain_adaptation.esl_UDA import check_output_dir, format_report, generate_pseudo_labels
 from advent.model import build_segmenter, load_checkpoint
 from advent.utils.errors import UserError, run_main
@@ -30,20 +30,13 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def wait_for_checkpoint(path, wait, timeout, poll_seconds=10):
-    """Return once `path` exists; with `wait`, poll for it up to `timeout` seconds."""
+def check_checkpoint(path, wait, timeout):
+    """ESL.RESTORE_FROM must be set and exist; with ESL.WAIT_MODEL, wait for it to appear."""
     if not path:
         raise UserError("ESL.RESTORE_FROM is empty: set it to the trained model (e.g. the best AdvEnt snapshot)")
-    if os.path.exists(path):
-        return
-    if not wait:
+    if not wait and not os.path.exists(path):
         raise UserError(f"ESL.RESTORE_FROM not found: {path}")
-    log.info("waiting for %s (ESL.WAIT_MODEL is True; giving up after %d s)", path, timeout)
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() >= deadline:
-            raise UserError(f"ESL.RESTORE_FROM did not appear within {timeout} s: {path}")
-        time.sleep(min(poll_seconds, max(deadline - time.monotonic(), 0)))
+    wait_for_file(path, timeout, "ESL")
 
 
 def main(argv=None):
@@ -54,7 +47,7 @@ def main(argv=None):
     dataset = get_target_dataset(cfg, "esl")
     if len(dataset) == 0:
         raise UserError(f"the target split '{cfg.ESL.SET_TARGET}' lists no image")
-    wait_for_checkpoint(cfg.ESL.RESTORE_FROM, cfg.ESL.WAIT_MODEL, cfg.ESL.WAIT_TIMEOUT)
+    check_checkpoint(cfg.ESL.RESTORE_FROM, cfg.ESL.WAIT_MODEL, cfg.ESL.WAIT_TIMEOUT)
     device = select_device(cfg.GPU_ID)
     model = build_segmenter(cfg.ESL.MODEL, cfg.NUM_CLASSES, cfg.ESL.MULTI_LEVEL)
     checkpoint = load_checkpoint(model, cfg.ESL.RESTORE_FROM)
