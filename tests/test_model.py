@@ -11,7 +11,8 @@ from advent.model.discriminator import get_fc_discriminator
 from advent.model.optim import segmenter_optimizer
 from advent.utils.errors import UserError
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "deeplabv2_state_dict.json"
+# The state-dict names and shapes of the released checkpoints (a copy of shared/reference/).
+REFERENCE = Path(__file__).resolve().parent / "reference" / "deeplabv2_state_dict.json"
 
 
 @pytest.fixture(scope="module")

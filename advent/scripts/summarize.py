@@ -1,0 +1,119 @@
+"""Seed sweeps: mean ± std of mIoU and of every class IoU over several test.py results.
+
+    python advent/scripts/summarize.py experiments/snapshots/GTA2Cityscapes_DeepLabv2_AdvEnt_seed*
+    python advent/scripts/summarize.py run1/results_best.json run2/results_best.json [--json out.json]
+
+Takes results_single.json / results_best.json files, or folders searched for them. Best-mode
+results give two rows of figures: the last snapshot, and the best on val (an oracle selection,
+as in the papers). std is the sample standard deviation (n - 1); min and max give the range.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from advent.utils.errors import UserError, run_main
+from advent.utils.serialization import json_dump, json_load
+
+RESULT_NAMES = ("results_single.json", "results_best.json")
+GROUPS = {"single": "single-model results", "last": "last snapshot",
+          "best": "best snapshot on val (oracle selection, as in the papers)"}
+
+
+def find_result_files(paths):
+    """The result files named, and those found under the folders named, sorted per folder."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for name in RESULT_NAMES for p in path.rglob(name))
+            if not found:
+                raise UserError(f"no {' or '.join(RESULT_NAMES)} under {path}")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"not found: {path}")
+    return files
+
+
+def runs_of(path):
+    """{group: summary} of one results file; a summary has 'mIoU', 'per_class' (and 'mIoU13')."""
+    try:
+        results = json_load(path)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read results {path}: {error}") from None
+    if results.get("mode") == "best":
+        by_name = {entry["snapshot"]: entry for entry in results["snapshots"]}
+        return {"last": by_name[results["last"]], "best": by_name[results["best"]]}
+    if "per_class" in results:
+        return {"single": results}
+    raise UserError(f"{path} is not a test.py results file (no per-class IoU)")
+
+
+def statistics(values):
+    """mean, std (n - 1; 0 for one run), min, max over the defined values; None when none is."""
+    values = np.array([v for v in values if v is not None], dtype=np.float64)
+    if values.size == 0:
+        return None
+    std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    return {"mean": float(values.mean()), "std": std, "min": float(values.min()),
+            "max": float(values.max()), "n": int(values.size)}
+
+
+def summarize_group(summaries, sources):
+    """Statistics of mIoU (and mIoU13) and of each class IoU over runs with the same classes."""
+    names = [entry["name"] for entry in summaries[0]["per_class"]]
+    for summary, source in zip(summaries, sources):
+        if [entry["name"] for entry in summary["per_class"]] != names:
+            raise UserError(f"{source} has other classes than {sources[0]}: results cannot be combined")
+    table = {"mIoU": statistics(s["mIoU"] for s in summaries)}
+    if all("mIoU13" in s for s in summaries):
+        table["mIoU13"] = statistics(s["mIoU13"] for s in summaries)
+    for i, name in enumerate(names):
+        table[name] = statistics(s["per_class"][i]["IoU"] for s in summaries)
+    return {"runs": [str(s) for s in sources], "statistics": table}
+
+
+def summarize_files(files):
+    """{group: summarize_group(...)} over the result files, for each group present."""
+    grouped = {}
+    for path in files:
+        for group, summary in runs_of(path).items():
+            grouped.setdefault(group, ([], []))
+            grouped[group][0].append(summary)
+            grouped[group][1].append(path)
+    return {group: summarize_group(*grouped[group]) for group in GROUPS if group in grouped}
+
+
+def format_group(group, summary):
+    width = max(len(name) for name in summary["statistics"]) + 2
+    lines = [f"{GROUPS[group]}: {len(summary['runs'])} runs",
+             f"{'':<{width}}{'mean':>7} {'± std':>7}{'min':>8}{'max':>8}"]
+    for name, stats in summary["statistics"].items():
+        if stats is None:
+            lines.append(f"{name:<{width}}{'-':>7}")
+        else:
+            lines.append(f"{name:<{width}}{stats['mean']:>7.2f} ±{stats['std']:>6.2f}"
+                         f"{stats['min']:>8.2f}{stats['max']:>8.2f}")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="mean ± std of test.py results over runs (e.g. seeds)")
+    parser.add_argument("paths", nargs="+", help="results_*.json files or folders holding them")
+    parser.add_argument("--json", help="also write the statistics to this JSON file")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    summary = summarize_files(find_result_files(args.paths))
+    print("\n\n".join(format_group(group, s) for group, s in summary.items()))
+    if args.json:
+        json_dump(summary, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

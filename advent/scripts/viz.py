@@ -1,0 +1,119 @@
+"""Entropy maps: image | prediction | normalised entropy | ground truth | pseudo-label, per image.
+
+    python advent/scripts/viz.py --cfg configs/advent_pretrained.yml --num-images 8
+    python advent/scripts/viz.py --cfg configs/esl.yml --stage esl --names aachen/aachen_000000_000019_leftImg8bit.png
+
+--stage test (default) shows TEST.SET_TARGET with the model of TEST.RESTORE_FROM[0]; --stage esl
+shows ESL.SET_TARGET with ESL.RESTORE_FROM; --checkpoint overrides either (e.g. a snapshot of a
+'best'-mode run). Ground truth is shown when the split has it, the pseudo-label when
+PSEUDO_LABEL_DIRECTORY_TARGET holds one for the image. Everything is shown at the input size.
+One PNG per image goes to --out (default EXP_ROOT_LOGS/viz/EXP_NAME).
+"""
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from advent.dataset import get_class_info, get_target_dataset, pseudo_label_name
+from advent.model import build_segmenter, load_checkpoint
+from advent.utils.errors import UserError, run_main
+from advent.utils.runtime import load_config, select_device, setup_logging
+from advent.utils.viz_segmask import entropy_image, input_image, mask_image, panel_row, prediction_image
+
+log = logging.getLogger("viz")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Write image | prediction | entropy | labels panels")
+    parser.add_argument("--cfg", required=True, help="YAML config file")
+    parser.add_argument("--stage", choices=("test", "esl"), default="test",
+                        help="which config section gives the split, sizes and model (default: test)")
+    parser.add_argument("--checkpoint", help="model file (default: TEST.RESTORE_FROM[0] or ESL.RESTORE_FROM)")
+    parser.add_argument("--num-images", type=int, default=4, help="the first N images of the split")
+    parser.add_argument("--names", nargs="+", help="list entries to show instead of the first N")
+    parser.add_argument("--out", help="output folder (default: EXP_ROOT_LOGS/viz/EXP_NAME)")
+    return parser.parse_args(argv)
+
+
+def model_settings(cfg, stage, checkpoint):
+    """(model name, multi-level, checkpoint path) for the stage."""
+    if stage == "esl":
+        name, multi_level, default = cfg.ESL.MODEL, cfg.ESL.MULTI_LEVEL, cfg.ESL.RESTORE_FROM
+    else:
+        name, multi_level, default = cfg.TEST.MODEL[0], cfg.TEST.MULTI_LEVEL[0], cfg.TEST.RESTORE_FROM[0]
+    path = checkpoint or default
+    if not path:
+        key = "ESL.RESTORE_FROM" if stage == "esl" else "TEST.RESTORE_FROM"
+        raise UserError(f"{key} is empty: pass --checkpoint (e.g. a model_{{n}}.pth snapshot)")
+    return name, multi_level, path
+
+
+def chosen_indices(dataset, names, count):
+    if not names:
+        return list(range(min(count, len(dataset))))
+    entries = list(dataset.img_ids)
+    missing = [n for n in names if n not in entries]
+    if missing:
+        raise UserError(f"not in the split's list: {missing[0]}")
+    return [entries.index(n) for n in names]
+
+
+def pseudo_label(folder, name, size):
+    """The pseudo-label of list entry `name` resized (nearest) to `size` (W, H), or None."""
+    path = Path(folder) / pseudo_label_name(name) if folder else None
+    if path is None or not path.exists():
+        return None
+    return np.asarray(Image.open(path).resize(size, Image.NEAREST))
+
+
+def panels_for(model, item, cfg, palette, has_labels, device):
+    """[(title, panel)] of one dataset item, all at the input size."""
+    image, label, _, name = item
+    height, width = image.shape[1:]
+    with torch.no_grad():
+        _, logits = model(torch.from_numpy(image)[None].to(device))
+    logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=True)[0].cpu()
+    panels = [("image", input_image(image, cfg.mean)), ("prediction", prediction_image(logits, palette)),
+              ("entropy", entropy_image(logits, colormap=True))]
+    if has_labels:
+        resized = Image.fromarray(label.astype(np.uint8)).resize((width, height), Image.NEAREST)
+        panels.append(("ground truth", mask_image(np.asarray(resized), palette)))
+    pseudo = pseudo_label(cfg.pseudo_dir, name, (width, height))
+    if pseudo is not None:
+        panels.append(("pseudo-label", mask_image(pseudo, palette)))
+    return panels
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    setup_logging()
+    cfg = load_config(args.cfg)
+    name, multi_level, checkpoint = model_settings(cfg, args.stage, args.checkpoint)
+    dataset = get_target_dataset(cfg, args.stage)
+    indices = chosen_indices(dataset, args.names, args.num_images)
+    device = select_device(cfg.GPU_ID)
+    model = build_segmenter(name, cfg.NUM_CLASSES, multi_level)
+    load_checkpoint(model, checkpoint)
+    model.to(device).eval()
+    palette = get_class_info(cfg, args.stage).palette
+    section = cfg.ESL if args.stage == "esl" else cfg.TEST
+    view = argparse.Namespace(mean=section.IMG_MEAN, pseudo_dir=cfg.PSEUDO_LABEL_DIRECTORY_TARGET)
+    out = Path(args.out or Path(cfg.EXP_ROOT_LOGS) / "viz" / cfg.EXP_NAME)
+    out.mkdir(parents=True, exist_ok=True)
+    for index in indices:
+        item = dataset[index]
+        titled = panels_for(model, item, view, palette, dataset.has_labels, device)
+        row = panel_row([p for _, p in titled], [t for t, _ in titled])
+        path = out / pseudo_label_name(item[3])
+        Image.fromarray(row).save(path)
+        log.info("wrote %s (%s)", path, " | ".join(t for t, _ in titled))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

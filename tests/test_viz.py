@@ -1,0 +1,70 @@
+"""viz.py writes image | prediction | entropy | ground truth | pseudo-label panels."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from advent.dataset import pseudo_label_name
+from advent.model import build_segmenter
+from advent.scripts import viz
+from advent.utils.errors import UserError
+from advent.utils.viz_segmask import CITYSCAPES_PALETTE, entropy_image, panel_row
+from fake_data import make_fake_cfg, write_cfg_yaml, write_pseudo_labels
+
+
+def config(tmp_path, **changes):
+    cfg, written = make_fake_cfg(tmp_path)
+    torch.manual_seed(0)
+    torch.save(build_segmenter("DeepLabv2-Tiny", 19, True).state_dict(), tmp_path / "m.pth")
+    cfg.NUM_WORKERS = 0
+    cfg.TEST.MODE, cfg.TEST.MODEL, cfg.TEST.RESTORE_FROM = "single", ("DeepLabv2-Tiny",), (str(tmp_path / "m.pth"),)
+    cfg.ESL.MODEL, cfg.ESL.RESTORE_FROM = "DeepLabv2-Tiny", str(tmp_path / "m.pth")
+    for key, value in changes.items():
+        setattr(cfg, key, value)
+    return write_cfg_yaml(cfg, tmp_path / "viz.yml"), written
+
+
+def test_test_stage_panels_with_ground_truth(tmp_path):
+    path, written = config(tmp_path)
+    assert viz.main(["--cfg", str(path), "--num-images", "2", "--out", str(tmp_path / "out")]) == 0
+    files = sorted((tmp_path / "out").iterdir())
+    assert [f.name for f in files] == sorted(pseudo_label_name(n) for n in written["val"].names[:2])
+    picture = np.asarray(Image.open(files[0]))
+    # 4 panels of 64 px plus 3 gaps of 4 px; a title strip of 18 px over 32 px panels
+    assert picture.shape == (18 + 32, 4 * 64 + 3 * 4, 3)
+
+
+def test_esl_stage_shows_the_pseudo_label(tmp_path):
+    path, written = config(tmp_path, PSEUDO_LABEL_DIRECTORY_TARGET=str(tmp_path / "labels"))
+    name = written["train"].names[0]
+    labels = write_pseudo_labels(tmp_path / "labels", [name], size=(64, 32))
+    viz.main(["--cfg", str(path), "--stage", "esl", "--names", name, "--out", str(tmp_path / "out")])
+    picture = np.asarray(Image.open(tmp_path / "out" / pseudo_label_name(name)))
+    assert picture.shape[1] == 5 * 64 + 4 * 4  # image, prediction, entropy, ground truth, pseudo-label
+    last = picture[18:, -64:]
+    expected = np.array([CITYSCAPES_PALETTE[v] if v < 19 else (0, 0, 0) for v in labels[name].ravel()])
+    np.testing.assert_array_equal(last.reshape(-1, 3), expected)
+
+
+def test_entropy_panel_is_uniform_for_a_uniform_softmax():
+    grey = entropy_image(torch.zeros(19, 2, 3))
+    assert torch.allclose(grey, torch.ones(3, 2, 3))
+    coloured = entropy_image(torch.zeros(19, 2, 3), colormap=True)
+    assert coloured.shape == (3, 2, 3) and torch.unique(coloured.reshape(3, -1), dim=1).shape[1] == 1
+
+
+def test_panel_row_layout():
+    row = panel_row([torch.zeros(3, 5, 7), torch.ones(3, 5, 2)], ["a", "b"], gap=1, title_height=10)
+    assert row.shape == (15, 10, 3)
+    assert (row[10:, :7] == 0).all() and (row[10:, 8:] == 255).all() and (row[10:, 7] == 255).all()
+
+
+def test_bad_inputs(tmp_path):
+    path, _ = config(tmp_path)
+    with pytest.raises(UserError, match="not in the split's list"):
+        viz.main(["--cfg", str(path), "--names", "nowhere/x.png"])
+    cfg_path, _ = config(tmp_path / "b")
+    text = cfg_path.read_text().replace(str(tmp_path / "b" / "m.pth"), "''")
+    cfg_path.write_text(text)
+    with pytest.raises(UserError, match="TEST.RESTORE_FROM is empty: pass --checkpoint"):
+        viz.main(["--cfg", str(cfg_path)])
