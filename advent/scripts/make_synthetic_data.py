@@ -1,0 +1,64 @@
+"""Write the synthetic two-domain benchmark (data stage): GTA5-like source, Cityscapes-like target.
+
+    python advent/scripts/make_synthetic_data.py --out data/demo [--seed S] [--num-source N]
+        [--num-source-val N] [--num-target-train N] [--num-target-val N] [--size W H]
+        [--shift T] [--overwrite]
+
+The files are in the real GTA5 and Cityscapes layouts (see advent.dataset.synthetic); the
+config values that point at them are printed at the end, as YAML.
+"""
+import argparse
+import sys
+import time
+
+from advent.dataset.synthetic import write_demo_data
+from advent.utils.errors import UserError, run_main
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="output folder (GTA5/ and Cityscapes/ go inside)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-source", type=int, default=400, help="source training images (split 'all')")
+    parser.add_argument("--num-source-val", type=int, default=100, help="held-out source images ('val')")
+    parser.add_argument("--num-target-train", type=int, default=400)
+    parser.add_argument("--num-target-val", type=int, default=100)
+    parser.add_argument("--size", type=int, nargs=2, default=[128, 64], metavar=("W", "H"))
+    parser.add_argument("--shift", type=float, default=1.0,
+                        help="domain shift strength: 0 = target drawn like the source, 1 = full shift")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="regenerate even when the folder already holds data of these parameters")
+    return parser.parse_args(argv)
+
+
+def check_args(args):
+    counts = (args.num_source, args.num_source_val, args.num_target_train, args.num_target_val)
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if min(counts) < 1:
+        raise UserError(f"every image count must be at least 1, got {list(counts)}")
+    if min(args.size) < 16:
+        raise UserError(f"--size must be at least 16 x 16 pixels, got {args.size[0]} x {args.size[1]}")
+    if not 0.0 <= args.shift <= 1.0:
+        raise UserError(f"--shift must be in [0, 1], got {args.shift}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_args(args)
+    start = time.time()
+    data = write_demo_data(args.out, seed=args.seed, num_source=args.num_source,
+                           num_source_val=args.num_source_val, num_target_train=args.num_target_train,
+                           num_target_val=args.num_target_val, size=args.size, shift=args.shift,
+                           overwrite=args.overwrite)
+    total = sum(data.counts.values())
+    print(f"{total} image/label pairs ({data.size[0]}x{data.size[1]}) in {data.root} "
+          f"({time.time() - start:.1f} s)")
+    print("# config values for this data:")
+    for key, value in data.cfg_paths().items():
+        print(f"{key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
