@@ -151,3 +151,12 @@ def test_saved_resolved_config_loads_back_equal(tmp_path):
     yaml_dump(cfg_to_dict(config), saved)
     reloaded = cfg_from_file(saved, get_default_cfg())
     assert cfg_to_dict(reloaded) == cfg_to_dict(config)
+
+
+def test_throughput_switches_are_off_by_default_and_checked(tmp_path):
+    config = get_default_cfg()
+    assert config.CHANNELS_LAST is False
+    assert (config.TRAIN.AMP, config.TEST.AMP, config.ESL.AMP) == ("none", "none", "none")
+    assert _load(tmp_path, "CHANNELS_LAST: true\nESL:\n  AMP: bf16\n").CHANNELS_LAST is True
+    assert "CHANNELS_LAST expects bool" in _error(tmp_path, "CHANNELS_LAST: 1\n")
+    assert "TEST.AMP" in _error(tmp_path, "TEST:\n  AMP: fp8\n")

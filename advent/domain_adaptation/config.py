@@ -35,7 +35,11 @@ _C.EXP_NAME = ""  # '' -> {SOURCE}2{TARGET}_{TRAIN.MODEL}_{TRAIN.DA_METHOD}
 _C.EXP_ROOT = str(PROJECT_ROOT / "experiments")
 _C.EXP_ROOT_SNAPSHOT = ""  # '' -> EXP_ROOT/snapshots
 _C.EXP_ROOT_LOGS = ""  # '' -> EXP_ROOT/logs
-_C.GPU_ID = 0
+_C.GPU_ID = 0  # the GPU of a single-process run (under torchrun each process takes cuda:LOCAL_RANK)
+# Throughput: the segmenter's weights and inputs in the NHWC (channels-last) memory format in
+# train, esl and test. Same computation, other kernels (last-bit differences); pays off with
+# TRAIN/TEST/ESL.AMP on tensor-core GPUs (README "Speed"). Off: the faithful default.
+_C.CHANNELS_LAST = False
 
 _C.TRAIN = EasyDict()
 _C.TRAIN.SET_SOURCE = "all"

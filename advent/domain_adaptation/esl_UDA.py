@@ -12,6 +12,13 @@ Memory does not grow with the number of images (the original held float64 maps o
 image in memory, about 25 GB for Cityscapes train). The labels are written into a staging
 folder that replaces the output folder only once complete, so a crash or a kill leaves
 the previous pseudo-labels as they were.
+
+Under torchrun each process runs the model over its own block of whole batches of each group
+(distributed.shard_batches), spills its maps to its own folder, and the per-class count tables
+are summed over the processes between the passes, so every process finds the thresholds a
+single process finds; each writes its own images' labels into the shared staging folder, the
+report's counts are summed too, and the main process alone writes the report and swaps the
+staging folder in (after all have finished).
 """
 import logging
 import os
@@ -23,15 +30,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from advent.dataset import get_class_info, pseudo_label_name
 from advent.domain_adaptation.pseudo_labels import (
     PerClassSelector, apply_thresholds, finish_thresholds, predict_with_confidence,
 )
+from advent.utils.distributed import (
+    barrier, broadcast_from_main, get_rank, is_main_process, same_outcome, shard_batches, sum_over_processes,
+)
 from advent.utils.errors import UserError
 from advent.utils.func import fast_hist, per_class_iu
+from advent.utils.runtime import memory_format
 from advent.utils.serialization import DIR_MODE, atomic_path, json_dump
 
 log = logging.getLogger(__name__)
@@ -61,20 +72,30 @@ def check_output_dir(output_dir):
 
 @contextmanager
 def staged_output(output_dir):
-    """Yield a fresh staging folder beside `output_dir` that replaces it once the block succeeds."""
+    """Yield a fresh staging folder beside `output_dir` that replaces it once the block succeeds.
+
+    Under torchrun the main process creates it and tells the others its name; once every process
+    has left the block, the main process swaps it in (or, after an error, removes it)."""
     final = check_output_dir(output_dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
-    os.chmod(staging, DIR_MODE)
+    staging = None
+    with same_outcome("creating the staging folder"):
+        if is_main_process():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            staging = tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-")
+            os.chmod(staging, DIR_MODE)
+    staging = Path(broadcast_from_main(staging))
     try:
         yield staging
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
+        barrier()  # every process has written its labels
+        if is_main_process():
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            if final.exists():
+                os.replace(final, old)
+            os.replace(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if is_main_process():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 class MapSpill:
@@ -116,6 +137,11 @@ class QualityStats:
             kept = pseudo != 255
             self.hist_kept += fast_hist(gt[kept], pseudo[kept], self.num_classes)
 
+    def reduce_from_all_processes(self):
+        """Sum the counts of every process (no-op with one process)."""
+        for name in ("predicted", "kept", "hist_all", "hist_kept"):
+            setattr(self, name, sum_over_processes(torch.from_numpy(getattr(self, name))).numpy())
+
 
 def generate_pseudo_labels(model, dataset, cfg, output_dir, device):
     """Write the pseudo-labels of every image of `dataset` into `output_dir`; return the report."""
@@ -125,40 +151,52 @@ def generate_pseudo_labels(model, dataset, cfg, output_dir, device):
     groups = []
     with staged_output(output_dir) as staging:
         for start, stop in group_bounds(len(dataset), esl.MAX_MEDIAN_BATCH):
-            spill = MapSpill(staging / ".spill")
-            names, thresholds = _threshold_group(model, dataset, range(start, stop), spill, cfg, device)
-            _write_group(names, spill, thresholds, esl.METHOD, staging, stats, dataset.has_labels)
-            shutil.rmtree(spill.folder)
+            spill_folder = staging / f".spill-{get_rank()}"  # each process its own
+            names, spill, thresholds = _threshold_group(model, dataset, range(start, stop), spill_folder,
+                                                        cfg, device)
+            with same_outcome("writing the pseudo-labels"):
+                _write_group(names, spill, thresholds, esl.METHOD, staging, stats, dataset.has_labels)
+                shutil.rmtree(spill.folder)
             groups.append({"images": [start, stop], "thresholds": thresholds.tolist()})
+        stats.reduce_from_all_processes()
         report = build_report(cfg, stats, groups, dataset.has_labels, len(dataset))
-        json_dump(report, staging / REPORT_NAME)
+        if is_main_process():
+            json_dump(report, staging / REPORT_NAME)
     return report
 
 
-def _threshold_group(model, dataset, indices, spill, cfg, device):
-    """Passes 1 and 2 over one group: spill the maps, select the exact per-class thresholds.
+def _threshold_group(model, dataset, indices, spill_folder, cfg, device):
+    """Passes 1 and 2 over one group (this process's share of its images): spill the maps to
+    `spill_folder`, select the exact per-class thresholds from the counts of all processes.
 
-    Returns the image names of the group and the thresholds."""
+    Returns the image names this process handled, their MapSpill and the thresholds."""
     esl = cfg.ESL
     names = []
     selector = PerClassSelector(cfg.NUM_CLASSES)
-    loader = DataLoader(Subset(dataset, indices), batch_size=esl.BATCH_SIZE_TARGET, shuffle=False,
+    loader = DataLoader(dataset, batch_sampler=shard_batches(indices, esl.BATCH_SIZE_TARGET),
                         num_workers=cfg.NUM_WORKERS, pin_memory=device.type == "cuda")
-    for image, gt, _, batch_names in tqdm(loader, desc=f"ESL images {indices.start}-{indices.stop} (model)"):
-        logits = _main_logits(model, image.to(device, non_blocking=True), esl.AMP)
-        label, score = predict_with_confidence(logits, esl.OUTPUT_SIZE_TARGET, esl.METHOD)
-        label, score = label.to(torch.uint8).cpu(), score.cpu()
-        selector.count_high(label, score)
-        for i, name in enumerate(batch_names):
-            gt_map = gt[i].numpy().astype(np.uint8) if dataset.has_labels else np.zeros(0, np.uint8)
-            spill.put(len(names), label[i].numpy(), score[i].numpy(), gt_map)
-            names.append(name)
+    desc = f"ESL images {indices.start}-{indices.stop} (model)"
+    with same_outcome("the ESL model pass"):
+        spill = MapSpill(spill_folder)
+        for image, gt, _, batch_names in tqdm(loader, desc=desc, disable=not is_main_process()):
+            image = image.to(device, non_blocking=True, memory_format=memory_format(cfg.CHANNELS_LAST))
+            logits = _main_logits(model, image, esl.AMP)
+            label, score = predict_with_confidence(logits, esl.OUTPUT_SIZE_TARGET, esl.METHOD)
+            label, score = label.to(torch.uint8).cpu(), score.cpu()
+            selector.count_high(label, score)
+            for i, name in enumerate(batch_names):
+                gt_map = gt[i].numpy().astype(np.uint8) if dataset.has_labels else np.zeros(0, np.uint8)
+                spill.put(len(names), label[i].numpy(), score[i].numpy(), gt_map)
+                names.append(name)
+    selector.high_counts = sum_over_processes(selector.high_counts)
     selector.choose_bins()
-    for index in tqdm(range(len(names)), desc="ESL thresholds"):
-        label, score, _ = spill.get(index)
-        selector.count_low(torch.from_numpy(label), torch.from_numpy(score))
-    return names, finish_thresholds(selector.kth_values(), selector.counts(), esl.METHOD,
-                                    floor=esl.THRESHOLD, cap=esl.MAXPROB_THRESHOLD)
+    with same_outcome("the ESL threshold pass"):
+        for index in tqdm(range(len(names)), desc="ESL thresholds", disable=not is_main_process()):
+            label, score, _ = spill.get(index)
+            selector.count_low(torch.from_numpy(label), torch.from_numpy(score))
+    selector.low_counts = sum_over_processes(selector.low_counts)
+    return names, spill, finish_thresholds(selector.kth_values(), selector.counts(), esl.METHOD,
+                                           floor=esl.THRESHOLD, cap=esl.MAXPROB_THRESHOLD)
 
 
 @torch.no_grad()
@@ -167,13 +205,14 @@ def _main_logits(model, image, amp):
     with torch.autocast(image.device.type, dtype=dtype, enabled=dtype is not None):
         _, main = model(image)
     if not bool(torch.isfinite(main).all()):
-        raise UserError("the model produced non-finite logits (NaN or inf): check ESL.RESTORE_FROM")
-    return main.float()
+        raise UserError("the model produced non-finite logits (NaN or inf): check ESL.RESTORE_FROM"
+                        + ("; or try ESL.AMP 'bf16' or 'none'" if amp == "fp16" else ""))
+    return main.float().contiguous()
 
 
 def _write_group(names, spill, thresholds, method, folder, stats, has_labels):
     """Pass 3: apply the thresholds and write one PNG per image."""
-    for index, name in enumerate(tqdm(names, desc="ESL writing")):
+    for index, name in enumerate(tqdm(names, desc="ESL writing", disable=not is_main_process())):
         label, score, gt = spill.get(index)
         pseudo = apply_thresholds(torch.from_numpy(label), torch.from_numpy(score), thresholds, method)
         pseudo = pseudo.numpy().astype(np.uint8)

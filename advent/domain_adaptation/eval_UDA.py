@@ -18,6 +18,11 @@ Outputs: results_single.json (in EXP_ROOT_LOGS/test/<config name>/) or results_b
 snapshot folder), a run record beside it, and with TEST.SAVE_PREDICTIONS the predictions in
 predictions/ there: labelIds/ (Cityscapes label ids, the names cityscapesscripts' evaluation
 looks for; trainIds/ when the classes have no one-to-one label id) and color/ (class palette).
+
+Under torchrun each process evaluates its own block of whole batches (distributed.shard_batches:
+no padding, no image twice), the confusion matrices are summed over the processes, so the
+numbers equal a single process's, and each process writes the predictions of its own images;
+the main process alone reads and writes the cache, the results and the run record.
 """
 import hashlib
 import json
@@ -39,8 +44,13 @@ from advent.domain_adaptation.metrics import (
 from advent.domain_adaptation.snapshots import expected_snapshots, model_snapshot_path, wait_for_file
 from advent.model import build_segmenter, load_checkpoint
 from advent.model.weights import CheckpointInfo, file_sha256
+from advent.utils.distributed import (
+    broadcast_from_main, get_world_size, is_main_process, same_outcome, shard_batches, shared_error,
+    sum_over_processes, true_everywhere,
+)
 from advent.utils.errors import UserError
 from advent.utils.run_record import build_run_record, write_run_record
+from advent.utils.runtime import memory_format
 from advent.utils.serialization import atomic_path, json_dump, json_load
 from advent.utils.viz_segmask import colorize_mask
 
@@ -75,11 +85,11 @@ class Buffers:
 
 def main_logits(model, image, amp="none"):
     """The model's main output for `image`, the forward under autocast when `amp` is 'bf16' or
-    'fp16', returned in float32."""
+    'fp16', returned in float32 and the default memory format (also with CHANNELS_LAST)."""
     dtype = AMP_DTYPES[amp]
     with torch.autocast(image.device.type, dtype=dtype, enabled=dtype is not None):
         _, main = model(image)
-    return main.float()
+    return main.float().contiguous()
 
 
 def upsample_logits(logits, output_size, out=None):
@@ -116,19 +126,20 @@ def upsampled_prediction(mains, weights, output_size, buffers=None):
 
 @torch.inference_mode()
 def evaluate(models, loader, num_classes, device, output_size, weights=None, amp="none",
-             on_prediction=None, desc="test"):
+             on_prediction=None, desc="test", channels_last=False):
     """Confusion matrix of the (weighted ensemble of) `models` over `loader` (items as the dataset
     factory's: image, label, shape, name), counted on `device` and summed over all processes.
 
     `on_prediction(preds, names)`, when given, receives each batch's predictions as an
     N x H x W uint8 numpy array (the only per-image copy to the CPU, for saving them).
+    `channels_last`: the images go to the models in the NHWC memory format (CHANNELS_LAST).
     """
     weights = [1.0] * len(models) if weights is None else list(weights)
     confmat = ConfusionMatrix(num_classes, device)
     buffers = Buffers()
     nonfinite = torch.zeros((), dtype=torch.int64, device=device)
-    for image, label, _, names in tqdm(loader, desc=desc):
-        image = image.to(device, non_blocking=True)
+    for image, label, _, names in tqdm(loader, desc=desc, disable=not is_main_process()):
+        image = image.to(device, non_blocking=True, memory_format=memory_format(channels_last))
         mains = [main_logits(model, image, amp) for model in models]
         for main in mains:
             nonfinite += (~torch.isfinite(main)).flatten(1).any(1).sum()
@@ -137,6 +148,7 @@ def evaluate(models, loader, num_classes, device, output_size, weights=None, amp
         if on_prediction is not None:
             on_prediction(pred.to(torch.uint8).cpu().numpy(), list(names))
     confmat.reduce_from_all_processes()
+    nonfinite = sum_over_processes(nonfinite)
     if int(nonfinite.item()):
         log.warning("%d model outputs held NaN or inf logits%s", int(nonfinite.item()),
                     "; try TEST.AMP 'bf16' or 'none'" if amp == "fp16" else "")
@@ -147,11 +159,12 @@ def evaluate(models, loader, num_classes, device, output_size, weights=None, amp
 
 def build_test_loader(cfg, device):
     """(dataset, loader) of the target test split: images at TEST.INPUT_SIZE_TARGET, ground-truth
-    train ids at TEST.OUTPUT_SIZE_TARGET, in list order."""
+    train ids at TEST.OUTPUT_SIZE_TARGET, in list order (under torchrun: this process's block of
+    the batches). Pinned memory on CUDA; the workers stay up between the snapshots of 'best' mode."""
     dataset = get_target_dataset(cfg, "test")
     if len(dataset) == 0:
         raise UserError(f"the test set '{cfg.TEST.SET_TARGET}' of {cfg.DATA_DIRECTORY_TARGET} holds no image")
-    loader = DataLoader(dataset, batch_size=cfg.TEST.BATCH_SIZE_TARGET, shuffle=False,
+    loader = DataLoader(dataset, batch_sampler=shard_batches(range(len(dataset)), cfg.TEST.BATCH_SIZE_TARGET),
                         num_workers=cfg.NUM_WORKERS, pin_memory=device.type == "cuda",
                         persistent_workers=cfg.NUM_WORKERS > 0)
     return dataset, loader
@@ -167,7 +180,7 @@ def load_models(cfg, device):
             raise UserError(f"TEST.RESTORE_FROM[{i}] is empty: 'single' mode needs a checkpoint per model")
         model = build_segmenter(name, cfg.NUM_CLASSES, multi_level)
         infos.append(load_checkpoint(model, path))
-        models.append(model.eval().to(device))
+        models.append(model.eval().to(device, memory_format=memory_format(cfg.CHANNELS_LAST)))
     return models, infos
 
 
@@ -183,6 +196,8 @@ def run_header(cfg, cfg_path, dataset, mode):
         "input_size": list(cfg.TEST.INPUT_SIZE_TARGET),
         "output_size": list(cfg.TEST.OUTPUT_SIZE_TARGET),
         "amp": cfg.TEST.AMP,
+        "channels_last": cfg.CHANNELS_LAST,
+        "processes": get_world_size(),
         "iou_unit": "percent",
     }
 
@@ -201,12 +216,29 @@ def save_png(image, path):
         image.save(tmp, format="PNG")
 
 
+def check_prediction_names(names):
+    """The flat prediction folder needs one file name per image (checked before any model work)."""
+    seen = {}
+    for name in names:
+        file_name = prediction_file_name(name)
+        if file_name in seen:
+            raise UserError(f"two test images share the prediction file name {file_name} "
+                            f"(list entries {seen[file_name]} and {name}); the flat prediction folder "
+                            f"cannot hold both")
+        seen[file_name] = name
+
+
 class PredictionWriter:
     """Writes each prediction as a colour PNG (the class palette) in color/ and an id PNG:
     Cityscapes label ids in labelIds/ (via the class info's train2label), or train ids in
-    trainIds/ when the classes have no one-to-one label id (the 7-class setting)."""
+    trainIds/ when the classes have no one-to-one label id (the 7-class setting).
 
-    def __init__(self, folder, info):
+    `names`: every list entry of the test set, checked for clashing file names. The main
+    process clears the files of an earlier run; under torchrun every process writes its own
+    images' files (after a synchronisation, which the callers' `same_outcome` provides)."""
+
+    def __init__(self, folder, info, names):
+        check_prediction_names(names)
         self.folder = Path(folder)
         self.palette = info.palette
         if info.train2label is not None:
@@ -214,8 +246,8 @@ class PredictionWriter:
         else:
             self.ids_dir, self.lut = self.folder / "trainIds", np.arange(info.num_classes, dtype=np.uint8)
         self.color_dir = self.folder / "color"
-        self.written = set()
-        self._clear_earlier()
+        if is_main_process():
+            self._clear_earlier()
 
     def _clear_earlier(self):
         # a flat folder per run: earlier files of other images would confuse an external evaluation
@@ -229,10 +261,6 @@ class PredictionWriter:
     def __call__(self, preds, names):
         for pred, name in zip(preds, names):
             file_name = prediction_file_name(name)
-            if file_name in self.written:
-                raise UserError(f"two test images share the prediction file name {file_name} "
-                                f"(list entry {name}); the flat prediction folder cannot hold both")
-            self.written.add(file_name)
             save_png(Image.fromarray(self.lut[pred]), self.ids_dir / file_name)
             save_png(colorize_mask(pred, self.palette), self.color_dir / file_name)
 
@@ -247,15 +275,19 @@ def single_results_dir(cfg, cfg_path):
 
 def eval_single(cfg, device, cfg_path="", argv=None):
     """Evaluate the model (or the ensemble) of TEST.RESTORE_FROM; return the results dict."""
-    models, infos = load_models(cfg, device)
-    dataset, loader = build_test_loader(cfg, device)
-    info = get_class_info(cfg, "test")
-    folder = single_results_dir(cfg, cfg_path)
-    writer = PredictionWriter(folder / "predictions", info) if cfg.TEST.SAVE_PREDICTIONS else None
+    with same_outcome("setup"):  # also: the earlier predictions are cleared before any is written
+        models, infos = load_models(cfg, device)
+        dataset, loader = build_test_loader(cfg, device)
+        info = get_class_info(cfg, "test")
+        folder = single_results_dir(cfg, cfg_path)
+        writer = None
+        if cfg.TEST.SAVE_PREDICTIONS:
+            writer = PredictionWriter(folder / "predictions", info, dataset.img_ids)
     if len(models) > 1:
         log.info("ensemble of %d models, weights %s", len(models), list(cfg.TEST.MODEL_WEIGHT))
     confmat = evaluate(models, loader, cfg.NUM_CLASSES, device, cfg.TEST.OUTPUT_SIZE_TARGET,
-                       cfg.TEST.MODEL_WEIGHT, cfg.TEST.AMP, on_prediction=writer)
+                       cfg.TEST.MODEL_WEIGHT, cfg.TEST.AMP, on_prediction=writer,
+                       channels_last=cfg.CHANNELS_LAST)
     hist = confmat.hist()
     summary = summarize(hist, info.names)
     log.info("%s", format_summary(summary))
@@ -269,12 +301,23 @@ def eval_single(cfg, device, cfg_path="", argv=None):
     results.update(summary)
     results.update(confusion_matrix=hist.tolist(), unexpected_label_pixels=unexpected,
                    predictions=str(writer.folder) if writer else None)
-    write_outputs(folder, RESULTS_SINGLE, results, build_run_record("test", cfg, device, infos, argv))
+    write_outputs(folder, RESULTS_SINGLE, results, test_record(cfg, device, infos, argv))
     return results
 
 
+def test_record(cfg, device, weights, argv):
+    """The run record of a test run (the main process's; None elsewhere)."""
+    if not is_main_process():
+        return None
+    record = build_run_record("test", cfg, device, weights, argv)
+    record["processes"] = get_world_size()
+    return record
+
+
 def write_outputs(folder, file_name, results, record):
-    """The results JSON and the run record in `folder` (both atomic)."""
+    """The results JSON and the run record in `folder` (both atomic; by the main process)."""
+    if not is_main_process():
+        return
     path = Path(folder) / file_name
     json_dump(results, path)
     record["results_file"] = str(path)
@@ -309,6 +352,7 @@ def eval_setting(cfg, dataset, info):
         "model": cfg.TEST.MODEL[0],
         "multi_level": bool(cfg.TEST.MULTI_LEVEL[0]),
         "amp": cfg.TEST.AMP,
+        "channels_last": bool(cfg.CHANNELS_LAST),
     }
     return json.loads(json.dumps(setting))  # the form it has after a round trip through the file
 
@@ -365,13 +409,16 @@ def snapshot_dir_of(cfg):
 
 def available_snapshots(cfg, folder):
     """Yield (iteration, path) of the snapshots to evaluate, in order: waiting for each (WAIT_MODEL)
-    or skipping the missing ones with a note; a UserError when none exists."""
+    or skipping the missing ones with a note; a UserError when none exists. Under torchrun every
+    process waits (no collective meanwhile), then they agree; a snapshot is taken when every
+    process sees it."""
     found, skipped = 0, []
     for n_iter in expected_snapshots(cfg.TEST.SNAPSHOT_STEP, cfg.TEST.SNAPSHOT_MAXITER):
         path = model_snapshot_path(folder, n_iter)
         if cfg.TEST.WAIT_MODEL:
-            wait_for_file(path, cfg.TEST.WAIT_TIMEOUT, "TEST")
-        elif not path.exists():
+            with same_outcome(f"the wait for {path.name}"):
+                wait_for_file(path, cfg.TEST.WAIT_TIMEOUT, "TEST")
+        elif not true_everywhere(path.exists()):
             skipped.append(path.name)
             continue
         found += 1
@@ -380,20 +427,26 @@ def available_snapshots(cfg, folder):
         log.info("skipped %d missing snapshot(s) (TEST.WAIT_MODEL is False): %s",
                  len(skipped), ", ".join(skipped))
     if not found:
-        raise UserError(f"no snapshot model_<k>.pth for k = {cfg.TEST.SNAPSHOT_STEP}, "
-                        f"{2 * cfg.TEST.SNAPSHOT_STEP}, ... {cfg.TEST.SNAPSHOT_MAXITER} in {folder}")
+        step = cfg.TEST.SNAPSHOT_STEP
+        raise shared_error(UserError(f"no snapshot model_<k>.pth for k = {step}, {2 * step}, ... "
+                                     f"{cfg.TEST.SNAPSHOT_MAXITER} in {folder}"))
 
 
 def evaluate_snapshot(model, path, cache, loader, cfg, device):
     """The cache entry of snapshot `path`: looked up by its SHA-256, else evaluated and stored.
-    Returns (entry, cached)."""
-    entry = cache.lookup(path.name, file_sha256(path))
+    Returns (entry, cached). Under torchrun the main process alone holds the cache (`cache` is
+    None elsewhere) and sends the entry to the others."""
+    entry = broadcast_from_main(cache.lookup(path.name, file_sha256(path)) if is_main_process() else None)
     if entry is not None:
         return entry, True
-    info = load_checkpoint(model, path)
+    with same_outcome(f"loading {path.name}"):
+        info = load_checkpoint(model, path)
     confmat = evaluate([model], loader, cfg.NUM_CLASSES, device, cfg.TEST.OUTPUT_SIZE_TARGET,
-                       amp=cfg.TEST.AMP, desc=path.stem)
-    return cache.store(path.name, info, confmat.hist(), confmat.unexpected_labels()), False
+                       amp=cfg.TEST.AMP, desc=path.stem, channels_last=cfg.CHANNELS_LAST)
+    hist, unexpected = confmat.hist(), confmat.unexpected_labels()  # summed over the processes
+    if is_main_process():
+        entry = cache.store(path.name, info, hist, unexpected)
+    return broadcast_from_main(entry), False
 
 
 def _miou_key(result):
@@ -407,11 +460,15 @@ def pick_best(results):
 
 def eval_best(cfg, device, cfg_path="", argv=None):
     """Evaluate every expected snapshot of TEST.SNAPSHOT_DIR[0]; report the last and the best."""
-    folder = snapshot_dir_of(cfg)
-    dataset, loader = build_test_loader(cfg, device)
-    info = get_class_info(cfg, "test")
-    model = build_segmenter(cfg.TEST.MODEL[0], cfg.NUM_CLASSES, cfg.TEST.MULTI_LEVEL[0]).eval().to(device)
-    cache = EvalCache(folder / CACHE_NAME, eval_setting(cfg, dataset, info))
+    with same_outcome("setup"):
+        folder = snapshot_dir_of(cfg)
+        dataset, loader = build_test_loader(cfg, device)
+        info = get_class_info(cfg, "test")
+        model = build_segmenter(cfg.TEST.MODEL[0], cfg.NUM_CLASSES, cfg.TEST.MULTI_LEVEL[0]).eval()
+        model.to(device, memory_format=memory_format(cfg.CHANNELS_LAST))
+        cache = None
+        if is_main_process():
+            cache = EvalCache(folder / CACHE_NAME, eval_setting(cfg, dataset, info))
     results, weights = [], []
     for n_iter, path in available_snapshots(cfg, folder):
         entry, cached = evaluate_snapshot(model, path, cache, loader, cfg, device)
@@ -430,8 +487,9 @@ def eval_best(cfg, device, cfg_path="", argv=None):
                   selection=f"'best' is the {BEST_LABEL}; 'last' is the final snapshot evaluated",
                   predictions=None)
     if cfg.TEST.SAVE_PREDICTIONS:
-        output["predictions"] = save_best_predictions(model, best, loader, info, folder, cfg, device)
-    write_outputs(folder, RESULTS_BEST, output, build_run_record("test", cfg, device, weights, argv))
+        output["predictions"] = save_best_predictions(model, best, (dataset, loader), info, folder, cfg,
+                                                      device)
+    write_outputs(folder, RESULTS_BEST, output, test_record(cfg, device, weights, argv))
     return output
 
 
@@ -446,12 +504,16 @@ def report_best(last, best, cfg):
     warn_if_suspicious(best, last["unexpected_label_pixels"], cfg.NUM_CLASSES, what=best["snapshot"])
 
 
-def save_best_predictions(model, best, loader, info, folder, cfg, device):
-    """One more pass of the best snapshot, writing its predictions to predictions/<snapshot>/."""
-    load_checkpoint(model, best["path"])
-    writer = PredictionWriter(folder / "predictions" / best["snapshot"], info)
+def save_best_predictions(model, best, data, info, folder, cfg, device):
+    """One more pass of the best snapshot over `data` (dataset, loader), writing its predictions
+    to predictions/<snapshot>/."""
+    dataset, loader = data
+    with same_outcome("setup of the predictions"):  # also: earlier files cleared before any is written
+        load_checkpoint(model, best["path"])
+        writer = PredictionWriter(folder / "predictions" / best["snapshot"], info, dataset.img_ids)
     evaluate([model], loader, cfg.NUM_CLASSES, device, cfg.TEST.OUTPUT_SIZE_TARGET, amp=cfg.TEST.AMP,
-             on_prediction=writer, desc=f"{best['snapshot']} (saving predictions)")
+             on_prediction=writer, desc=f"{best['snapshot']} (saving predictions)",
+             channels_last=cfg.CHANNELS_LAST)
     log.info("predictions of %s written to %s", best["snapshot"], writer.folder)
     return str(writer.folder)
 

@@ -17,12 +17,19 @@ iteration, then
 Every loss is weighted per level (aux, main) by its LAMBDA_*; aux exists only with MULTI_LEVEL.
 SIGINT / SIGTERM stop the loop after the current iteration with a saved train state
 (TrainingInterrupted); a non-finite loss stops it before the optimisers step (UserError).
+
+Under torchrun (advent/utils/distributed.py) each process trains on its own share of the data
+order, DistributedDataParallel averages the gradients of the segmenter and of each discriminator,
+the processes agree every iteration on a stop signal and on non-finite losses (so all stop at
+the same iteration), and only the main process writes snapshots, train states, the resolved
+config, the run record and TensorBoard events.
 """
 import logging
 import math
 import random
 import signal
 import threading
+import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -39,11 +46,15 @@ from advent.domain_adaptation.config import cfg_to_dict
 from advent.domain_adaptation.snapshots import train_state_path
 from advent.domain_adaptation.train_state import (
     ResumableSampler, TrainingSetup, check_fresh_snapshot_dir, check_resume_config, check_stream,
-    data_stream, latest_train_state, load_train_state, restore_train_state, save_snapshot,
-    save_train_state, set_rng_state, train_state,
+    check_world_size, data_stream, latest_train_state, load_train_state, restore_train_state,
+    save_snapshot, save_train_state, set_rng_state, train_state,
 )
 from advent.model import (
     build_segmenter, discriminator_optimizer, get_fc_discriminator, load_checkpoint, segmenter_optimizer,
+)
+from advent.utils.distributed import (
+    barrier, broadcast_from_main, data_parallel, get_rank, get_world_size, is_distributed, is_main_process,
+    max_over_processes, no_sync, same_outcome, sum_over_processes,
 )
 from advent.utils.errors import UserError
 from advent.utils.func import (
@@ -51,7 +62,7 @@ from advent.utils.func import (
 )
 from advent.utils.loss import cross_entropy_2d, entropy_loss
 from advent.utils.run_record import build_run_record, write_run_record
-from advent.utils.runtime import seed_everything
+from advent.utils.runtime import memory_format, seed_everything
 from advent.utils.serialization import yaml_dump
 
 log = logging.getLogger(__name__)
@@ -63,7 +74,8 @@ BATCH_SIZE_KEYS = {"source": "BATCH_SIZE_SOURCE", "target": "BATCH_SIZE_TARGET"}
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped on a signal after `n_iter` iterations; the train state is at `path`."""
+    """Training stopped on a signal after `n_iter` iterations; the train state is at `path`.
+    (Under torchrun every process stops after the same iteration.)"""
 
     def __init__(self, signum, n_iter, path):
         super().__init__(f"stopped by {signal.Signals(signum).name} after {n_iter} iterations; saved {path}")
@@ -109,10 +121,12 @@ def autocast(device, amp):
 
 
 def predict(model, images, size, amp):
-    """{level: logits upsampled to `size` (width, height)}, bilinear with align_corners=True."""
+    """{level: logits upsampled to `size` (width, height)}, bilinear with align_corners=True.
+    (Contiguous logits: with CHANNELS_LAST only the model runs in the NHWC memory format.)"""
     with autocast(images.device, amp):
         outputs = model(images)
-    return {level: F.interpolate(out.float(), size=(size[1], size[0]), mode="bilinear", align_corners=True)
+    return {level: F.interpolate(out.float().contiguous(), size=(size[1], size[0]), mode="bilinear",
+                                 align_corners=True)
             for level, out in zip(LEVELS, outputs) if out is not None}
 
 
@@ -155,16 +169,19 @@ def backward(setup, loss):
 
 def train_discriminators(setup, pred_src, pred_trg, metrics, amp):
     """Step (3): each discriminator learns source (label 0) from target (label 1), each loss halved."""
+    discriminators = setup.trained_discriminators()
     for domain, preds, label in (("src", pred_src, SOURCE_LABEL), ("trg", pred_trg, TARGET_LABEL)):
         loss_sum = 0.0
-        for level, pred in preds.items():
-            d_out = discriminate(setup.discriminators[level], pred.detach(), amp)
-            loss = bce_loss(d_out, label) / 2
-            metrics[f"loss_d_{domain}_{level}"] = loss.detach()
-            # accuracy before this update: the fraction of outputs on the domain's side of 0
-            metrics[f"acc_d_{domain}_{level}"] = ((d_out > 0) == bool(label)).float().mean().detach()
-            loss_sum = loss_sum + loss
-        backward(setup, loss_sum)
+        # under torchrun: the source gradients are averaged together with the target ones
+        with no_sync(discriminators.values() if domain == "src" else ()):
+            for level, pred in preds.items():
+                d_out = discriminate(discriminators[level], pred.detach(), amp)
+                loss = bce_loss(d_out, label) / 2
+                metrics[f"loss_d_{domain}_{level}"] = loss.detach()
+                # accuracy before this update: the fraction of outputs on the domain's side of 0
+                metrics[f"acc_d_{domain}_{level}"] = ((d_out > 0) == bool(label)).float().mean().detach()
+                loss_sum = loss_sum + loss
+            backward(setup, loss_sum)
 
 
 def set_learning_rates(setup, cfg, i_iter):
@@ -179,12 +196,19 @@ def set_learning_rates(setup, cfg, i_iter):
 
 
 def fetch(metrics, i_iter):
-    """The metrics as floats (one device sync); NonFiniteLoss if a loss is NaN or infinite."""
+    """The metrics as floats (one device sync); NonFiniteLoss if a loss is NaN or infinite.
+
+    Under torchrun: the means over the processes, so a non-finite loss on any process stops
+    every process at this iteration (and TensorBoard shows the means)."""
     names = list(metrics)
-    values = dict(zip(names, torch.stack([metrics[n].float() for n in names]).tolist()))
+    stacked = torch.stack([metrics[n].float() for n in names])
+    if is_distributed():
+        stacked = sum_over_processes(stacked) / get_world_size()
+    values = dict(zip(names, stacked.tolist()))
+    where = f" (mean over {get_world_size()} processes)" if is_distributed() else ""
     for name in names:
         if name.startswith("loss_") and not math.isfinite(values[name]):
-            raise NonFiniteLoss(f"iteration {i_iter + 1}: {name} is {values[name]}")
+            raise NonFiniteLoss(f"iteration {i_iter + 1}: {name} is {values[name]}{where}")
     return values
 
 
@@ -207,15 +231,18 @@ def train_step(setup, batch_src, batch_trg, cfg, i_iter):
     for optimizer in setup.optimizers():
         optimizer.zero_grad()
     metrics = {}
-    # (1) supervised loss on the source
+    segmenter = setup.segmenter()
+    # (1) supervised loss on the source; under torchrun its gradients are averaged over the
+    # processes together with the target ones when a target pass follows (one exchange)
     images_src, labels_src = batch_src
-    pred_src = predict(setup.model, images_src, train.INPUT_SIZE_SOURCE, amp)
-    backward(setup, weighted(metrics, "seg_src", seg_losses(pred_src, labels_src), seg_w))
+    with no_sync([segmenter] if batch_trg is not None else []):
+        pred_src = predict(segmenter, images_src, train.INPUT_SIZE_SOURCE, amp)
+        backward(setup, weighted(metrics, "seg_src", seg_losses(pred_src, labels_src), seg_w))
     pred_trg = {}
     if batch_trg is not None:
         # (2) target: ESL's pseudo-label loss and the adaptation loss, one backward
         images_trg, labels_trg = batch_trg
-        pred_trg = predict(setup.model, images_trg, train.INPUT_SIZE_TARGET, amp)
+        pred_trg = predict(segmenter, images_trg, train.INPUT_SIZE_TARGET, amp)
         loss = 0.0
         if cfg.PSEUDO_LABEL_DIRECTORY_TARGET:
             loss += weighted(metrics, "seg_trg", seg_losses(pred_trg, labels_trg), seg_w)
@@ -223,6 +250,7 @@ def train_step(setup, batch_src, batch_trg, cfg, i_iter):
             loss += weighted(metrics, "ent", entropy_losses(pred_trg), ent_w)
         elif train.DA_METHOD == "AdvEnt":
             set_requires_grad(setup.discriminators.values(), False)
+            # the plain modules, not their DDP wrappers: frozen, they get no gradient to average
             adversarial = adversarial_losses(setup.discriminators, pred_trg, amp)
             loss += weighted(metrics, "adv_trg", adversarial, adv_w)
         backward(setup, loss)
@@ -242,9 +270,11 @@ def train_step(setup, batch_src, batch_trg, cfg, i_iter):
 # --- building a run ---
 
 def build_setup(cfg, device):
-    """Segmenter, discriminators (AdvEnt, one per level) and their optimisers on `device`."""
+    """Segmenter, discriminators (AdvEnt, one per level) and their optimisers on `device`
+    (the segmenter in the NHWC memory format with CHANNELS_LAST)."""
     train = cfg.TRAIN
-    model = build_segmenter(train.MODEL, cfg.NUM_CLASSES, train.MULTI_LEVEL).to(device)
+    model = build_segmenter(train.MODEL, cfg.NUM_CLASSES, train.MULTI_LEVEL)
+    model = model.to(device, memory_format=memory_format(cfg.CHANNELS_LAST))
     optimizer = segmenter_optimizer(model, train.LEARNING_RATE, train.MOMENTUM, train.WEIGHT_DECAY,
                                     train.REPEAT_BACKBONE_UPDATES)
     discriminators = {}
@@ -266,16 +296,29 @@ def initial_weights(model, restore_from):
     return [load_checkpoint(model, restore_from)]
 
 
+def parallel(setup, device):
+    """Under torchrun: wrap the segmenter and each discriminator in DistributedDataParallel
+    (which makes every process start from the main process's weights)."""
+    if is_distributed():
+        setup.ddp_model = data_parallel(setup.model, device)
+        setup.ddp_discriminators = {level: data_parallel(discriminator, device)
+                                    for level, discriminator in setup.discriminators.items()}
+    return setup
+
+
 def training_datasets(cfg, total):
-    """{'source': ..., 'target': ...} (target only when used), each long enough for `total` iterations."""
-    datasets = {"source": get_source_dataset(cfg, max_iters=total * cfg.TRAIN.BATCH_SIZE_SOURCE)}
+    """{'source': ..., 'target': ...} (target only when used), each long enough for `total`
+    iterations of every process."""
+    samples = total * get_world_size()
+    datasets = {"source": get_source_dataset(cfg, max_iters=samples * cfg.TRAIN.BATCH_SIZE_SOURCE)}
     if uses_target(cfg):
-        datasets["target"] = get_target_dataset(cfg, "train", max_iters=total * cfg.TRAIN.BATCH_SIZE_TARGET)
+        datasets["target"] = get_target_dataset(cfg, "train", max_iters=samples * cfg.TRAIN.BATCH_SIZE_TARGET)
     return datasets
 
 
 def data_streams(cfg, datasets, seed=None, saved=None, path=None):
-    """Each loader's order (seed, length, position) and batch size: new from `seed`, or `saved`."""
+    """Each loader's order (seed, length, position), batch size (per process) and number of
+    processes: new from `seed`, or `saved`."""
     streams = {}
     for offset, (name, dataset) in enumerate(datasets.items()):
         if saved is None:
@@ -283,7 +326,8 @@ def data_streams(cfg, datasets, seed=None, saved=None, path=None):
         else:
             stream = saved[name]
             check_stream(name, stream, len(dataset), path)
-        streams[name] = {**stream, "batch_size": cfg.TRAIN[BATCH_SIZE_KEYS[name]]}
+        streams[name] = {**stream, "batch_size": cfg.TRAIN[BATCH_SIZE_KEYS[name]],
+                         "world_size": get_world_size()}
     return streams
 
 
@@ -295,33 +339,45 @@ def seed_worker(worker_id):
 
 
 def make_loader(dataset, stream, num_workers, device):
-    """A loader in the stream's order from its position on; its own generator leaves the global RNG alone."""
-    sampler = ResumableSampler(stream["num_samples"], stream["seed"], stream["position"])
+    """A loader in the stream's order from its position on (this process's share of it under
+    torchrun); its own generator leaves the global RNG alone. Pinned memory on CUDA, so the
+    copies to the GPU overlap the computation."""
+    sampler = ResumableSampler(stream["num_samples"], stream["seed"], stream["position"], get_rank(),
+                               stream["world_size"])
     return DataLoader(dataset, batch_size=stream["batch_size"], sampler=sampler, num_workers=num_workers,
                       pin_memory=device.type == "cuda", worker_init_fn=seed_worker,
                       generator=torch.Generator().manual_seed(stream["seed"]))
 
 
-def batches(loader, device):
+def batches(loader, device, channels_last=False):
     for images, labels, _, _ in loader:
-        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=memory_format(channels_last))
+        yield images, labels.to(device, non_blocking=True)
 
 
 # --- signals ---
 
+REPEAT_WINDOW_S = 1.0  # a repeated signal this soon after the first is the same request
+
+
 @contextmanager
 def stop_signals():
     """While training: the first SIGINT / SIGTERM asks to stop after the current iteration
-    (the yielded dict's 'signum' is set); a second aborts at once with KeyboardInterrupt."""
-    stop = {"signum": None}
+    (the yielded dict's 'signum' is set); a second aborts at once with KeyboardInterrupt.
+
+    A repeat within REPEAT_WINDOW_S counts as the first: torchrun passes on the signal it gets
+    to its workers, which may have had it already (a terminal's Ctrl-C reaches every process)."""
+    stop = {"signum": None, "time": None}
     if threading.current_thread() is not threading.main_thread():
         yield stop  # signal handlers can only be installed from the main thread
         return
 
     def handle(signum, frame):
-        if stop["signum"] is not None:
+        now = time.monotonic()
+        if stop["signum"] is None:
+            stop["signum"], stop["time"] = signum, now
+        elif now - stop["time"] > REPEAT_WINDOW_S:
             raise KeyboardInterrupt
-        stop["signum"] = signum
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -334,7 +390,8 @@ def stop_signals():
 # --- the loop ---
 
 class Run:
-    """What the loop needs besides the networks: config, device, data streams, monitoring."""
+    """What the loop needs besides the networks: config, device, data streams, monitoring.
+    Only the main process writes files (`save` elsewhere just names them)."""
 
     def __init__(self, cfg, device, setup, streams, writer=None, last_saved=None):
         self.cfg, self.device, self.setup, self.streams = cfg, device, setup, streams
@@ -343,10 +400,12 @@ class Run:
         self.palette = get_class_info(cfg, "train").palette if writer is not None else None
 
     def save(self, n_iter, snapshot=True):
-        if snapshot:
-            save_snapshot(self.snapshot_dir, n_iter, self.setup.model, self.setup.discriminators)
-        self.last_saved = save_train_state(self.snapshot_dir, n_iter,
-                                           train_state(self.setup, n_iter, self.streams, self.cfg))
+        if is_main_process():
+            if snapshot:
+                save_snapshot(self.snapshot_dir, n_iter, self.setup.model, self.setup.discriminators)
+            state = train_state(self.setup, n_iter, self.streams, self.cfg)
+            save_train_state(self.snapshot_dir, n_iter, state)
+        self.last_saved = train_state_path(self.snapshot_dir, n_iter)
         return self.last_saved
 
     def state_at(self, n_iter):
@@ -367,42 +426,62 @@ class Run:
                                      self.cfg.TRAIN.IMG_MEAN)
 
 
+def next_batch(streams, stop):
+    """{name: (images, labels)} of the next iteration; None when a loader failed after a stop
+    signal (a loader worker ended by the same Ctrl-C)."""
+    try:
+        return {name: next(stream) for name, stream in streams.items()}
+    except Exception:
+        if stop["signum"] is None:
+            raise
+        return None
+
+
+def diverged(error, run):
+    failure = UserError(f"training diverged at {error}; nothing of this iteration was saved, "
+                        f"last good train state: {run.last_saved or 'none'}")
+    failure.all_processes = True  # the losses are averaged over the processes: all see it
+    return failure
+
+
 def train_loop(run, loaders, start, total):
-    """Iterations start..total-1; returns the number completed. Raises TrainingInterrupted on a signal."""
-    streams = {name: batches(loader, run.device) for name, loader in loaders.items()}
-    n_iter = start
+    """Iterations start..total-1; returns the number completed. Raises TrainingInterrupted on a signal.
+
+    Before each iteration the processes agree on whether any of them got a signal, so that all
+    stop after the same iteration (one small collective under torchrun, none otherwise)."""
+    channels_last = run.cfg.CHANNELS_LAST
+    streams = {name: batches(loader, run.device, channels_last) for name, loader in loaders.items()}
+    n_iter, signum = start, 0
     progress = tqdm(range(start, total), initial=start, total=total, desc=run.cfg.EXP_NAME,
-                    dynamic_ncols=True)
+                    dynamic_ncols=True, disable=not is_main_process())
     with stop_signals() as stop, logging_redirect_tqdm(), progress as bar:
         for i_iter in bar:
-            try:
-                batch = {name: next(stream) for name, stream in streams.items()}
-            except Exception:
-                if stop["signum"] is None:
-                    raise
-                break  # a loader worker ended by the same Ctrl-C: abandon this iteration
+            batch = next_batch(streams, stop)
+            signum = max_over_processes(stop["signum"] or 0)
+            if signum:
+                break
             try:
                 metrics, outputs = train_step(run.setup, batch["source"], batch.get("target"), run.cfg,
                                               i_iter)
             except NonFiniteLoss as error:
-                raise UserError(f"training diverged at {error}; nothing of this iteration was saved, "
-                                f"last good train state: {run.last_saved or 'none'}") from None
+                raise diverged(error, run) from None
             n_iter = i_iter + 1
             run.report(bar, n_iter, metrics, batch, outputs)
             if n_iter % run.cfg.TRAIN.SAVE_PRED_EVERY == 0 or n_iter == total:
                 run.save(n_iter)
-            if stop["signum"] is not None:
-                break
-    if stop["signum"] is not None and n_iter < total:
-        raise TrainingInterrupted(stop["signum"], n_iter, run.state_at(n_iter))
+    if signum and n_iter < total:
+        path = run.state_at(n_iter)
+        barrier()  # the others end once the main process has written the train state
+        raise TrainingInterrupted(signum, n_iter, path)
+    barrier()
     return n_iter
 
 
 # --- the entry point ---
 
 def begin(cfg, resume):
-    """(train state, CheckpointInfo) to resume from, checked against `cfg`; (None, None) for a
-    fresh run, after checking that its folder holds no other run."""
+    """(train state, CheckpointInfo) to resume from, checked against `cfg` and the number of
+    processes; (None, None) for a fresh run, after checking that its folder holds no other run."""
     snapshot_dir = cfg.TRAIN.SNAPSHOT_DIR
     if not resume:
         check_fresh_snapshot_dir(snapshot_dir)
@@ -410,15 +489,37 @@ def begin(cfg, resume):
     path = latest_train_state(snapshot_dir)
     state, info = load_train_state(path)
     check_resume_config(state["config"], cfg, path)
+    check_world_size(state, get_world_size(), path)
     log.info("resuming from %s (%d iterations done)", path, state["iteration"])
     return state, info
 
 
 def write_run_files(cfg, device, weights):
-    """SNAPSHOT_DIR/config.yml (the resolved config) and a run record of the weights loaded."""
+    """SNAPSHOT_DIR/config.yml (the resolved config) and a run record of the weights loaded
+    (by the main process)."""
+    if not is_main_process():
+        return
     snapshot_dir = Path(cfg.TRAIN.SNAPSHOT_DIR)
     yaml_dump(cfg_to_dict(cfg), snapshot_dir / "config.yml")
-    write_run_record(snapshot_dir, build_run_record("train", cfg, device, weights))
+    record = build_run_record("train", cfg, device, weights)
+    record["processes"] = get_world_size()
+    write_run_record(snapshot_dir, record)
+
+
+def prepare(cfg, device, saved, info, datasets, seeded, data_seed):
+    """(setup, streams, start iteration, weights loaded): a fresh run from TRAIN.RESTORE_FROM with
+    the data order of `data_seed`, or the networks, optimisers, data positions and RNG states of
+    the train state `saved`."""
+    if seeded:
+        seed_everything(cfg.TRAIN.RANDOM_SEED)
+    setup = build_setup(cfg, device)
+    if saved is None:
+        weights = initial_weights(setup.model, cfg.TRAIN.RESTORE_FROM)
+        return setup, data_streams(cfg, datasets, seed=data_seed), 0, weights
+    restore_train_state(setup, saved, info.path)
+    streams = data_streams(cfg, datasets, saved=saved["data"], path=info.path)
+    set_rng_state(saved["rng"])
+    return setup, streams, saved["iteration"], [info]
 
 
 def train_domain_adaptation(cfg, device, resume=False, tensorboard=False, seeded=True):
@@ -428,34 +529,33 @@ def train_domain_adaptation(cfg, device, resume=False, tensorboard=False, seeded
     is still recorded, so a resume stays exact). Returns the number of completed iterations;
     raises TrainingInterrupted after SIGINT / SIGTERM and UserError for user mistakes or a
     non-finite loss. A fresh run refuses a SNAPSHOT_DIR that holds another run's files.
+    Under torchrun every process calls it; checks that can fail run on every process before
+    any collective, and a failure on one stops all (same_outcome).
     """
     total = total_iterations(cfg)
-    saved, info = begin(cfg, resume)
-    if saved is not None and saved["iteration"] >= total:
-        log.info("%s: training already finished (%d of %d iterations)", cfg.EXP_NAME,
-                 saved["iteration"], total)
+    with same_outcome("setup"):
+        saved, info = begin(cfg, resume)
+        finished = saved is not None and saved["iteration"] >= total
+        # first: missing data fails before any model is built
+        datasets = None if finished else training_datasets(cfg, total)
+    if finished:
+        log.info("%s: training already finished (%d of %d iterations)", cfg.EXP_NAME, saved["iteration"],
+                 total)
         return saved["iteration"]
-    datasets = training_datasets(cfg, total)  # first: missing data fails before any model is built
-    if seeded:
-        seed_everything(cfg.TRAIN.RANDOM_SEED)
-    setup = build_setup(cfg, device)
-    if saved is None:
-        weights = initial_weights(setup.model, cfg.TRAIN.RESTORE_FROM)
-        data_seed = cfg.TRAIN.RANDOM_SEED if seeded else random.SystemRandom().randrange(2 ** 31)
-        streams, start = data_streams(cfg, datasets, seed=data_seed), 0
-    else:
-        weights = [info]
-        restore_train_state(setup, saved, info.path)
-        streams, start = data_streams(cfg, datasets, saved=saved["data"], path=info.path), saved["iteration"]
-        set_rng_state(saved["rng"])
-    write_run_files(cfg, device, weights)
+    # one data order for all processes (drawn at random with --random-train)
+    data_seed = cfg.TRAIN.RANDOM_SEED if seeded else random.SystemRandom().randrange(2 ** 31)
+    data_seed = broadcast_from_main(data_seed)
+    with same_outcome("setup"):  # no collective inside: a failure on one process must not hang the others
+        setup, streams, start, weights = prepare(cfg, device, saved, info, datasets, seeded, data_seed)
+        write_run_files(cfg, device, weights)
+    parallel(setup, device)
     setup.model.train()
     for discriminator in setup.discriminators.values():
         discriminator.train()
     loaders = {name: make_loader(datasets[name], stream, cfg.NUM_WORKERS, device)
                for name, stream in streams.items()}
     writer = None
-    if tensorboard:
+    if tensorboard and is_main_process():
         writer = train_viz.tensorboard_writer(cfg.TRAIN.TENSORBOARD_LOGDIR, purge_step=start or None)
     with writer if writer is not None else nullcontext():
         run = Run(cfg, device, setup, streams, writer, last_saved=Path(info.path) if info else None)

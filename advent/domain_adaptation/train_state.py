@@ -14,12 +14,14 @@ A train state is a dict (torch.save, loadable with weights_only=True):
   each discriminator and its Adam); scaler (GradScaler state with TRAIN.AMP 'fp16', else {});
   rng (python, numpy, torch and CUDA generator states); data ({'source' / 'target': seed,
   num_samples, position} of each loader's order); config (the resolved config, which a
-  resume must match, RESUME_MAY_CHANGE aside). `load_checkpoint(model, path)` reads its model.
+  resume must match, RESUME_MAY_CHANGE aside); world_size (the number of processes, which a
+  resume must match; absent means 1). `load_checkpoint(model, path)` reads its model.
 
 Exact resume: each loader draws its order from `ResumableSampler`, one permutation of the
-dataset fixed by a seed; the state records that seed and the number of samples consumed,
-and a resumed sampler recomputes the permutation and starts after them (the skipped images
-are never loaded).
+dataset fixed by a seed; the state records that seed and the number of samples consumed
+(by all processes together under torchrun), and a resumed sampler recomputes the permutation
+and starts after them (the skipped images are never loaded). Under torchrun only the main
+process writes these files, and every process resumes from the same train state.
 """
 import logging
 import random
@@ -44,11 +46,12 @@ log = logging.getLogger(__name__)
 FORMAT = "advent-train-state-1"
 COMMON_KEYS = ("format", "iteration", "model", "optimizer", "scaler", "rng", "data", "config")
 _RUN_FILE = re.compile(r"^(model_\d+(_D_(aux|main))?|train_state_\d+)\.pth$")
-# Keys a resumed run may change: where things are, how they are shown, and what only the
-# start of a run reads. Any other TRAIN or top-level value must be the one the run started with.
+# Keys a resumed run may change: where things are, how they are shown, how the same computation
+# is laid out in memory (CHANNELS_LAST), and what only the start of a run reads. Any other TRAIN
+# or top-level value must be the one the run started with.
 # (Moved files are fine: the class count is compared, and each dataset's length is checked.)
 RESUME_MAY_CHANGE = {
-    "NUM_WORKERS", "GPU_ID", "EXP_NAME", "EXP_ROOT", "EXP_ROOT_SNAPSHOT", "EXP_ROOT_LOGS",
+    "NUM_WORKERS", "GPU_ID", "CHANNELS_LAST", "EXP_NAME", "EXP_ROOT", "EXP_ROOT_SNAPSHOT", "EXP_ROOT_LOGS",
     "DATA_DIRECTORY_SOURCE", "DATA_DIRECTORY_TARGET", "DATA_LIST_SOURCE", "DATA_LIST_TARGET",
     "PSEUDO_LABEL_DIRECTORY_TARGET", "TRAIN.INFO_SOURCE", "TRAIN.INFO_TARGET",
     "TRAIN.RESTORE_FROM", "TRAIN.SNAPSHOT_DIR", "TRAIN.TENSORBOARD_LOGDIR",
@@ -57,21 +60,26 @@ RESUME_MAY_CHANGE = {
 
 
 class ResumableSampler(Sampler):
-    """The indices 0..num_samples-1 in one permutation drawn from `seed`, from position `start` on."""
+    """The indices 0..num_samples-1 in one permutation drawn from `seed`, from position `start` on.
 
-    def __init__(self, num_samples, seed, start=0):
-        assert 0 <= start <= num_samples, (start, num_samples)
+    With several processes (torchrun), process `rank` of `world_size` takes every world_size-th
+    element from start + rank on: together they consume the permutation in order, world_size
+    samples per step, and `start` counts the samples consumed by all of them."""
+
+    def __init__(self, num_samples, seed, start=0, rank=0, world_size=1):
+        assert 0 <= start <= num_samples and 0 <= rank < world_size, (start, num_samples, rank, world_size)
         self.num_samples, self.seed, self.start = num_samples, seed, start
+        self.rank, self.world_size = rank, world_size
 
     def permutation(self):
         generator = torch.Generator().manual_seed(self.seed)
         return torch.randperm(self.num_samples, generator=generator)
 
     def __iter__(self):
-        return iter(self.permutation()[self.start:].tolist())
+        return iter(self.permutation()[self.start + self.rank::self.world_size].tolist())
 
     def __len__(self):
-        return self.num_samples - self.start
+        return len(range(self.start + self.rank, self.num_samples, self.world_size))
 
 
 def data_stream(seed, num_samples, position=0):
@@ -134,6 +142,17 @@ def check_resume_config(saved, cfg, path):
                         f"and is {cfg.PSEUDO_LABEL_DIRECTORY_TARGET!r} now")
 
 
+def check_world_size(state, world_size, path):
+    """A resumed run must use as many processes as it started with: the data order, the
+    position in it and the effective batch depend on it."""
+    started = state.get("world_size", 1)  # train states from before torchrun support: one process
+    if started == world_size:
+        return
+    how = f"torchrun --nproc_per_node={started}" if started > 1 else "one process (without torchrun)"
+    raise UserError(f"--resume: the run was trained by {started} process(es) and this is {world_size} "
+                    f"({path}); resume it with {how}")
+
+
 def check_stream(name, stream, num_samples, path):
     """A resumed loader must see a dataset of the length the run started with."""
     if stream["num_samples"] != num_samples:
@@ -182,9 +201,22 @@ class TrainingSetup:
     discriminators: dict = field(default_factory=dict)  # level ('aux' / 'main') -> network
     optimizers_d: dict = field(default_factory=dict)  # level -> its Adam
     scaler: object = None  # torch.amp.GradScaler with TRAIN.AMP 'fp16', else None
+    # Under torchrun: the DistributedDataParallel wrappers that average the gradients over the
+    # processes (of the model, and of each discriminator by level); the plain modules above stay
+    # what the optimisers hold and what is saved.
+    ddp_model: object = None
+    ddp_discriminators: dict = field(default_factory=dict)
 
     def optimizers(self):
         return [self.optimizer, *self.optimizers_d.values()]
+
+    def segmenter(self):
+        """The module to train the segmenter through: its DDP wrapper under torchrun."""
+        return self.ddp_model if self.ddp_model is not None else self.model
+
+    def trained_discriminators(self):
+        """{level: the module to train each discriminator through} (DDP wrappers under torchrun)."""
+        return {level: self.ddp_discriminators.get(level, d) for level, d in self.discriminators.items()}
 
 
 def train_state(setup, n_iter, streams, cfg):
@@ -196,9 +228,11 @@ def train_state(setup, n_iter, streams, cfg):
         "optimizer": setup.optimizer.state_dict(),
         "scaler": setup.scaler.state_dict() if setup.scaler is not None else {},
         "rng": rng_state(),
-        "data": {name: data_stream(s["seed"], s["num_samples"], n_iter * s["batch_size"])
+        # every process takes batch_size samples per iteration (ResumableSampler)
+        "data": {name: data_stream(s["seed"], s["num_samples"], n_iter * s["batch_size"] * s["world_size"])
                  for name, s in streams.items()},
         "config": cfg_to_dict(cfg),
+        "world_size": next(iter(streams.values()))["world_size"],
     }
     for level, discriminator in setup.discriminators.items():
         state[f"d_{level}"] = cpu_state_dict(discriminator)
@@ -224,7 +258,8 @@ def restore_train_state(setup, state, path):
 # --- writing ---
 
 def cpu_state_dict(module):
-    return {key: value.detach().cpu() for key, value in module.state_dict().items()}
+    """The state dict on the CPU, in the default memory format (also with CHANNELS_LAST)."""
+    return {key: value.detach().cpu().contiguous() for key, value in module.state_dict().items()}
 
 
 def save_snapshot(snapshot_dir, n_iter, model, discriminators):

@@ -1,6 +1,7 @@
 """ESL stage: write entropy-filtered pseudo-labels of the target training images.
 
     python advent/scripts/esl.py --cfg advent/scripts/configs/esl.yml
+    torchrun --nproc_per_node=N advent/scripts/esl.py --cfg ...   (the images shared out; same labels)
 
 Loads ESL.RESTORE_FROM, runs it over the target split ESL.SET_TARGET and writes one 8-bit
 PNG per image into PSEUDO_LABEL_DIRECTORY_TARGET, with the report (per-class thresholds,
@@ -17,9 +18,10 @@ from advent.dataset import get_target_dataset
 from advent.domain_adaptation.snapshots import wait_for_file
 from advent.domain_adaptation.esl_UDA import check_output_dir, format_report, generate_pseudo_labels
 from advent.model import build_segmenter, load_checkpoint
+from advent.utils.distributed import get_world_size, is_main_process, process_group, same_outcome
 from advent.utils.errors import UserError, run_main
 from advent.utils.run_record import build_run_record, write_run_record
-from advent.utils.runtime import load_config, select_device, setup_logging
+from advent.utils.runtime import load_config, memory_format, setup_logging
 
 log = logging.getLogger("esl")
 
@@ -39,24 +41,35 @@ def check_checkpoint(path, wait, timeout):
     wait_for_file(path, timeout, "ESL")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    setup_logging()
-    cfg = load_config(args.cfg)
+def prepare(cfg, device):
+    """(output folder, dataset, model on `device`, CheckpointInfo): the checks that can fail come
+    first, the model work last."""
     output_dir = check_output_dir(cfg.PSEUDO_LABEL_DIRECTORY_TARGET)
     dataset = get_target_dataset(cfg, "esl")
     if len(dataset) == 0:
         raise UserError(f"the target split '{cfg.ESL.SET_TARGET}' lists no image")
     check_checkpoint(cfg.ESL.RESTORE_FROM, cfg.ESL.WAIT_MODEL, cfg.ESL.WAIT_TIMEOUT)
-    device = select_device(cfg.GPU_ID)
     model = build_segmenter(cfg.ESL.MODEL, cfg.NUM_CLASSES, cfg.ESL.MULTI_LEVEL)
     checkpoint = load_checkpoint(model, cfg.ESL.RESTORE_FROM)
-    model.to(device).eval()
-    record = build_run_record("esl", cfg, device, [checkpoint])
-    log.info("ESL (%s) over %d images of '%s' -> %s", cfg.ESL.METHOD, len(dataset), cfg.ESL.SET_TARGET, output_dir)
-    report = generate_pseudo_labels(model, dataset, cfg, output_dir, device)
-    write_run_record(output_dir, record)
-    print(format_report(report))
+    model.to(device, memory_format=memory_format(cfg.CHANNELS_LAST)).eval()
+    return output_dir, dataset, model, checkpoint
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    setup_logging()
+    cfg = load_config(args.cfg)
+    with process_group(cfg.GPU_ID) as device:
+        with same_outcome("setup"):  # every process checks; a failure on one stops all
+            output_dir, dataset, model, checkpoint = prepare(cfg, device)
+        record = build_run_record("esl", cfg, device, [checkpoint]) if is_main_process() else None
+        log.info("ESL (%s) over %d images of '%s' -> %s", cfg.ESL.METHOD, len(dataset), cfg.ESL.SET_TARGET,
+                 output_dir)
+        report = generate_pseudo_labels(model, dataset, cfg, output_dir, device)
+        if is_main_process():
+            record["processes"] = get_world_size()
+            write_run_record(output_dir, record)
+            print(format_report(report))
     return 0
 
 

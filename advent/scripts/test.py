@@ -1,19 +1,21 @@
 """Test stage: mIoU of trained models on the target validation set.
 
     python advent/scripts/test.py --cfg FILE [--exp-suffix SUFFIX]
+    torchrun --nproc_per_node=N advent/scripts/test.py --cfg FILE    (the images shared out)
 
 TEST.MODE 'single' evaluates TEST.RESTORE_FROM (several checkpoints: a weighted ensemble);
 'best' evaluates every snapshot model_{k}.pth of the training run, k = TEST.SNAPSHOT_STEP ...
 TEST.SNAPSHOT_MAXITER, and reports the last one and the best one. Runs on cuda:GPU_ID when
-CUDA is available, else on the CPU. Exit code 2 with one line on a user error.
+CUDA is available, else on the CPU (under torchrun: cuda:LOCAL_RANK). Exit code 2 with one
+line on a user error.
 """
 import argparse
 import sys
 
 from advent.domain_adaptation.eval_UDA import evaluate_domain_adaptation
+from advent.utils.distributed import process_group
 from advent.utils.errors import run_main
-from advent.utils.runtime import load_config, select_device, setup_logging
-
+from advent.utils.runtime import load_config, setup_logging
 
 
 def get_arguments(argv=None):
@@ -28,9 +30,9 @@ def main(argv=None):
     args = get_arguments(argv)
     setup_logging()
     cfg = load_config(args.cfg, args.exp_suffix)
-    device = select_device(cfg.GPU_ID)
     command = None if argv is None else [__file__] + list(argv)
-    evaluate_domain_adaptation(cfg, device, cfg_path=args.cfg, argv=command)
+    with process_group(cfg.GPU_ID) as device:
+        evaluate_domain_adaptation(cfg, device, cfg_path=args.cfg, argv=command)
     return 0
 
 

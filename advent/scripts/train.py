@@ -2,22 +2,26 @@
 
     python advent/scripts/train.py --cfg advent/scripts/configs/advent.yml [--resume]
         [--tensorboard] [--viz-every-iter N] [--exp-suffix S] [--random-train]
+    torchrun --nproc_per_node=N advent/scripts/train.py --cfg ...     (one process per GPU)
 
 Snapshots, the train state and the resolved config go to TRAIN.SNAPSHOT_DIR (default
 EXP_ROOT/snapshots/EXP_NAME). Exit codes: 0 done; 2 a user error (one line on stderr);
 128 + signal number after SIGINT / SIGTERM, with a train state saved for --resume.
+Under torchrun each process takes TRAIN.BATCH_SIZE_* images per iteration (README "Several GPUs").
 """
 import argparse
 import logging
+import os
 import shlex
 import signal
 import sys
 
-import torch
-
 from advent.domain_adaptation.train_UDA import TrainingInterrupted, describe, train_domain_adaptation
+from advent.utils.distributed import (
+    get_world_size, is_main_process, launched_by_torchrun, leave_together, process_group,
+)
 from advent.utils.errors import UserError, run_main
-from advent.utils.runtime import load_config, select_device, setup_logging
+from advent.utils.runtime import load_config, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +43,10 @@ def parse_args(argv):
 
 def resume_command(args):
     script = sys.argv[0] if sys.argv[0].endswith(".py") else "advent/scripts/train.py"
-    words = ["python", script, "--cfg", args.cfg]
+    launcher = ["python"]
+    if launched_by_torchrun():
+        launcher = ["torchrun", f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', get_world_size())}"]
+    words = launcher + [script, "--cfg", args.cfg]
     if args.exp_suffix:
         words += ["--exp-suffix", args.exp_suffix]
     if args.tensorboard:
@@ -55,21 +62,25 @@ def main(argv=None):
         if args.viz_every_iter <= 0:
             raise UserError(f"--viz-every-iter must be positive, got {args.viz_every_iter}")
         cfg.TRAIN.TENSORBOARD_VIZRATE = args.viz_every_iter
-    device = select_device(cfg.GPU_ID)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as the original: fixed input sizes
-    log.info("%s on %s; full config: %s/config.yml", describe(cfg), device, cfg.TRAIN.SNAPSHOT_DIR)
-    try:
-        train_domain_adaptation(cfg, device, resume=args.resume, tensorboard=args.tensorboard,
-                                seeded=not args.random_train)
-    except TrainingInterrupted as stop:
-        print(f"{signal.Signals(stop.signum).name}: stopped after {stop.n_iter} iterations, train state "
-              f"saved to {stop.path}; resume with: {resume_command(args)}", file=sys.stderr)
-        sys.exit(128 + stop.signum)
-    except KeyboardInterrupt:
-        print(f"aborted without saving; the newest train state in {cfg.TRAIN.SNAPSHOT_DIR} is kept",
-              file=sys.stderr)
-        sys.exit(128 + signal.SIGINT)
+    # cudnn.benchmark on CUDA, as the original: fixed input sizes (distributed.init_distributed)
+    with process_group(cfg.GPU_ID) as device:
+        processes = f" x {get_world_size()} processes" if get_world_size() > 1 else ""
+        log.info("%s on %s%s; full config: %s/config.yml", describe(cfg), device, processes,
+                 cfg.TRAIN.SNAPSHOT_DIR)
+        try:
+            train_domain_adaptation(cfg, device, resume=args.resume, tensorboard=args.tensorboard,
+                                    seeded=not args.random_train)
+        except TrainingInterrupted as stop:
+            if is_main_process():
+                print(f"{signal.Signals(stop.signum).name}: stopped after {stop.n_iter} iterations, train "
+                      f"state saved to {stop.path}; resume with: {resume_command(args)}", file=sys.stderr,
+                      flush=True)
+            leave_together()
+            sys.exit(128 + stop.signum)
+        except KeyboardInterrupt:
+            print(f"aborted without saving; the newest train state in {cfg.TRAIN.SNAPSHOT_DIR} is kept",
+                  file=sys.stderr)
+            sys.exit(128 + signal.SIGINT)
     return 0
 
 

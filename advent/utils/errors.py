@@ -21,9 +21,18 @@ class UserError(Exception):
 
 
 def run_main(main, argv=None):
-    """Run a script's `main(argv)`; turn a UserError into one line on stderr and exit code 2."""
+    """Run a script's `main(argv)`; turn a UserError into one line on stderr and exit code 2.
+
+    Under torchrun, an error that every process raised together (`all_processes`) is printed by
+    the main process only, and the processes end together after it; each exits with code 2."""
     try:
         return main(argv)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        shared = getattr(error, "all_processes", False)
+        from advent.utils.distributed import is_main_process, leave_together  # it imports this module
+
+        if is_main_process() or not shared:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        if shared:
+            leave_together()
         sys.exit(2)

@@ -1,5 +1,6 @@
 """What every script does first: load the config, pick the device, seed the generators."""
 import logging
+import os
 import random
 
 import numpy as np
@@ -22,6 +23,11 @@ def select_device(gpu_id=0):
     return torch.device("cpu")
 
 
+def memory_format(channels_last):
+    """torch.channels_last (NHWC) with CHANNELS_LAST, else the default contiguous (NCHW) format."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -30,4 +36,7 @@ def seed_everything(seed):
 
 
 def setup_logging():
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    """INFO messages on the console; under torchrun from the main process (RANK 0) only, the
+    others log errors only (they would repeat its messages)."""
+    main = int(os.environ.get("RANK", "0")) == 0
+    logging.basicConfig(level=logging.INFO if main else logging.ERROR, format="%(message)s")

@@ -1,0 +1,224 @@
+"""Benchmark of training speed and peak memory: fp32 against mixed precision (TRAIN.AMP bf16 / fp16),
+each also with CHANNELS_LAST when asked.
+
+    python benchmarks/train_speed.py            # CUDA: R101 at 1280x720 (source) / 1024x512 (target)
+                                                # CPU: Tiny and R101 at 256x128
+    python benchmarks/train_speed.py [--device cpu|cuda] [--models DeepLabv2 ...] [--iters 20]
+        [--warmup 3] [--budget SECONDS] [--rounds N] [--source-size W H] [--target-size W H]
+        [--modes none bf16 fp16] [--channels-last] [--threads N]
+
+What is timed: one AdvEnt iteration of `train_UDA.train_step` as training runs it (source and
+target segmenter passes, multi-level, both discriminators frozen then trained, the faithful
+repeated-SGD optimiser, the GradScaler with fp16), batch 1 + 1, on random images and labels of the
+given sizes and random weights. Every variant runs in a fresh subprocess, one after the other in
+the same invocation, so that its peak memory is its own; with --rounds N the list of variants is
+run N times, interleaved, and the median (and range) of the speeds is shown, which evens out a
+machine whose load changes. --budget stops timing a variant after that many seconds (once at
+least one iteration is timed): some CPU kernels for half precision are very slow. Printed:
+iterations per second and peak memory, each also as a ratio to fp32 of the same model.
+
+Peak memory: CUDA: torch.cuda.max_memory_allocated (tensors only, not the caching allocator's
+reserve or the CUDA context); CPU: the process's peak resident set size (ru_maxrss) above what it
+held before the networks were built.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+MODES = ("none", "bf16", "fp16")
+LABEL = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
+
+
+def get_arguments(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="default: DeepLabv2 (R101) on CUDA; DeepLabv2-Tiny and DeepLabv2 on the CPU")
+    parser.add_argument("--source-size", type=int, nargs=2, default=None, metavar=("W", "H"),
+                        help="default: 1280 720 on CUDA (the paper's), 256 128 on the CPU")
+    parser.add_argument("--target-size", type=int, nargs=2, default=None, metavar=("W", "H"),
+                        help="default: 1024 512 on CUDA (the paper's), 256 128 on the CPU")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=None,
+                        help="TRAIN.AMP values to compare (default: none and those the device supports)")
+    parser.add_argument("--channels-last", action="store_true", help="also run each mode with CHANNELS_LAST")
+    parser.add_argument("--iters", type=int, default=None, help="timed iterations (default 20 CUDA, 5 CPU)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed first iterations (default 5 CUDA, 2 CPU)")
+    parser.add_argument("--budget", type=float, default=0,
+                        help="seconds of timing per variant after which it stops (at least one "
+                             "iteration; 0: no limit)")
+    parser.add_argument("--rounds", type=int, default=1, help="run the list of variants this many times")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a variant, in the subprocess
+    args = parser.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    args.models = args.models or (["DeepLabv2"] if cuda else ["DeepLabv2-Tiny", "DeepLabv2"])
+    args.source_size = tuple(args.source_size or ((1280, 720) if cuda else (256, 128)))
+    args.target_size = tuple(args.target_size or ((1024, 512) if cuda else (256, 128)))
+    args.modes = args.modes or supported_modes(args.device)
+    args.iters = args.iters or (20 if cuda else 5)
+    args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 2)
+    return args
+
+
+def supported_modes(device):
+    """fp32, and the autocast types the device runs: bf16 needs an Ampere or newer GPU."""
+    if device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        return ["none", "fp16"]
+    return list(MODES)
+
+
+# --- one variant (in its own process) ---
+
+def training_cfg(spec):
+    from advent.domain_adaptation.config import get_default_cfg
+
+    cfg = get_default_cfg()
+    cfg.TRAIN.MODEL, cfg.TRAIN.AMP, cfg.CHANNELS_LAST = spec["model"], spec["amp"], spec["channels_last"]
+    cfg.TRAIN.INPUT_SIZE_SOURCE, cfg.TRAIN.INPUT_SIZE_TARGET = tuple(spec["source"]), tuple(spec["target"])
+    cfg.TRAIN.DA_METHOD, cfg.TRAIN.MULTI_LEVEL = "AdvEnt", True
+    return cfg
+
+
+def random_batch(size, device, channels_last, generator):
+    from advent.utils.runtime import memory_format
+
+    width, height = size
+    images = torch.randn(1, 3, height, width, generator=generator) * 60
+    labels = torch.randint(0, 19, (1, height, width), generator=generator)
+    labels[torch.rand(labels.shape, generator=generator) < 0.2] = 255
+    return images.to(device, memory_format=memory_format(channels_last)), labels.to(device)
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_variant(spec):
+    """{'it_s', 'peak_mib'} of `spec` (model, amp, channels_last, sizes, device, iters, warmup)."""
+    from advent.domain_adaptation.train_UDA import build_setup, train_step
+
+    device = torch.device(spec["device"])
+    cuda = device.type == "cuda"
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # as training does
+    cfg = training_cfg(spec)
+    generator = torch.Generator().manual_seed(0)
+    src = random_batch(cfg.TRAIN.INPUT_SIZE_SOURCE, device, cfg.CHANNELS_LAST, generator)
+    trg = random_batch(cfg.TRAIN.INPUT_SIZE_TARGET, device, cfg.CHANNELS_LAST, generator)
+    rss_before = peak_rss_mib()
+    torch.manual_seed(0)
+    setup = build_setup(cfg, device)
+    setup.model.train()
+    budget = spec["budget"] or float("inf")
+    start = time.perf_counter()
+    for i_iter in range(max(1, spec["warmup"])):
+        train_step(setup, src, trg, cfg, i_iter)
+        if time.perf_counter() - start > budget / 4:
+            break  # a slow variant: one warm-up iteration is enough
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start, timed = time.perf_counter(), 0
+    while timed < spec["iters"] and (timed == 0 or time.perf_counter() - start < budget):
+        metrics, _ = train_step(setup, src, trg, cfg, 1000 + timed)  # includes one device sync (the losses)
+        timed += 1
+    if cuda:
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if cuda else peak_rss_mib() - rss_before
+    return {"it_s": timed / elapsed, "timed": timed, "peak_mib": peak}
+
+
+# --- the table ---
+
+def measure(spec):
+    """Run one variant in a fresh Python process; its result dict, or {'error': ...}."""
+    command = [sys.executable, __file__, "--one", json.dumps(spec)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])} if spec["threads"] else None
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        return {"error": (result.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def variant_name(amp, channels_last):
+    return LABEL[amp] + (" + channels_last" if channels_last else "")
+
+
+def summarize(model, variant, runs):
+    """One table row from the runs of a variant: median speed, its range, the largest peak."""
+    good = [r for r in runs if "error" not in r]
+    if not good:
+        return {"model": model, "variant": variant, "error": runs[0]["error"]}
+    return {"model": model, "variant": variant, "it_s": statistics.median(r["it_s"] for r in good),
+            "low": min(r["it_s"] for r in good), "high": max(r["it_s"] for r in good),
+            "timed": sum(r["timed"] for r in good), "peak_mib": max(r["peak_mib"] for r in good)}
+
+
+def add_ratios(rows):
+    """Speed and memory of every row relative to fp32 (no channels_last) of the same model."""
+    baselines = {r["model"]: r for r in rows if r["variant"] == "fp32" and "error" not in r}
+    for row in rows:
+        base = baselines.get(row["model"])
+        if "error" not in row:
+            row["speed_ratio"] = row["it_s"] / base["it_s"] if base else float("nan")
+            row["memory_ratio"] = row["peak_mib"] / base["peak_mib"] if base else float("nan")
+    return rows
+
+
+def print_table(rows, rounds):
+    spread = f"{'it/s range':>15}" if rounds > 1 else ""
+    header = (f"{'model':<16}{'variant':<24}{'it/s':>8}{spread}{'s/it':>8}{'timed':>7}{'peak MiB':>10}"
+              f"{'speed x':>9}{'memory x':>10}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        if "error" in row:
+            print(f"{row['model']:<16}{row['variant']:<24}  failed: {row['error']}")
+            continue
+        spread = f"{row['low']:>7.2f} - {row['high']:<5.2f}" if rounds > 1 else ""
+        print(f"{row['model']:<16}{row['variant']:<24}{row['it_s']:>8.2f}{spread}{1 / row['it_s']:>8.2f}"
+              f"{row['timed']:>7}{row['peak_mib']:>10.0f}{row['speed_ratio']:>9.2f}"
+              f"{row['memory_ratio']:>10.2f}")
+
+
+def main(argv=None):
+    args = get_arguments(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.one is not None:
+        print(json.dumps(run_variant(json.loads(args.one))))
+        return 0
+    device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
+    (sw, sh), (tw, th) = args.source_size, args.target_size
+    threads = args.threads or torch.get_num_threads()
+    budget = f" (at most {args.budget:g} s)" if args.budget else ""
+    print(f"device {args.device} ({device_name}), torch {torch.__version__}, {threads} CPU threads; "
+          f"source {sw}x{sh}, target {tw}x{th}; {args.warmup} warm-up + {args.iters} timed AdvEnt iterations "
+          f"per variant{budget}, {args.rounds} round(s)", flush=True)
+    variants = [(model, amp, channels_last) for model in args.models for amp in args.modes
+                for channels_last in ((False, True) if args.channels_last else (False,))]
+    runs = {variant: [] for variant in variants}
+    for _ in range(args.rounds):
+        for model, amp, channels_last in variants:
+            spec = {"model": model, "amp": amp, "channels_last": channels_last, "device": args.device,
+                    "source": args.source_size, "target": args.target_size, "iters": args.iters,
+                    "warmup": args.warmup, "budget": args.budget, "threads": args.threads}
+            runs[(model, amp, channels_last)].append(measure(spec))
+    rows = [summarize(model, variant_name(amp, cl), runs[(model, amp, cl)]) for model, amp, cl in variants]
+    print_table(add_ratios(rows), args.rounds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
