@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from advent.dataset.synthetic import _demo_data
-from advent.domain_adaptation.config import cfg_to_dict
+from advent.domain_adaptation.config import cfg_to_dict, get_key
 from advent.scripts import demo
 from advent.utils.errors import UserError
 from advent.utils.runtime import load_config
@@ -21,13 +21,6 @@ DATA_KEYS = ("DATA_DIRECTORY_SOURCE", "DATA_LIST_SOURCE", "DATA_DIRECTORY_TARGET
 # EXP_ROOT and the folders derived from it
 OUTPUT_KEYS = ("EXP_ROOT", "EXP_ROOT_LOGS", "EXP_ROOT_SNAPSHOT", "TRAIN.SNAPSHOT_DIR", "TEST.SNAPSHOT_DIR",
                "TRAIN.TENSORBOARD_LOGDIR")
-
-
-def dotted(cfg, key):
-    value = cfg_to_dict(cfg)
-    for part in key.split("."):
-        value = value[part]
-    return value
 
 
 def same(a, b):
@@ -49,7 +42,8 @@ def test_shipped_configs_are_what_the_default_demo_runs():
         settings = demo.run_settings(name, demo.yaml_load(shipped_path), run, loaded)
         assert "TRAIN.RESTORE_FROM" in settings or name == "source_only"
         for key, value in settings.items():
-            assert same(value, dotted(shipped, key)), (name, key, value, dotted(shipped, key))
+            expected = get_key(cfg_to_dict(shipped), key)
+            assert same(value, expected), (name, key, value, expected)
         loaded[name] = shipped
 
 
@@ -61,7 +55,7 @@ def test_quick_shortens_every_run_and_keeps_the_chain_consistent():
         data = demo.yaml_load(demo.CONFIG_DIR / f"{name}.yml")
         settings = demo.run_settings(name, data, run, loaded)
         for key in demo.ITERATION_KEYS:
-            assert settings[key] == max(1, round(demo.get_key(data, key) * demo.QUICK_SCALE))
+            assert settings[key] == max(1, round(get_key(data, key) * demo.QUICK_SCALE))
         assert settings["TRAIN.RANDOM_SEED"] == 3
         for key, value in settings.items():
             demo.set_key(data, key, value)

@@ -31,7 +31,7 @@ from advent.utils.serialization import json_load
 from fake_data import write_cfg_yaml
 from test_esl import esl_config
 from test_eval import TINY, base_cfg, save_tiny, single_cfg
-from test_train import assert_same_tensors, tiny_cfg
+from test_train import assert_same_tensors, slow_train_script, tiny_cfg
 
 CPU = torch.device("cpu")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
@@ -289,21 +289,6 @@ def test_ddp_step_averages_the_gradients_of_the_processes(tmp_path, monkeypatch)
     assert len(moved) > 20  # the average differs from one process's own gradient
 
 
-SLOW_TRAIN = """
-import sys, time
-import advent.domain_adaptation.train_UDA as T
-original = T.train_step
-def slow_step(*args, **kwargs):
-    time.sleep(0.3)
-    return original(*args, **kwargs)
-T.train_step = slow_step
-from advent.scripts.train import main
-from advent.utils.errors import run_main
-sys.argv[0] = "advent/scripts/train.py"
-run_main(main, sys.argv[1:])
-"""
-
-
 def two_process_cfg(folder):
     cfg, _ = tiny_cfg(folder, "AdvEnt", iters=8, save_every=2, pseudo=True)
     cfg.TRAIN.BATCH_SIZE_SOURCE = 2  # the position counts samples of both processes
@@ -326,7 +311,7 @@ def test_two_process_training_snapshots_once_stops_together_and_resumes_exactly(
 
     cfg = two_process_cfg(tmp_path / "stopped")
     path = write_cfg_yaml(cfg, tmp_path / "stopped.yml")
-    (tmp_path / "slow.py").write_text(SLOW_TRAIN)
+    (tmp_path / "slow.py").write_text(slow_train_script(0.3))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                str(tmp_path / "slow.py"), "--cfg", str(path)]
     process = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

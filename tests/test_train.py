@@ -303,12 +303,15 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
     assert files_in(cfg.TRAIN.SNAPSHOT_DIR) == files_in(straight.TRAIN.SNAPSHOT_DIR)
 
 
-SLOW_TRAIN = """
+def slow_train_script(seconds):
+    """Python source of train.py with every training step `seconds` slower, so a signal can
+    land mid-run."""
+    return f"""
 import sys, time
 import advent.domain_adaptation.train_UDA as T
 original = T.train_step
 def slow_step(*args, **kwargs):
-    time.sleep(0.25)
+    time.sleep({seconds})
     return original(*args, **kwargs)
 T.train_step = slow_step
 from advent.scripts.train import main
@@ -322,7 +325,7 @@ def test_sigterm_saves_a_state_that_resumes_and_finishes(tmp_path):
     cfg, _ = tiny_cfg(tmp_path / "run", "AdvEnt", iters=12, save_every=4)
     path = write_cfg_yaml(cfg, tmp_path / "run.yml")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
-    process = subprocess.Popen([sys.executable, "-c", SLOW_TRAIN, "--cfg", str(path)], cwd=tmp_path, env=env,
+    process = subprocess.Popen([sys.executable, "-c", slow_train_script(0.25), "--cfg", str(path)], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = Path(cfg.TRAIN.SNAPSHOT_DIR) / "model_4.pth"
     deadline = time.time() + 60

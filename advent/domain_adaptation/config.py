@@ -261,28 +261,38 @@ def _resolve_path(value):
     return osp.normpath(osp.join(SCRIPTS_DIR, value))
 
 
-def _get(config, full_key):
+def get_key(config, full_key):
+    """The value at a dotted key ('TRAIN.MAX_ITERS') of a config or a plain nested dict."""
     value = config
     for part in full_key.split("."):
         value = value[part]
     return value
 
 
+def flat_items(tree, prefix=""):
+    """(dotted key, value) of every leaf of a nested dict."""
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from flat_items(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 def check_cfg(config, filename="config"):
     """Reject values of the right type that no run can use (bad choices, sizes, lengths)."""
     for key, allowed in CHOICES.items():
-        value = _get(config, key)
+        value = get_key(config, key)
         if value not in allowed:
             raise UserError(f"{filename}: {key} is {value!r}; expected one of {', '.join(allowed)}")
     for key in ("TRAIN.MODEL", "ESL.MODEL"):
-        _check_model(_get(config, key), key, filename)
+        _check_model(get_key(config, key), key, filename)
     for i, model in enumerate(config.TEST.MODEL):
         _check_model(model, f"TEST.MODEL[{i}]", filename)
     for key in SIZE_KEYS:
-        size = _get(config, key)
+        size = get_key(config, key)
         if len(size) != 2 or min(size) <= 0:
             raise UserError(f"{filename}: {key} must be [width, height] with positive values, got {list(size)}")
-    lengths = {key: len(_get(config, key)) for key in PER_MODEL_TEST_KEYS}
+    lengths = {key: len(get_key(config, key)) for key in PER_MODEL_TEST_KEYS}
     if len(set(lengths.values())) != 1:
         listed = ", ".join(f"{k} has {n}" for k, n in lengths.items())
         raise UserError(f"{filename}: the per-model TEST lists must have one entry per model ({listed})")
@@ -291,8 +301,8 @@ def check_cfg(config, filename="config"):
     for key in ("TRAIN.SAVE_PRED_EVERY", "TRAIN.MAX_ITERS", "TRAIN.EARLY_STOP", "TEST.SNAPSHOT_STEP",
                 "ESL.MAX_MEDIAN_BATCH", "TRAIN.BATCH_SIZE_SOURCE", "TRAIN.BATCH_SIZE_TARGET",
                 "TEST.BATCH_SIZE_TARGET", "ESL.BATCH_SIZE_TARGET"):
-        if _get(config, key) <= 0:
-            raise UserError(f"{filename}: {key} must be positive, got {_get(config, key)}")
+        if get_key(config, key) <= 0:
+            raise UserError(f"{filename}: {key} must be positive, got {get_key(config, key)}")
 
 
 def _check_model(name, key, filename):

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from advent.domain_adaptation.config import cfg_to_dict
+from advent.domain_adaptation.config import cfg_to_dict, flat_items
 from advent.domain_adaptation.snapshots import (
     discriminator_snapshot_path, model_snapshot_path, torch_save_atomic, train_state_iterations,
     train_state_path,
@@ -118,18 +118,10 @@ def load_train_state(path):
     return state, CheckpointInfo(str(path), file_sha256(path), "training_state")
 
 
-def _flatten(tree, prefix=""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
 def check_resume_config(saved, cfg, path):
     """The config of a resumed run must train as the saved one did (RESUME_MAY_CHANGE aside)."""
-    current = dict(_flatten(cfg_to_dict(cfg)))
-    for key, value in _flatten(saved):
+    current = dict(flat_items(cfg_to_dict(cfg)))
+    for key, value in flat_items(saved):
         if key.split(".")[0] in ("TEST", "ESL") or key in RESUME_MAY_CHANGE or key not in current:
             continue
         if current[key] != value:

@@ -42,7 +42,7 @@ from PIL import Image
 from advent import PROJECT_ROOT
 from advent.dataset import get_class_info, get_target_dataset, pseudo_label_name
 from advent.dataset.synthetic import write_demo_data
-from advent.domain_adaptation.config import SCRIPTS_DIR, cfg_to_dict
+from advent.domain_adaptation.config import SCRIPTS_DIR, cfg_to_dict, flat_items, get_key
 from advent.domain_adaptation.esl_UDA import REPORT_NAME
 from advent.domain_adaptation.eval_UDA import RESULTS_BEST, prediction_file_name
 from advent.domain_adaptation.snapshots import model_snapshot_path
@@ -117,12 +117,6 @@ def prepare_out(out):
 
 # --- the configs it runs ---
 
-def get_key(data, key):
-    for part in key.split("."):
-        data = data[part]
-    return data
-
-
 def set_key(data, key, value):
     *parents, last = key.split(".")
     for part in parents:
@@ -151,17 +145,6 @@ def run_settings(name, shipped, run, loaded):
     return settings
 
 
-def flat(config, prefix=""):
-    """{dotted key: value} of a resolved config (plain values)."""
-    items = {}
-    for key, value in cfg_to_dict(config).items():
-        if isinstance(value, dict):
-            items.update(flat(value, f"{prefix}{key}."))
-        else:
-            items[f"{prefix}{key}"] = value
-    return items
-
-
 def write_configs(run):
     """Write the configs of this run into <out>/configs/; return {name: (path, resolved config)}."""
     written, loaded = {}, {}
@@ -173,8 +156,8 @@ def write_configs(run):
         path = run.out / "configs" / f"{name}.yml"
         yaml_dump(data, path)
         loaded[name] = load_config(path)
-        shipped = flat(load_config(source))
-        changed = sorted(key for key, value in flat(loaded[name]).items() if value != shipped.get(key))
+        shipped = dict(flat_items(cfg_to_dict(load_config(source))))
+        changed = sorted(key for key, value in flat_items(cfg_to_dict(loaded[name])) if value != shipped.get(key))
         header = (f"# Written by advent/scripts/demo.py from {source.relative_to(PROJECT_ROOT)}.\n"
                   f"# Keys it set to other values than the shipped file: {', '.join(changed) or 'none'}\n")
         path.write_text(header + path.read_text())
@@ -280,8 +263,7 @@ class Demo:
 
     def report(self):
         self.results["pictures"] = [str(p) for p in write_pictures(self)]
-        self.results.update(run_summary(self))
-        json_dump(self.results, self.out / RESULTS_NAME)
+        self.results.update(run_summary(self))  # run() writes the results file once the timings are in
         return f"{self.out / RESULTS_NAME}, {len(self.results['pictures'])} pictures in {self.out / 'pictures'}"
 
     def run(self):
