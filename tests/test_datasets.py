@@ -46,10 +46,11 @@ def cityscapes_16_table():
 
 
 def cityscapes_7_table():
-    # The Cityscapes category of each of the 19 classes, except terrain -> flat (SPEC: one grouping).
+    # The Cityscapes category of each of the 19 classes and of caravan (29) and trailer (30), as the
+    # original 7-class table, except terrain -> flat (SPEC: one grouping).
     table = {}
     for label_id, train_id in ID_TO_TRAIN_19.items():
-        if train_id != 255:
+        if train_id != 255 or label_id in (29, 30):
             category = "flat" if train_id == 9 else ID_TO_CATEGORY[label_id]
             table[label_id] = GROUPS_7.index(category)
     return table
@@ -143,6 +144,10 @@ def test_class_info_tables():
     np.testing.assert_array_equal(info19.train2label, [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26,
                                                        27, 28, 31, 32, 33])
     assert info7.train2label is None
+    vehicle, flat = GROUPS_7.index("vehicle"), GROUPS_7.index("flat")
+    assert info7.label2train[29] == info7.label2train[30] == vehicle  # caravan, trailer
+    assert info7.label2train[22] == flat and (info7.label2train[[9, 10, 14, 15, 16, 18]] == 255).all()
+    assert (info19.label2train[[29, 30]] == 255).all() and (info16.label2train[[29, 30]] == 255).all()
 
 
 def test_synthia_maps_spec_table_19_16_7(tmp_path):
@@ -199,12 +204,12 @@ def test_mapillary_keeps_aspect_ratio_and_pads(fake_mapillary):
     np.testing.assert_array_equal(shape, [3, 32, 64])
     expected = spec_preprocess(fake_mapillary.image_paths[0], (42, 32))
     np.testing.assert_allclose(image[:, :, :42], expected, atol=1e-4)
-    assert (image[:, :, 42:] == 0).all()
+    assert (image[:, :, 42:] == -MEAN[:, None, None]).all()  # padded black before the mean
     raw = np.asarray(Image.open(fake_mapillary.label_paths[0]).resize((21, 16), Image.NEAREST))
     np.testing.assert_array_equal(label[:, :21], dataset.label_lookup[raw])
     assert (label[:, 21:] == 255).all()
     image, label, _, _ = dataset[2]  # 80x40 has the box's aspect ratio: no padding
-    assert (image != 0).any(axis=0).all()
+    np.testing.assert_allclose(image, spec_preprocess(fake_mapillary.image_paths[2], (64, 32)), atol=1e-4)
     raw = np.asarray(Image.open(fake_mapillary.label_paths[2]).resize((32, 16), Image.NEAREST))
     np.testing.assert_array_equal(label, dataset.label_lookup[raw])
 
@@ -406,11 +411,13 @@ def test_factory_mapillary_7(tmp_path):
     cfg, written = make_fake_cfg(tmp_path, target="Mapillary", num_classes=7)
     test = get_target_dataset(cfg, "test")
     assert isinstance(test, MapillaryDataSet) and test.has_labels and test.set == "validation"
-    label = test[0][1]  # 128x64 image into 64x32: no padding
+    label = test[0][1]  # a 128x64 label has the input's aspect ratio: native size, no padding
     groups = load_class_info(INFO7_PATH).mapillary_groups
     lookup = np.array([groups.get(n, 255) for n in MAPILLARY_V12_NAMES])
-    raw = np.asarray(Image.open(written["val"].label_paths[0]).resize((64, 32), Image.NEAREST))
-    np.testing.assert_array_equal(label, lookup[raw])
+    np.testing.assert_array_equal(label, lookup[written["val"].labels[0]])
+    esl = get_target_dataset(cfg, "esl")  # the ESL report's labels: resized to ESL.OUTPUT_SIZE_TARGET
+    raw = np.asarray(Image.open(written["train"].label_paths[0]).resize((64, 32), Image.NEAREST))
+    np.testing.assert_array_equal(esl[0][1], lookup[raw])
     assert not get_target_dataset(cfg, "train").has_labels
     assert get_class_info(cfg, "esl").names[0] == "flat"
 

@@ -208,8 +208,9 @@ def test_esl_two_processes_write_the_labels_and_report_of_one(tmp_path, method):
     assert json_load(two / REPORT_NAME) == json_load(one / REPORT_NAME)
     assert 0 < json_load(two / REPORT_NAME)["kept_fraction"] < 1
     assert len(list(two.glob("run_esl_*.json"))) == 1
-    assert sorted(p.name for p in two.parent.iterdir() if p.name.startswith(".")) == []  # no staging left
-    assert not list(two.glob(".*"))  # no spill folder left
+    # no staging folder left beside it, only the lock file; inside, no spill folder, only the manifest
+    assert sorted(p.name for p in two.parent.iterdir() if p.name.startswith(".")) == [".labels.lock"]
+    assert [p.name for p in two.glob(".*")] == [".advent-manifest.json"]
 
 
 # --- train.py ---

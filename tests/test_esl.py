@@ -1,40 +1,46 @@
 """esl.py end to end on tiny Cityscapes-format data: labels and report against a direct
-reference computation, groups with a short last group, file names the loader reads back,
-unlabelled targets, and the failure modes (bad output folder, crash mid-run)."""
+reference computation in the published order (probabilities upsampled), groups with a short
+last group, file names the loader reads back, unlabelled targets, and the failure modes (bad
+output folder, crash mid-run). The output folder's ownership, locking and signals: test_esl_output.py."""
+import math
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from advent.dataset import get_target_dataset, pseudo_label_name
 from advent.domain_adaptation import esl_UDA, snapshots
-from advent.domain_adaptation.pseudo_labels import predict_with_confidence
 from advent.model import build_segmenter
 from advent.scripts import esl as esl_script
 from advent.utils.errors import UserError
+from advent.utils.output_dir import MANIFEST_NAME, lock_path
 from advent.utils.serialization import json_load
 from fake_data import make_fake_cfg, write_cfg_yaml
 
 NUM_CLASSES = 19
 
 
-def tiny_checkpoint(path, seed=0):
-    """A Tiny DeepLab with random classifiers strong enough to give varied predictions."""
+def tiny_checkpoint(path, seed=0, scale=100.0):
+    """A Tiny DeepLab with random classifiers strong enough to give varied predictions (the
+    backbone features are tiny at init); `scale` 1e4 gives a confident one (mean max-probability
+    about 0.98)."""
     torch.manual_seed(seed)
     model = build_segmenter("DeepLabv2-Tiny", NUM_CLASSES, True)
     for name, param in model.named_parameters():
         if name.startswith(("layer5", "layer6")) and name.endswith("weight"):
-            param.data.normal_(0, 100.0)  # the backbone features are tiny at init
+            param.data.normal_(0, scale)
     torch.save(model.state_dict(), path)
     return model
 
 
-def esl_config(tmp_path, method="entropy", group=3, count=6, train_labels=True, output_size=(48, 24)):
+def esl_config(tmp_path, method="entropy", group=3, count=6, train_labels=True, output_size=(48, 24),
+               scale=100.0):
     cfg, written = make_fake_cfg(tmp_path, count=count, train_labels=train_labels)
-    tiny_checkpoint(tmp_path / "model.pth")
+    tiny_checkpoint(tmp_path / "model.pth", scale=scale)
     cfg.NUM_WORKERS = 0
     cfg.ESL.MODEL = "DeepLabv2-Tiny"
     cfg.ESL.RESTORE_FROM = str(tmp_path / "model.pth")
@@ -52,7 +58,26 @@ def run_esl(cfg, tmp_path):
     return json_load(tmp_path / "labels" / esl_UDA.REPORT_NAME)
 
 
-def reference(cfg):
+def hand_maps(logits, output_size, method, order="published"):
+    """Label and score maps of one image's main logits (1 x C x h x w), with plain torch ops.
+
+    'published': softmax at the network's resolution, the probabilities upsampled (bilinear,
+    align_corners=True); 'logits first': the logits upsampled, then the softmax. Then argmax,
+    and the normalised entropy (0 ln 0 = 0) or the max-probability."""
+    width, height = output_size
+
+    def up(x):
+        return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=True)
+
+    prob = up(torch.softmax(logits, 1)) if order == "published" else torch.softmax(up(logits), 1)
+    prob = prob[0]
+    if method == "maxprob":
+        return prob.argmax(0), prob.max(0).values
+    p_log_p = torch.where(prob > 0, prob * torch.log(prob), torch.zeros_like(prob))
+    return prob.argmax(0), (-p_log_p.sum(0) / math.log(prob.shape[0])).clamp(min=0)
+
+
+def reference(cfg, order="published"):
     """SPEC section 6 stated directly: per group, sort each class's scores, take index round(n/2)."""
     model = build_segmenter("DeepLabv2-Tiny", NUM_CLASSES, True)
     model.load_state_dict(torch.load(cfg.ESL.RESTORE_FROM, weights_only=True))
@@ -62,8 +87,8 @@ def reference(cfg):
     with torch.no_grad():
         for image, gt, _, name in dataset:
             _, logits = model(torch.from_numpy(image)[None])
-            label, score = predict_with_confidence(logits, cfg.ESL.OUTPUT_SIZE_TARGET, cfg.ESL.METHOD)
-            maps.append((name, label[0].numpy(), score[0].numpy(), gt))
+            label, score = hand_maps(logits, cfg.ESL.OUTPUT_SIZE_TARGET, cfg.ESL.METHOD, order)
+            maps.append((name, label.numpy(), score.numpy(), gt))
     labels, thresholds_per_group = {}, []
     for start in range(0, len(maps), cfg.ESL.MAX_MEDIAN_BATCH):
         group = maps[start:start + cfg.ESL.MAX_MEDIAN_BATCH]
@@ -109,6 +134,24 @@ def test_labels_and_report_equal_direct_reference(tmp_path, method):
     assert report["images"] == 6 and report["method"] == method
 
 
+@pytest.mark.parametrize("method", ["entropy", "maxprob"])
+def test_confident_model_labels_follow_the_published_order(tmp_path, method):
+    """Probabilities upsampled, not logits: on a confident model the two orders disagree on
+    many pixels (about a fifth here), and the labels written are those of the published one."""
+    cfg, _ = esl_config(tmp_path, method=method, group=3000, output_size=(64, 32), scale=1e4)
+    run_esl(cfg, tmp_path)
+    published, _ = reference(cfg)
+    logits_first, _ = reference(cfg, order="logits first")
+    argmax_differs = pseudo_differs = pixels = 0
+    for name, (pseudo, label, _) in published.items():
+        written = np.asarray(Image.open(tmp_path / "labels" / pseudo_label_name(name)))
+        np.testing.assert_array_equal(written, pseudo)
+        argmax_differs += (logits_first[name][1] != label).sum()
+        pseudo_differs += (logits_first[name][0] != written).sum()
+        pixels += label.size
+    assert argmax_differs > 0.1 * pixels and pseudo_differs > 0.05 * pixels
+
+
 def test_labels_load_back_through_the_pseudo_label_loader(tmp_path):
     cfg, _ = esl_config(tmp_path, output_size=(64, 32))
     run_esl(cfg, tmp_path)
@@ -137,8 +180,10 @@ def test_unlabelled_target_split(tmp_path):
 def test_no_temporary_files_are_left(tmp_path):
     cfg, _ = esl_config(tmp_path)
     run_esl(cfg, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
-    assert not list((tmp_path / "labels").glob(".*"))
+    # beside: only the lock file (it stays; the kernel releases the lock); inside: only the manifest
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [
+        lock_path(tmp_path / "labels").name]
+    assert [p.name for p in (tmp_path / "labels").glob(".*")] == [MANIFEST_NAME]
 
 
 def test_crash_mid_run_keeps_previous_labels(tmp_path, monkeypatch):

@@ -154,11 +154,13 @@ def direct_iou(labels, preds, num_classes):
 
 def reference_hist(models, weights, cfg, amp_dtype=None):
     """The original evaluation, written out: per image the weighted sum of the models' upsampled
-    main logits, numpy argmax, fast_hist."""
+    main logits, numpy argmax, fast_hist. Upsampled to OUTPUT_SIZE, or to the label's own size
+    where the dataset keeps native label sizes (Mapillary)."""
     dataset = get_target_dataset(cfg, "test")
-    width, height = cfg.TEST.OUTPUT_SIZE_TARGET
+    native = getattr(dataset, "native_labels", False)
     hist = np.zeros((cfg.NUM_CLASSES, cfg.NUM_CLASSES), dtype=np.int64)
     for image, label, _, _ in dataset:
+        height, width = label.shape if native else cfg.TEST.OUTPUT_SIZE_TARGET[::-1]
         output = None
         for model, weight in zip(models, weights):
             with torch.no_grad(), torch.autocast("cpu", dtype=amp_dtype, enabled=amp_dtype is not None):

@@ -134,10 +134,21 @@ def test_floor_and_cap_and_strict_comparisons():
     assert apply_thresholds(label, max_prob, caps, "maxprob").tolist() == [0, 255, 1, 255]
 
 
-def test_prediction_upsamples_logits_before_softmax():
-    logits = torch.randn(1, 3, 4, 5)
-    label, score = predict_with_confidence(logits, (9, 7), "maxprob")
-    up = torch.nn.functional.interpolate(logits, size=(7, 9), mode="bilinear", align_corners=True)
-    prob = torch.softmax(up, 1)
-    assert label.shape == (1, 7, 9)
-    assert torch.equal(label, prob.argmax(1)) and torch.allclose(score, prob.max(1).values)
+@pytest.mark.parametrize("method", ["entropy", "maxprob"])
+def test_prediction_upsamples_probabilities_after_softmax(method):
+    """The published order: softmax at the network's resolution, then the probabilities
+    upsampled; a confident input, where upsampling the logits first gives other labels."""
+    logits = 20 * torch.randn(2, 4, 4, 5, generator=torch.Generator().manual_seed(0))
+    label, score = predict_with_confidence(logits, (17, 13), method)
+
+    def up(x):
+        return torch.nn.functional.interpolate(x, size=(13, 17), mode="bilinear", align_corners=True)
+
+    prob = up(torch.softmax(logits, 1))
+    p_log_p = torch.where(prob > 0, prob * torch.log(prob), torch.zeros_like(prob))
+    expected = -p_log_p.sum(1) / math.log(4) if method == "entropy" else prob.max(1).values
+    assert label.shape == score.shape == (2, 13, 17)
+    assert torch.equal(label, prob.argmax(1))
+    assert torch.allclose(score, expected.clamp(min=0), atol=1e-6)
+    logits_first = torch.softmax(up(logits), 1)
+    assert (logits_first.argmax(1) != label).float().mean() > 0.05

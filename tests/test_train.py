@@ -303,6 +303,34 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
     assert files_in(cfg.TRAIN.SNAPSHOT_DIR) == files_in(straight.TRAIN.SNAPSHOT_DIR)
 
 
+def test_a_run_extended_by_a_larger_early_stop_equals_one_started_with_it(tmp_path):
+    def config(folder, early_stop):
+        cfg, _ = tiny_cfg(folder, "AdvEnt", iters=early_stop, save_every=2, pseudo=True)
+        cfg.TRAIN.MAX_ITERS = 10  # the order covers 10 iterations: 12 of the 4 images, not 4 or 8
+        return cfg
+
+    straight = config(tmp_path / "straight", 6)
+    assert train_domain_adaptation(straight, CPU) == 6
+    assert train_domain_adaptation(config(tmp_path / "extended", 4), CPU) == 4
+    longer = config(tmp_path / "extended", 8)
+    longer.TRAIN.MAX_ITERS = 12  # changes the learning rates of the finished part: refused
+    with pytest.raises(UserError, match=r"--resume: TRAIN.MAX_ITERS was 10 when the run started"):
+        train_domain_adaptation(longer, CPU, resume=True)
+    assert train_domain_adaptation(config(tmp_path / "extended", 6), CPU, resume=True) == 6
+    extended = config(tmp_path / "extended", 6).TRAIN.SNAPSHOT_DIR
+    ours = read_checkpoint(Path(extended) / "train_state_6.pth")
+    theirs = read_checkpoint(Path(straight.TRAIN.SNAPSHOT_DIR) / "train_state_6.pth")
+    assert ours["data"]["source"]["num_samples"] == 12
+    for key in ("iteration", "model", "d_aux", "d_main", "optimizer", "optimizer_d_aux", "optimizer_d_main",
+                "rng", "data"):
+        assert_same_tensors(ours[key], theirs[key], key)
+    assert files_in(extended) == files_in(straight.TRAIN.SNAPSHOT_DIR)
+    for name in files_in(extended):
+        if name.startswith("model_"):
+            assert_same_tensors(torch.load(Path(extended) / name, weights_only=True),
+                                torch.load(Path(straight.TRAIN.SNAPSHOT_DIR) / name, weights_only=True), name)
+
+
 def slow_train_script(seconds):
     """Python source of train.py with every training step `seconds` slower, so a signal can
     land mid-run."""

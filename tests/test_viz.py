@@ -8,6 +8,7 @@ from advent.dataset import pseudo_label_name
 from advent.model import build_segmenter
 from advent.scripts import viz
 from advent.utils.errors import UserError
+from advent.utils.output_dir import MANIFEST_NAME
 from advent.utils.viz_segmask import CITYSCAPES_PALETTE, entropy_image, panel_row
 from fake_data import make_fake_cfg, write_cfg_yaml, write_pseudo_labels
 
@@ -27,7 +28,7 @@ def config(tmp_path, **changes):
 def test_test_stage_panels_with_ground_truth(tmp_path):
     path, written = config(tmp_path)
     assert viz.main(["--cfg", str(path), "--num-images", "2", "--out", str(tmp_path / "out")]) == 0
-    files = sorted((tmp_path / "out").iterdir())
+    files = sorted(p for p in (tmp_path / "out").iterdir() if p.name != MANIFEST_NAME)
     assert [f.name for f in files] == sorted(pseudo_label_name(n) for n in written["val"].names[:2])
     picture = np.asarray(Image.open(files[0]))
     # 4 panels of 64 px plus 3 gaps of 4 px; a title strip of 18 px over 32 px panels
@@ -68,3 +69,29 @@ def test_bad_inputs(tmp_path):
     cfg_path.write_text(text)
     with pytest.raises(UserError, match="TEST.RESTORE_FROM is empty: pass --checkpoint"):
         viz.main(["--cfg", str(cfg_path)])
+
+
+def test_out_folder_keeps_files_viz_did_not_write(tmp_path, monkeypatch):
+    path, written = config(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    names = [pseudo_label_name(n) for n in written["val"].names[:2]]
+    (out / "notes.txt").write_text("mine")
+    assert viz.main(["--cfg", str(path), "--num-images", "2", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(names + ["notes.txt", MANIFEST_NAME])
+    assert viz.main(["--cfg", str(path), "--num-images", "2", "--out", str(out)]) == 0  # its own: replaced
+    assert (out / "notes.txt").read_text() == "mine"
+    other = pseudo_label_name(written["val"].names[2])
+    (out / other).write_bytes(b"the user's own file")
+    monkeypatch.setattr(viz, "load_checkpoint", lambda *a: pytest.fail("model work before the check"))
+    with pytest.raises(UserError, match=f"--out {out} holds {other}, which viz.py did not write"):
+        viz.main(["--cfg", str(path), "--num-images", "3", "--out", str(out)])
+    assert (out / other).read_bytes() == b"the user's own file"
+
+
+def test_out_under_a_file_is_one_line_before_any_model_work(tmp_path, monkeypatch):
+    path, _ = config(tmp_path)
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(viz, "load_checkpoint", lambda *a: pytest.fail("model work before the check"))
+    with pytest.raises(UserError, match="cannot write the panels to .*file/out: .*file is a file, not a folder"):
+        viz.main(["--cfg", str(path), "--out", str(tmp_path / "file" / "out")])

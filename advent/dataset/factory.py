@@ -4,7 +4,8 @@ get_source_dataset(cfg)          labelled source (GTA5 or SYNTHIA) at TRAIN.INPU
 get_target_dataset(cfg, stage)   target (Cityscapes or Mapillary) for stage
     'train': no labels (unsupervised), or ESL pseudo-labels from PSEUDO_LABEL_DIRECTORY_TARGET
              at TRAIN.INPUT_SIZE_TARGET when that is set;
-    'test':  ground truth required, at TEST.OUTPUT_SIZE_TARGET;
+    'test':  ground truth required, at TEST.OUTPUT_SIZE_TARGET (Mapillary: each label at its
+             native resolution, padded to the aspect ratio of TEST.INPUT_SIZE_TARGET);
     'esl':   ground truth at ESL.OUTPUT_SIZE_TARGET when every label file of the split exists
              (for the pseudo-label quality report), else none (has_labels False).
 get_class_info(cfg, stage)       the class names / palette / id tables used by that stage.
@@ -89,14 +90,17 @@ def get_target_dataset(cfg, stage, max_iters=None, check_files=True):
     """
     section = stage_section(cfg, stage)
     load_labels, labels_size, pseudo_dir = target_label_mode(cfg, stage)
+    options = {}
     if cfg.TARGET == "Mapillary":
-        _warn_aspect(section.INPUT_SIZE_TARGET, labels_size, stage)
+        options["native_labels"] = stage == "test"
+        if stage != "test":
+            _warn_aspect(section.INPUT_SIZE_TARGET, labels_size, stage)
     dataset_class = TARGETS[cfg.TARGET]
     return dataset_class(cfg.DATA_DIRECTORY_TARGET, target_list_template(cfg), set=section.SET_TARGET,
                          max_iters=max_iters, crop_size=section.INPUT_SIZE_TARGET, mean=section.IMG_MEAN,
                          load_labels=load_labels, info_path=section.INFO_TARGET, labels_size=labels_size,
                          pseudo_label_dir=pseudo_dir, num_classes=cfg.NUM_CLASSES,
-                         check_files=check_files)
+                         check_files=check_files, **options)
 
 
 def _warn_aspect(input_size, labels_size, stage):

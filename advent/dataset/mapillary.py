@@ -8,12 +8,15 @@ classes by the class info's `mapillary_groups` (info7.json), looked up BY NAME, 
 order in config.json maps correctly; unlisted names are ignored (255).
 
 Images differ in size and aspect ratio, so, as the original, an image is resized keeping its
-aspect ratio to fit inside the input size (bicubic) and placed at the top-left of the
-input-size canvas; the label likewise inside the label size (nearest) and padded with 255
-(ignored). Deliberate change: the padding is the mean colour, i.e. exactly 0 after mean
-subtraction (the original padded with black, which became -mean). Pseudo-labels, written on
-the padded canvas by esl.py, are only resized. Use input and label sizes of one aspect ratio
-so that the padded canvases line up.
+aspect ratio to fit inside the input size (bicubic), placed at the top-left of the input-size
+canvas and padded with black BEFORE the mean is subtracted (padded pixels are -mean, as
+published). Labels (255 = ignored padding), as the original:
+  native_labels=True (the test stage): each label keeps its native resolution and is only padded
+      at the right or bottom to the aspect ratio of the input size, so labels differ in size per
+      image and the evaluation upsamples the logits to each label's size;
+  otherwise: resized keeping the aspect ratio inside the label size (nearest) and padded to it.
+Pseudo-labels, written on the padded canvas by esl.py, are only resized. Use input and label
+sizes of one aspect ratio so that the padded canvases line up.
 """
 import json
 import os
@@ -37,11 +40,20 @@ def fit_size(size, box):
     return max(1, int(width * box_height / height)), box_height
 
 
+def padded_size(size, shape):
+    """The smallest (width, height) of `shape`'s aspect ratio that holds `size` at its top-left:
+    one side is kept, the other lengthened (floor, as the original)."""
+    (width, height), (shape_width, shape_height) = size, shape
+    if width * shape_height < shape_width * height:  # narrower than `shape`: widen
+        return shape_width * height // shape_height, height
+    return width, width * shape_height // shape_width
+
+
 def pad_to(array, size, fill):
-    """Place `array` (.. x h x w) at the top-left of a (.. x H x W) canvas filled with `fill`."""
+    """Place `array` (h x w [x ..]) at the top-left of an H x W [x ..] canvas filled with `fill`."""
     width, height = size
-    canvas = np.full(array.shape[:-2] + (height, width), fill, dtype=array.dtype)
-    canvas[..., :array.shape[-2], :array.shape[-1]] = array
+    canvas = np.full((height, width) + array.shape[2:], fill, dtype=array.dtype)
+    canvas[:array.shape[0], :array.shape[1]] = array
     return canvas
 
 
@@ -77,8 +89,9 @@ class MapillaryDataSet(BaseDataset):
 
     def __init__(self, root, list_path="", set="validation", max_iters=None, crop_size=(321, 321),
                  mean=(128, 128, 128), load_labels=True, info_path=INFO7_PATH, labels_size=None,
-                 pseudo_label_dir="", num_classes=None, check_files=True):
+                 pseudo_label_dir="", num_classes=None, check_files=True, native_labels=False):
         self.info = load_class_info(info_path, num_classes)
+        self.native_labels = bool(native_labels)
         if not self.info.mapillary_groups:
             raise UserError(f"class info {info_path} has no 'mapillary_groups'; the Mapillary target "
                             f"needs one, e.g. {INFO7_PATH}")
@@ -126,11 +139,14 @@ class MapillaryDataSet(BaseDataset):
     def get_image(self, path):
         image = open_image(path)
         pixels = rgb_pixels(image, fit_size(image.size, self.image_size))
-        return pad_to(preprocess(pixels, self.mean), self.image_size, 0.0)
+        return preprocess(pad_to(pixels, self.image_size, 0.0), self.mean)  # black, then minus mean
 
     def get_label(self, path):
         if self.pseudo_label_dir:
             return self.get_pseudo_label(path)
         image = self.open_label(path)
-        ids = resize_ids(image, fit_size(image.size, self.labels_size))
-        return pad_to(self.label_lookup[ids], self.labels_size, IGNORE_LABEL)
+        if self.native_labels:
+            ids, size = np.asarray(image, dtype=np.uint8), padded_size(image.size, self.image_size)
+        else:
+            ids, size = resize_ids(image, fit_size(image.size, self.labels_size)), self.labels_size
+        return pad_to(self.label_lookup[ids], size, IGNORE_LABEL)

@@ -9,9 +9,14 @@ just shorter). Per group, three passes over the images:
      which gives the exact per-class threshold (pseudo_labels.PerClassSelector);
   3. the thresholds are applied and one 8-bit PNG is written per image.
 Memory does not grow with the number of images (the original held float64 maps of every
-image in memory, about 25 GB for Cityscapes train). The labels are written into a staging
-folder that replaces the output folder only once complete, so a crash or a kill leaves
-the previous pseudo-labels as they were.
+image in memory, about 25 GB for Cityscapes train).
+
+The output folder (PSEUDO_LABEL_DIRECTORY_TARGET) follows advent/utils/output_dir.py: it is
+replaced as a whole, so it must be new, empty or this project's own earlier output (its
+manifest lists every file written there); the labels, the report and the run record are
+built in a staging folder beside it and swapped in at once, so a crash or a kill leaves
+the complete previous set, and never no folder. esl.py holds the folder's lock for the run
+(`claimed_output_dir`).
 
 Under torchrun each process runs the model over its own block of whole batches of each group
 (distributed.shard_batches), spills its maps to its own folder, and the per-class count tables
@@ -42,11 +47,17 @@ from advent.utils.distributed import (
 )
 from advent.utils.errors import UserError
 from advent.utils.func import fast_hist, per_class_iu
+from advent.utils.output_dir import (
+    check_replaceable, exclusive_lock, remove_leftovers, replace_dir, staging_prefix, write_manifest,
+)
+from advent.utils.run_record import write_run_record
 from advent.utils.runtime import memory_format
 from advent.utils.serialization import DIR_MODE, atomic_path, json_dump
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "esl_report.json"
+OUTPUT_KEY = "PSEUDO_LABEL_DIRECTORY_TARGET"
+WRITER = "esl.py"
 
 
 def group_bounds(num_images, group_size):
@@ -57,17 +68,34 @@ def group_bounds(num_images, group_size):
 def check_output_dir(output_dir):
     """Fail with one line, before any model work, when the pseudo-label folder cannot be written."""
     if not str(output_dir):
-        raise UserError("PSEUDO_LABEL_DIRECTORY_TARGET is empty: set it to the folder for the pseudo-labels")
+        raise UserError(f"{OUTPUT_KEY} is empty: set it to the folder for the pseudo-labels")
     final = Path(output_dir).resolve()
     if final.exists() and not final.is_dir():
-        raise UserError(f"PSEUDO_LABEL_DIRECTORY_TARGET {output_dir} exists and is not a folder")
-    existing = next(p for p in (final, *final.parents) if p.exists())
+        raise UserError(f"{OUTPUT_KEY} {output_dir} exists and is not a folder")
+    # the new set is built beside the folder: its parent (or the folder that will hold it) must be writable
+    existing = next((p for p in final.parents if p.exists()), final)
     if not existing.is_dir():
         raise UserError(f"cannot write pseudo-labels to {output_dir}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK) or (
-            final.exists() and not os.access(final.parent, os.W_OK | os.X_OK)):
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write pseudo-labels to {output_dir}: permission denied on {existing}")
     return final
+
+
+@contextmanager
+def claimed_output_dir(output_dir):
+    """The checked pseudo-label folder, held for the block: its lock taken and the leftovers of
+    killed runs beside it removed (main process; the others only check it). Yields the folder.
+
+    The ownership check comes first, so that a refused folder (a dataset, say) gets no lock
+    file beside it; `staged_output` checks again just before the swap."""
+    final = check_output_dir(output_dir)
+    if not is_main_process():
+        yield final
+        return
+    check_replaceable(final, OUTPUT_KEY)
+    with exclusive_lock(final, WRITER):
+        remove_leftovers(final)
+        yield final
 
 
 @contextmanager
@@ -75,24 +103,24 @@ def staged_output(output_dir):
     """Yield a fresh staging folder beside `output_dir` that replaces it once the block succeeds.
 
     Under torchrun the main process creates it and tells the others its name; once every process
-    has left the block, the main process swaps it in (or, after an error, removes it)."""
+    has left the block, the main process writes the manifest of everything in it and swaps it in
+    (or, after an error, removes it). A folder that came to hold foreign files meanwhile is
+    refused, not replaced."""
     final = check_output_dir(output_dir)
     staging = None
     with same_outcome("creating the staging folder"):
         if is_main_process():
             final.parent.mkdir(parents=True, exist_ok=True)
-            staging = tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-")
+            staging = tempfile.mkdtemp(dir=final.parent, prefix=staging_prefix(final))
             os.chmod(staging, DIR_MODE)
     staging = Path(broadcast_from_main(staging))
     try:
         yield staging
         barrier()  # every process has written its labels
         if is_main_process():
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            if final.exists():
-                os.replace(final, old)
-            os.replace(staging, final)
-            shutil.rmtree(old, ignore_errors=True)
+            write_manifest(staging, WRITER, [p.name for p in staging.iterdir()])
+            check_replaceable(final, OUTPUT_KEY)
+            replace_dir(staging, final)
     finally:
         if is_main_process():
             shutil.rmtree(staging, ignore_errors=True)
@@ -143,8 +171,9 @@ class QualityStats:
             setattr(self, name, sum_over_processes(torch.from_numpy(getattr(self, name))).numpy())
 
 
-def generate_pseudo_labels(model, dataset, cfg, output_dir, device):
-    """Write the pseudo-labels of every image of `dataset` into `output_dir`; return the report."""
+def generate_pseudo_labels(model, dataset, cfg, output_dir, device, record=None):
+    """Write the pseudo-labels of every image of `dataset` into `output_dir`, with the report and
+    (when given, on the main process) the run `record`; return the report."""
     esl = cfg.ESL
     num_classes = cfg.NUM_CLASSES
     stats = QualityStats(num_classes)
@@ -162,6 +191,8 @@ def generate_pseudo_labels(model, dataset, cfg, output_dir, device):
         report = build_report(cfg, stats, groups, dataset.has_labels, len(dataset))
         if is_main_process():
             json_dump(report, staging / REPORT_NAME)
+            if record is not None:
+                write_run_record(staging, record)
     return report
 
 

@@ -16,18 +16,30 @@ confusion matrix; only that matrix comes back to the CPU.
 
 Outputs: results_single.json (in EXP_ROOT_LOGS/test/<config name>/) or results_best.json (in the
 snapshot folder), a run record beside it, and with TEST.SAVE_PREDICTIONS the predictions in
-predictions/ there: labelIds/ (Cityscapes label ids, the names cityscapesscripts' evaluation
-looks for; trainIds/ when the classes have no one-to-one label id) and color/ (class palette).
+predictions/ there ('best' mode: predictions/<best snapshot>/): labelIds/ (Cityscapes label ids,
+the names cityscapesscripts' evaluation looks for; trainIds/ when the classes have no one-to-one
+label id) and color/ (class palette).
+
+File-system faults are user errors, found before any model work where possible: every folder
+the run writes is created and probed first (`check_writable`), and a predictions folder holding
+files the project did not write is refused. The predictions folder is replaced as a whole, all
+or nothing (PredictionWriter, advent.utils.output_dir). A full disk later on stops no evaluation:
+the results are shown first, then the failed write is reported in one line; the cache keeps
+every snapshot evaluated so far.
 
 Under torchrun each process evaluates its own block of whole batches (distributed.shard_batches:
 no padding, no image twice), the confusion matrices are summed over the processes, so the
 numbers equal a single process's, and each process writes the predictions of its own images;
 the main process alone reads and writes the cache, the results and the run record.
 """
+import contextlib
 import hashlib
 import json
 import logging
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +60,14 @@ from advent.utils.distributed import (
     broadcast_from_main, get_world_size, is_main_process, same_outcome, shard_batches, shared_error,
     sum_over_processes, true_everywhere,
 )
-from advent.utils.errors import UserError
+from advent.utils.errors import UserError, file_system_fault
+from advent.utils.output_dir import (
+    check_replaceable, check_writable, exclusive_lock, remove_leftovers, replace_dir, staging_prefix,
+    write_manifest,
+)
 from advent.utils.run_record import build_run_record, write_run_record
 from advent.utils.runtime import memory_format
-from advent.utils.serialization import atomic_path, json_dump, json_load
+from advent.utils.serialization import DIR_MODE, atomic_path, json_dump, json_load
 from advent.utils.viz_segmask import colorize_mask
 
 log = logging.getLogger(__name__)
@@ -133,7 +149,10 @@ def evaluate(models, loader, num_classes, device, output_size, weights=None, amp
     `on_prediction(preds, names)`, when given, receives each batch's predictions as an
     N x H x W uint8 numpy array (the only per-image copy to the CPU, for saving them).
     `channels_last`: the images go to the models in the NHWC memory format (CHANNELS_LAST).
+    A dataset with `native_labels` (Mapillary: each label at its own padded native size) gets
+    its logits upsampled to each batch's label size instead of `output_size`.
     """
+    native = getattr(loader.dataset, "native_labels", False)
     weights = [1.0] * len(models) if weights is None else list(weights)
     confmat = ConfusionMatrix(num_classes, device)
     buffers = Buffers()
@@ -143,7 +162,8 @@ def evaluate(models, loader, num_classes, device, output_size, weights=None, amp
         mains = [main_logits(model, image, amp) for model in models]
         for main in mains:
             nonfinite += (~torch.isfinite(main)).flatten(1).any(1).sum()
-        pred = upsampled_prediction(mains, weights, output_size, buffers)
+        size = (label.shape[-1], label.shape[-2]) if native else output_size
+        pred = upsampled_prediction(mains, weights, size, buffers)
         confmat.update(label.to(device, non_blocking=True), pred)
         if on_prediction is not None:
             on_prediction(pred.to(torch.uint8).cpu().numpy(), list(names))
@@ -160,10 +180,14 @@ def evaluate(models, loader, num_classes, device, output_size, weights=None, amp
 def build_test_loader(cfg, device):
     """(dataset, loader) of the target test split: images at TEST.INPUT_SIZE_TARGET, ground-truth
     train ids at TEST.OUTPUT_SIZE_TARGET, in list order (under torchrun: this process's block of
-    the batches). Pinned memory on CUDA; the workers stay up between the snapshots of 'best' mode."""
+    the batches). Pinned memory on CUDA; the workers stay up between the snapshots of 'best' mode.
+    Mapillary labels keep their native sizes, which differ per image: batches of one image."""
     dataset = get_target_dataset(cfg, "test")
     if len(dataset) == 0:
         raise UserError(f"the test set '{cfg.TEST.SET_TARGET}' of {cfg.DATA_DIRECTORY_TARGET} holds no image")
+    if getattr(dataset, "native_labels", False) and cfg.TEST.BATCH_SIZE_TARGET != 1:
+        raise UserError(f"TEST.BATCH_SIZE_TARGET is {cfg.TEST.BATCH_SIZE_TARGET}, but {cfg.TARGET} test "
+                        f"labels keep their native sizes, which differ per image; set it to 1")
     loader = DataLoader(dataset, batch_sampler=shard_batches(range(len(dataset)), cfg.TEST.BATCH_SIZE_TARGET),
                         num_workers=cfg.NUM_WORKERS, pin_memory=device.type == "cuda",
                         persistent_workers=cfg.NUM_WORKERS > 0)
@@ -228,41 +252,87 @@ def check_prediction_names(names):
         seen[file_name] = name
 
 
+PREDICTIONS_KEY = "TEST.SAVE_PREDICTIONS folder"
+
+
 class PredictionWriter:
     """Writes each prediction as a colour PNG (the class palette) in color/ and an id PNG:
     Cityscapes label ids in labelIds/ (via the class info's train2label), or train ids in
-    trainIds/ when the classes have no one-to-one label id (the 7-class setting).
+    trainIds/ when the classes have no one-to-one label id (the 7-class setting); 'best' mode
+    puts both under a subfolder named after the snapshot.
 
-    `names`: every list entry of the test set, checked for clashing file names. The main
-    process clears the files of an earlier run; under torchrun every process writes its own
-    images' files (after a synchronisation, which the callers' `same_outcome` provides)."""
+    The folder `final` is replaced as a whole, all or nothing (advent.utils.output_dir): before
+    any model work the main process takes its lock (`prepare`, held until `stack` closes),
+    removes what killed runs left beside it, refuses it when it holds files the project did not
+    write, and creates a staging folder beside it, which every process then writes its own
+    images into (`share`). `finish` lists them in a manifest and swaps the staging folder in: a
+    crash or a kill before leaves the complete earlier predictions.
 
-    def __init__(self, folder, info, names):
+    `names`: every list entry of the test set, checked for clashing file names. A file-system
+    fault (a full disk) while writing an image stops the writing, not the evaluation: `finish`
+    reports it, after the results have been shown."""
+
+    def __init__(self, final, info, names):
         check_prediction_names(names)
-        self.folder = Path(folder)
+        self.final, self.staging, self.subfolder, self.fault = Path(final), None, "", None
         self.palette = info.palette
         if info.train2label is not None:
-            self.ids_dir, self.lut = self.folder / "labelIds", info.train2label.astype(np.uint8)
+            self.ids_name, self.lut = "labelIds", info.train2label.astype(np.uint8)
         else:
-            self.ids_dir, self.lut = self.folder / "trainIds", np.arange(info.num_classes, dtype=np.uint8)
-        self.color_dir = self.folder / "color"
-        if is_main_process():
-            self._clear_earlier()
+            self.ids_name, self.lut = "trainIds", np.arange(info.num_classes, dtype=np.uint8)
 
-    def _clear_earlier(self):
-        # a flat folder per run: earlier files of other images would confuse an external evaluation
-        earlier = [p for d in (self.folder / "labelIds", self.folder / "trainIds", self.color_dir)
-                   if d.is_dir() for p in d.glob("*.png")]
-        if earlier:
-            log.info("replacing %d earlier prediction files in %s", len(earlier), self.folder)
-            for path in earlier:
-                path.unlink()
+    def prepare(self, stack):
+        """The main process's setup of the folder (see the class)."""
+        check_writable(self.final.parent, "the predictions")
+        stack.enter_context(exclusive_lock(self.final, "test.py"))
+        remove_leftovers(self.final)
+        check_replaceable(self.final, PREDICTIONS_KEY,
+                          advice="move it away (an earlier version's predictions/ has no manifest)")
+        self.staging = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=staging_prefix(self.final)))
+        os.chmod(self.staging, DIR_MODE)
+        stack.callback(shutil.rmtree, self.staging, ignore_errors=True)  # after a failure (else gone)
+
+    def share(self):
+        """Every process learns the main process's staging folder (after the setup)."""
+        self.staging = Path(broadcast_from_main(self.staging))
 
     def __call__(self, preds, names):
-        for pred, name in zip(preds, names):
-            file_name = prediction_file_name(name)
-            save_png(Image.fromarray(self.lut[pred]), self.ids_dir / file_name)
-            save_png(colorize_mask(pred, self.palette), self.color_dir / file_name)
+        if self.fault is not None:
+            return
+        folder = self.staging / self.subfolder
+        try:
+            for pred, name in zip(preds, names):
+                file_name = prediction_file_name(name)
+                save_png(Image.fromarray(self.lut[pred]), folder / self.ids_name / file_name)
+                save_png(colorize_mask(pred, self.palette), folder / "color" / file_name)
+        except OSError as error:
+            if file_system_fault(error) is None:
+                raise
+            self.fault = UserError(f"cannot write the predictions: {file_system_fault(error)}")
+            log.warning("%s; the evaluation goes on without them", self.fault)
+
+    def finish(self):
+        """After the evaluation (every process has written its images): a fault of any process
+        stops all, else the main process puts the new folder in place. Returns where they are."""
+        with same_outcome("writing the predictions"):
+            if self.fault is not None:
+                raise self.fault
+        if is_main_process():
+            write_manifest(self.staging, "test.py", [p.name for p in self.staging.iterdir()])
+            replace_dir(self.staging, self.final)
+        log.info("predictions written to %s", self.final / self.subfolder)
+        return self.final / self.subfolder
+
+
+def prediction_writer(cfg, final, info, dataset, stack):
+    """With TEST.SAVE_PREDICTIONS, the PredictionWriter of the folder `final`, prepared by the
+    main process (call it in the setup, then `share`); else None."""
+    if not cfg.TEST.SAVE_PREDICTIONS:
+        return None
+    writer = PredictionWriter(final, info, dataset.img_ids)
+    if is_main_process():
+        writer.prepare(stack)
+    return writer
 
 
 # --- 'single' mode ---
@@ -275,33 +345,37 @@ def single_results_dir(cfg, cfg_path):
 
 def eval_single(cfg, device, cfg_path="", argv=None):
     """Evaluate the model (or the ensemble) of TEST.RESTORE_FROM; return the results dict."""
-    with same_outcome("setup"):  # also: the earlier predictions are cleared before any is written
-        models, infos = load_models(cfg, device)
-        dataset, loader = build_test_loader(cfg, device)
-        info = get_class_info(cfg, "test")
-        folder = single_results_dir(cfg, cfg_path)
-        writer = None
-        if cfg.TEST.SAVE_PREDICTIONS:
-            writer = PredictionWriter(folder / "predictions", info, dataset.img_ids)
-    if len(models) > 1:
-        log.info("ensemble of %d models, weights %s", len(models), list(cfg.TEST.MODEL_WEIGHT))
-    confmat = evaluate(models, loader, cfg.NUM_CLASSES, device, cfg.TEST.OUTPUT_SIZE_TARGET,
-                       cfg.TEST.MODEL_WEIGHT, cfg.TEST.AMP, on_prediction=writer,
-                       channels_last=cfg.CHANNELS_LAST)
-    hist = confmat.hist()
-    summary = summarize(hist, info.names)
-    log.info("%s", format_summary(summary))
-    unexpected = confmat.unexpected_labels()
-    warn_if_suspicious(summary, unexpected, cfg.NUM_CLASSES)
-    results = run_header(cfg, cfg_path, dataset, "single")
-    results["checkpoints"] = [
-        {"path": i.path, "sha256": i.sha256, "layout": i.layout, "model": name, "multi_level": bool(ml),
-         "weight": float(w)}
-        for i, name, ml, w in zip(infos, cfg.TEST.MODEL, cfg.TEST.MULTI_LEVEL, cfg.TEST.MODEL_WEIGHT)]
-    results.update(summary)
-    results.update(confusion_matrix=hist.tolist(), unexpected_label_pixels=unexpected,
-                   predictions=str(writer.folder) if writer else None)
-    write_outputs(folder, RESULTS_SINGLE, results, test_record(cfg, device, infos, argv))
+    folder = single_results_dir(cfg, cfg_path)
+    with contextlib.ExitStack() as stack:  # the predictions folder's lock, while it is written
+        with same_outcome("setup"):
+            if is_main_process():
+                check_writable(folder, "the results")
+            dataset, loader = build_test_loader(cfg, device)
+            info = get_class_info(cfg, "test")
+            writer = prediction_writer(cfg, folder / "predictions", info, dataset, stack)
+            models, infos = load_models(cfg, device)
+        if writer:
+            writer.share()
+        if len(models) > 1:
+            log.info("ensemble of %d models, weights %s", len(models), list(cfg.TEST.MODEL_WEIGHT))
+        confmat = evaluate(models, loader, cfg.NUM_CLASSES, device, cfg.TEST.OUTPUT_SIZE_TARGET,
+                           cfg.TEST.MODEL_WEIGHT, cfg.TEST.AMP, on_prediction=writer,
+                           channels_last=cfg.CHANNELS_LAST)
+        hist = confmat.hist()
+        summary = summarize(hist, info.names)
+        log.info("%s", format_summary(summary))  # shown before any file is written
+        unexpected = confmat.unexpected_labels()
+        warn_if_suspicious(summary, unexpected, cfg.NUM_CLASSES)
+        predictions = writer.finish() if writer else None
+        results = run_header(cfg, cfg_path, dataset, "single")
+        results["checkpoints"] = [
+            {"path": i.path, "sha256": i.sha256, "layout": i.layout, "model": name, "multi_level": bool(ml),
+             "weight": float(w)}
+            for i, name, ml, w in zip(infos, cfg.TEST.MODEL, cfg.TEST.MULTI_LEVEL, cfg.TEST.MODEL_WEIGHT)]
+        results.update(summary)
+        results.update(confusion_matrix=hist.tolist(), unexpected_label_pixels=unexpected,
+                       predictions=str(predictions) if writer else None)
+        write_outputs(folder, RESULTS_SINGLE, results, test_record(cfg, device, infos, argv))
     return results
 
 
@@ -345,6 +419,8 @@ def eval_setting(cfg, dataset, info):
         "image_list_sha256": _sha256_text("\n".join(dataset.img_ids)),
         "input_size": list(cfg.TEST.INPUT_SIZE_TARGET),
         "output_size": list(cfg.TEST.OUTPUT_SIZE_TARGET),
+        # Mapillary: each label at its native size, padded (not OUTPUT_SIZE)
+        "native_labels": bool(getattr(dataset, "native_labels", False)),
         "img_mean": [float(v) for v in cfg.TEST.IMG_MEAN],
         "num_classes": cfg.NUM_CLASSES,
         "class_names": list(info.names),
@@ -359,12 +435,16 @@ def eval_setting(cfg, dataset, info):
 
 class EvalCache:
     """Confusion matrices of evaluated snapshots in a JSON file, found by (file name, SHA-256 of
-    the file, evaluation setting): a changed file or setting is never served a stale entry."""
+    the file, evaluation setting): a changed file or setting is never served a stale entry.
+
+    The file is saved after each snapshot. When that fails for a file-system fault (a full
+    disk), the evaluation goes on and `fault` says why, until a later save succeeds."""
 
     def __init__(self, path, setting):
         self.path = Path(path)
         self.setting = setting
         self.entries = self._read()
+        self.fault = None
 
     def _read(self):
         if not self.path.exists():
@@ -393,7 +473,14 @@ class EvalCache:
                  "confusion_matrix": np.asarray(hist).tolist(), "unexpected_label_pixels": int(unexpected)}
         self.entries = [e for e in self.entries
                         if (e.get("snapshot"), e.get("setting")) != (snapshot, self.setting)] + [entry]
-        json_dump({"format": CACHE_FORMAT, "entries": self.entries}, self.path)
+        try:
+            json_dump({"format": CACHE_FORMAT, "entries": self.entries}, self.path)
+            self.fault = None
+        except OSError as error:
+            if file_system_fault(error) is None:
+                raise
+            self.fault = UserError(f"cannot save the test cache: {file_system_fault(error)}")
+            log.warning("%s; the evaluation goes on, the results are shown at the end", self.fault)
         return entry
 
 
@@ -460,36 +547,44 @@ def pick_best(results):
 
 def eval_best(cfg, device, cfg_path="", argv=None):
     """Evaluate every expected snapshot of TEST.SNAPSHOT_DIR[0]; report the last and the best."""
-    with same_outcome("setup"):
-        folder = snapshot_dir_of(cfg)
-        dataset, loader = build_test_loader(cfg, device)
-        info = get_class_info(cfg, "test")
-        model = build_segmenter(cfg.TEST.MODEL[0], cfg.NUM_CLASSES, cfg.TEST.MULTI_LEVEL[0]).eval()
-        model.to(device, memory_format=memory_format(cfg.CHANNELS_LAST))
-        cache = None
-        if is_main_process():
-            cache = EvalCache(folder / CACHE_NAME, eval_setting(cfg, dataset, info))
-    results, weights = [], []
-    for n_iter, path in available_snapshots(cfg, folder):
-        entry, cached = evaluate_snapshot(model, path, cache, loader, cfg, device)
-        weights.append(CheckpointInfo(str(path), entry["sha256"], entry.get("layout", "state_dict")))
-        results.append({"snapshot": path.stem, "iteration": n_iter, "path": str(path),
-                        "sha256": entry["sha256"], "cached": cached,
-                        **summarize(entry["confusion_matrix"], info.names),
-                        "unexpected_label_pixels": entry["unexpected_label_pixels"]})
-        best = pick_best(results)
-        log.info("%s: %s%s; best so far: %s (%s)", path.stem, format_miou(results[-1]),
-                 " (cached)" if cached else "", best["snapshot"], format_miou(best))
-    last, best = results[-1], pick_best(results)
-    report_best(last, best, cfg)
-    output = run_header(cfg, cfg_path, dataset, "best")
-    output.update(snapshot_dir=str(folder), snapshots=results, last=last["snapshot"], best=best["snapshot"],
-                  selection=f"'best' is the {BEST_LABEL}; 'last' is the final snapshot evaluated",
-                  predictions=None)
-    if cfg.TEST.SAVE_PREDICTIONS:
-        output["predictions"] = save_best_predictions(model, best, (dataset, loader), info, folder, cfg,
-                                                      device)
-    write_outputs(folder, RESULTS_BEST, output, test_record(cfg, device, weights, argv))
+    with contextlib.ExitStack() as stack:  # the predictions folder's lock, for the whole run
+        with same_outcome("setup"):
+            folder = snapshot_dir_of(cfg)
+            if is_main_process():
+                check_writable(folder, "the test cache and results")
+            dataset, loader = build_test_loader(cfg, device)
+            info = get_class_info(cfg, "test")
+            writer = prediction_writer(cfg, folder / "predictions", info, dataset, stack)
+            model = build_segmenter(cfg.TEST.MODEL[0], cfg.NUM_CLASSES, cfg.TEST.MULTI_LEVEL[0]).eval()
+            model.to(device, memory_format=memory_format(cfg.CHANNELS_LAST))
+            cache = None
+            if is_main_process():
+                cache = EvalCache(folder / CACHE_NAME, eval_setting(cfg, dataset, info))
+        if writer:
+            writer.share()
+        results, weights = [], []
+        for n_iter, path in available_snapshots(cfg, folder):
+            entry, cached = evaluate_snapshot(model, path, cache, loader, cfg, device)
+            weights.append(CheckpointInfo(str(path), entry["sha256"], entry.get("layout", "state_dict")))
+            results.append({"snapshot": path.stem, "iteration": n_iter, "path": str(path),
+                            "sha256": entry["sha256"], "cached": cached,
+                            **summarize(entry["confusion_matrix"], info.names),
+                            "unexpected_label_pixels": entry["unexpected_label_pixels"]})
+            best = pick_best(results)
+            log.info("%s: %s%s; best so far: %s (%s)", path.stem, format_miou(results[-1]),
+                     " (cached)" if cached else "", best["snapshot"], format_miou(best))
+        last, best = results[-1], pick_best(results)
+        report_best(last, best, cfg)  # shown before any failed write is reported
+        with same_outcome("saving the test cache"):
+            if cache is not None and cache.fault is not None:
+                raise cache.fault
+        output = run_header(cfg, cfg_path, dataset, "best")
+        output.update(snapshot_dir=str(folder), snapshots=results, last=last["snapshot"],
+                      best=best["snapshot"], predictions=None,
+                      selection=f"'best' is the {BEST_LABEL}; 'last' is the final snapshot evaluated")
+        if writer:
+            output["predictions"] = save_best_predictions(model, best, loader, writer, cfg, device)
+        write_outputs(folder, RESULTS_BEST, output, test_record(cfg, device, weights, argv))
     return output
 
 
@@ -504,18 +599,16 @@ def report_best(last, best, cfg):
     warn_if_suspicious(best, last["unexpected_label_pixels"], cfg.NUM_CLASSES, what=best["snapshot"])
 
 
-def save_best_predictions(model, best, data, info, folder, cfg, device):
-    """One more pass of the best snapshot over `data` (dataset, loader), writing its predictions
-    to predictions/<snapshot>/."""
-    dataset, loader = data
-    with same_outcome("setup of the predictions"):  # also: earlier files cleared before any is written
+def save_best_predictions(model, best, loader, writer, cfg, device):
+    """One more pass of the best snapshot over `loader`, writing its predictions to
+    predictions/<snapshot>/ (`writer`'s folder is predictions/); returns where they are."""
+    with same_outcome("loading the best snapshot"):
         load_checkpoint(model, best["path"])
-        writer = PredictionWriter(folder / "predictions" / best["snapshot"], info, dataset.img_ids)
+    writer.subfolder = best["snapshot"]
     evaluate([model], loader, cfg.NUM_CLASSES, device, cfg.TEST.OUTPUT_SIZE_TARGET, amp=cfg.TEST.AMP,
              on_prediction=writer, desc=f"{best['snapshot']} (saving predictions)",
              channels_last=cfg.CHANNELS_LAST)
-    log.info("predictions of %s written to %s", best["snapshot"], writer.folder)
-    return str(writer.folder)
+    return str(writer.finish())
 
 
 def evaluate_domain_adaptation(cfg, device, cfg_path="", argv=None):

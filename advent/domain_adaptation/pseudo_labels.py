@@ -27,12 +27,14 @@ def normalized_entropy(prob):
 def predict_with_confidence(logits, output_size, method):
     """Label (argmax) and score of each pixel of N x C x h x w logits at `output_size` (W, H).
 
-    The logits are upsampled bilinearly (align_corners=True) before the softmax;
-    the score is the normalised entropy ('entropy') or the maximum probability ('maxprob').
+    In the published order: the softmax at the network's resolution, then the PROBABILITIES
+    are upsampled bilinearly (align_corners=True), and argmax and score are taken there; the
+    score is the normalised entropy ('entropy') or the maximum probability ('maxprob').
+    (Upsampling the logits first gives other labels wherever a confident model's classes meet.)
     """
     width, height = output_size
-    logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=True)
-    prob = F.softmax(logits, dim=1)
+    prob = F.softmax(logits.float(), dim=1)
+    prob = F.interpolate(prob, size=(height, width), mode="bilinear", align_corners=True)
     if method == "entropy":
         return prob.argmax(1), normalized_entropy(prob)
     max_prob, label = prob.max(1)

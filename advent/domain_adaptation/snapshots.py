@@ -5,8 +5,11 @@ model after 2,000 iterations. (ADVENT named them by 0-based iteration and the ES
 fork by i % 2000 == 1999, which its own tester never found.)
 """
 import logging
+import os
 import re
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -49,9 +52,32 @@ def expected_snapshots(step, max_iter):
 
 
 def torch_save_atomic(obj, path):
-    """torch.save through a temporary file + fsync + rename: a kill never leaves a truncated file."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save through a temporary file + fsync + rename: a kill never leaves a truncated file.
+    A write that fails raises the OSError behind it, naming `path` (`writing`)."""
+    with writing(path), atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
+@contextmanager
+def writing(path):
+    """For a block that writes `path`: a failure of the file system (a full disk, a quota) raises
+    the OSError behind it, naming `path`. (torch.save reports a failed write as a RuntimeError,
+    'unexpected pos' or 'PytorchStreamWriter failed writing file', with the OSError only as its
+    context; a failed write or flush of an open file names no file.)"""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        cause = os_error_behind(error)
+        if cause is None:
+            raise
+        raise OSError(cause.errno, cause.strerror, str(path)) from error
+
+
+def os_error_behind(error):
+    """The OSError (with an errno) `error` is or was raised while handling; None when there is none."""
+    while error is not None and not (isinstance(error, OSError) and error.errno):
+        error = error.__cause__ or error.__context__
+    return error
 
 
 def wait_for_file(path, timeout, section):

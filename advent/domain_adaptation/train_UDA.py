@@ -23,6 +23,12 @@ order, DistributedDataParallel averages the gradients of the segmenter and of ea
 the processes agree every iteration on a stop signal and on non-finite losses (so all stop at
 the same iteration), and only the main process writes snapshots, train states, the resolved
 config, the run record and TensorBoard events.
+
+The run's folder: the main process first checks that it can write TRAIN.SNAPSHOT_DIR (one line
+naming it and the cause otherwise, before any model is built), then holds the folder's exclusive
+lock until the run ends (a second run into it stops with one line naming the holder) and removes
+the temporary files of killed runs there. A write that fails for a reason of the file system (a
+full disk) stops the run with one line; what was written before stays intact.
 """
 import logging
 import math
@@ -30,7 +36,7 @@ import random
 import signal
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +49,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from advent.dataset import get_class_info, get_source_dataset, get_target_dataset
 from advent.domain_adaptation import train_viz
 from advent.domain_adaptation.config import cfg_to_dict
-from advent.domain_adaptation.snapshots import train_state_path
+from advent.domain_adaptation.snapshots import train_state_path, writing
 from advent.domain_adaptation.train_state import (
-    ResumableSampler, TrainingSetup, check_fresh_snapshot_dir, check_resume_config, check_stream,
-    check_world_size, data_stream, latest_train_state, load_train_state, restore_train_state,
-    save_snapshot, save_train_state, set_rng_state, train_state,
+    ResumableSampler, TrainingSetup, check_fresh_snapshot_dir, check_restart, check_resume_config,
+    check_stream, check_world_size, data_stream, latest_train_state, load_train_state,
+    restore_train_state, save_snapshot, save_train_state, set_rng_state, train_state,
 )
 from advent.model import (
     build_segmenter, discriminator_optimizer, get_fc_discriminator, load_checkpoint, segmenter_optimizer,
@@ -56,11 +62,12 @@ from advent.utils.distributed import (
     barrier, broadcast_from_main, data_parallel, get_rank, get_world_size, is_distributed, is_main_process,
     max_over_processes, no_sync, same_outcome, sum_over_processes,
 )
-from advent.utils.errors import UserError
+from advent.utils.errors import UserError, file_system_fault
 from advent.utils.func import (
     adjust_learning_rate, adjust_learning_rate_discriminator, bce_loss, prob_2_entropy,
 )
 from advent.utils.loss import cross_entropy_2d, entropy_loss
+from advent.utils.output_dir import check_writable, exclusive_lock, remove_temporary_files
 from advent.utils.run_record import build_run_record, write_run_record
 from advent.utils.runtime import memory_format, seed_everything
 from advent.utils.serialization import yaml_dump
@@ -306,10 +313,12 @@ def parallel(setup, device):
     return setup
 
 
-def training_datasets(cfg, total):
-    """{'source': ..., 'target': ...} (target only when used), each long enough for `total`
-    iterations of every process."""
-    samples = total * get_world_size()
+def training_datasets(cfg):
+    """{'source': ..., 'target': ...} (target only when used), each long enough for TRAIN.MAX_ITERS
+    iterations of every process: the data order does not depend on EARLY_STOP, so a run extended
+    by a larger EARLY_STOP (--resume) sees the order a run started with it sees (as the original,
+    whose lists covered MAX_ITERS). At the defaults, a list of 250,000 x batch names per process."""
+    samples = cfg.TRAIN.MAX_ITERS * get_world_size()
     datasets = {"source": get_source_dataset(cfg, max_iters=samples * cfg.TRAIN.BATCH_SIZE_SOURCE)}
     if uses_target(cfg):
         datasets["target"] = get_target_dataset(cfg, "train", max_iters=samples * cfg.TRAIN.BATCH_SIZE_TARGET)
@@ -400,11 +409,20 @@ class Run:
         self.palette = get_class_info(cfg, "train").palette if writer is not None else None
 
     def save(self, n_iter, snapshot=True):
+        """The snapshots (when `snapshot`), then the train state after `n_iter` iterations; a
+        file-system fault (a full disk) is a UserError, and the files written before stay."""
         if is_main_process():
-            if snapshot:
-                save_snapshot(self.snapshot_dir, n_iter, self.setup.model, self.setup.discriminators)
-            state = train_state(self.setup, n_iter, self.streams, self.cfg)
-            save_train_state(self.snapshot_dir, n_iter, state)
+            try:
+                if snapshot:
+                    save_snapshot(self.snapshot_dir, n_iter, self.setup.model, self.setup.discriminators)
+                save_train_state(self.snapshot_dir, n_iter, train_state(self.setup, n_iter, self.streams,
+                                                                        self.cfg))
+            except OSError as error:
+                fault = file_system_fault(error)
+                if fault is None:
+                    raise
+                raise UserError(f"{fault}; the files written before are intact (newest train state: "
+                                f"{self.last_saved or 'none'}); fix it and continue with --resume") from None
         self.last_saved = train_state_path(self.snapshot_dir, n_iter)
         return self.last_saved
 
@@ -451,6 +469,22 @@ def train_loop(run, loaders, start, total):
     stop after the same iteration (one small collective under torchrun, none otherwise)."""
     channels_last = run.cfg.CHANNELS_LAST
     streams = {name: batches(loader, run.device, channels_last) for name, loader in loaders.items()}
+    try:
+        n_iter, signum = iterate(run, streams, start, total)
+    finally:
+        for stream in streams.values():
+            stream.close()  # the loader workers end now, however the loop ended (forked, they share
+            # the snapshot folder's lock)
+    if signum and n_iter < total:
+        path = run.state_at(n_iter)
+        barrier()  # the others end once the main process has written the train state
+        raise TrainingInterrupted(signum, n_iter, path)
+    barrier()
+    return n_iter
+
+
+def iterate(run, streams, start, total):
+    """The iterations of train_loop: (iterations completed, the stop signal or 0)."""
     n_iter, signum = start, 0
     progress = tqdm(range(start, total), initial=start, total=total, desc=run.cfg.EXP_NAME,
                     dynamic_ncols=True, disable=not is_main_process())
@@ -469,28 +503,46 @@ def train_loop(run, loaders, start, total):
             run.report(bar, n_iter, metrics, batch, outputs)
             if n_iter % run.cfg.TRAIN.SAVE_PRED_EVERY == 0 or n_iter == total:
                 run.save(n_iter)
-    if signum and n_iter < total:
-        path = run.state_at(n_iter)
-        barrier()  # the others end once the main process has written the train state
-        raise TrainingInterrupted(signum, n_iter, path)
-    barrier()
-    return n_iter
+    return n_iter, signum
 
 
 # --- the entry point ---
 
+@contextmanager
+def held_snapshot_dir(cfg, tensorboard):
+    """For the block, in the main process: TRAIN.SNAPSHOT_DIR (and the TensorBoard folder) checked
+    writable, its exclusive lock held, and the temporary files of killed runs in it removed."""
+    if not is_main_process():
+        yield
+        return
+    folder = cfg.TRAIN.SNAPSHOT_DIR
+    check_writable(folder, "the snapshots (TRAIN.SNAPSHOT_DIR)")
+    if tensorboard:
+        check_writable(cfg.TRAIN.TENSORBOARD_LOGDIR, "the TensorBoard events (TRAIN.TENSORBOARD_LOGDIR)")
+    with exclusive_lock(folder, "train.py"):
+        removed = remove_temporary_files(folder)
+        if removed:
+            log.info("removed %d temporary file(s) a killed run left in %s (%s)", len(removed), folder,
+                     ", ".join(removed))
+        yield
+
+
 def begin(cfg, resume):
     """(train state, CheckpointInfo) to resume from, checked against `cfg` and the number of
-    processes; (None, None) for a fresh run, after checking that its folder holds no other run."""
+    processes; (None, None) for a fresh run, after checking that its folder holds no other run,
+    and for a resumed run that left no train state (`check_restart`)."""
     snapshot_dir = cfg.TRAIN.SNAPSHOT_DIR
     if not resume:
         check_fresh_snapshot_dir(snapshot_dir)
         return None, None
     path = latest_train_state(snapshot_dir)
+    if path is None:
+        check_restart(snapshot_dir, cfg)
+        return None, None
     state, info = load_train_state(path)
     check_resume_config(state["config"], cfg, path)
     check_world_size(state, get_world_size(), path)
-    log.info("resuming from %s (%d iterations done)", path, state["iteration"])
+    log.info("resuming from %s (%d of %d iterations done)", path, state["iteration"], total_iterations(cfg))
     return state, info
 
 
@@ -500,10 +552,12 @@ def write_run_files(cfg, device, weights):
     if not is_main_process():
         return
     snapshot_dir = Path(cfg.TRAIN.SNAPSHOT_DIR)
-    yaml_dump(cfg_to_dict(cfg), snapshot_dir / "config.yml")
+    with writing(snapshot_dir / "config.yml"):
+        yaml_dump(cfg_to_dict(cfg), snapshot_dir / "config.yml")
     record = build_run_record("train", cfg, device, weights)
     record["processes"] = get_world_size()
-    write_run_record(snapshot_dir, record)
+    with writing(snapshot_dir):
+        write_run_record(snapshot_dir, record)
 
 
 def prepare(cfg, device, saved, info, datasets, seeded, data_seed):
@@ -527,20 +581,29 @@ def train_domain_adaptation(cfg, device, resume=False, tensorboard=False, seeded
 
     `seeded`: seed every generator from TRAIN.RANDOM_SEED (False: --random-train; the data order
     is still recorded, so a resume stays exact). Returns the number of completed iterations;
-    raises TrainingInterrupted after SIGINT / SIGTERM and UserError for user mistakes or a
-    non-finite loss. A fresh run refuses a SNAPSHOT_DIR that holds another run's files.
+    raises TrainingInterrupted after SIGINT / SIGTERM and UserError for user mistakes (a folder in
+    use or not writable, a full disk) or a non-finite loss. A fresh run refuses a SNAPSHOT_DIR that
+    holds another run's files. The main process holds the folder's lock throughout (held_snapshot_dir).
     Under torchrun every process calls it; checks that can fail run on every process before
     any collective, and a failure on one stops all (same_outcome).
     """
+    with ExitStack() as held:
+        with same_outcome("setup"):
+            held.enter_context(held_snapshot_dir(cfg, tensorboard))
+        return train_in_held_dir(cfg, device, resume, tensorboard, seeded)
+
+
+def train_in_held_dir(cfg, device, resume, tensorboard, seeded):
+    """train_domain_adaptation, its folder held."""
     total = total_iterations(cfg)
     with same_outcome("setup"):
         saved, info = begin(cfg, resume)
         finished = saved is not None and saved["iteration"] >= total
         # first: missing data fails before any model is built
-        datasets = None if finished else training_datasets(cfg, total)
+        datasets = None if finished else training_datasets(cfg)
     if finished:
-        log.info("%s: training already finished (%d of %d iterations)", cfg.EXP_NAME, saved["iteration"],
-                 total)
+        log.info("%s: training already finished (%d iterations done, %d asked for by TRAIN.EARLY_STOP / "
+                 "MAX_ITERS)", cfg.EXP_NAME, saved["iteration"], total)
         return saved["iteration"]
     # one data order for all processes (drawn at random with --random-train)
     data_seed = cfg.TRAIN.RANDOM_SEED if seeded else random.SystemRandom().randrange(2 ** 31)

@@ -6,7 +6,11 @@ A run's SNAPSHOT_DIR holds, after n completed iterations (names from snapshots.p
   train_state_{n}.pth      everything an exact resume needs; only the newest is kept, older
                            ones are deleted once the new one is complete
   config.yml, run_train_*.json   the resolved configuration and a record of each start
-Every file is written atomically, so a kill never leaves a truncated one.
+Every file is written atomically, so a kill never leaves a truncated one, and the snapshots of
+an iteration are written before its train state: every train state has its snapshots, and a
+snapshot newer than the newest train state (a kill between the two) is written again, the same,
+by the resumed run. A run killed while writing its FIRST train state leaves snapshots and no
+train state: --resume then starts it again from iteration 0 (`check_restart`).
 
 A train state is a dict (torch.save, loadable with weights_only=True):
   format 'advent-train-state-1'; iteration (completed); model (state dict); optimizer (the
@@ -18,7 +22,8 @@ A train state is a dict (torch.save, loadable with weights_only=True):
   resume must match; absent means 1). `load_checkpoint(model, path)` reads its model.
 
 Exact resume: each loader draws its order from `ResumableSampler`, one permutation of the
-dataset fixed by a seed; the state records that seed and the number of samples consumed
+dataset fixed by a seed (the dataset's list repeated to cover TRAIN.MAX_ITERS iterations,
+whatever TRAIN.EARLY_STOP says); the state records that seed and the number of samples consumed
 (by all processes together under torchrun), and a resumed sampler recomputes the permutation
 and starts after them (the skipped images are never loaded). Under torchrun only the main
 process writes these files, and every process resumes from the same train state.
@@ -31,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch.utils.data import Sampler
 
 from advent.domain_adaptation.config import cfg_to_dict, flat_items
@@ -40,6 +46,7 @@ from advent.domain_adaptation.snapshots import (
 )
 from advent.model.weights import CheckpointInfo, file_sha256, read_checkpoint
 from advent.utils.errors import UserError
+from advent.utils.serialization import yaml_load
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +54,17 @@ FORMAT = "advent-train-state-1"
 COMMON_KEYS = ("format", "iteration", "model", "optimizer", "scaler", "rng", "data", "config")
 _RUN_FILE = re.compile(r"^(model_\d+(_D_(aux|main))?|train_state_\d+)\.pth$")
 # Keys a resumed run may change: where things are, how they are shown, how the same computation
-# is laid out in memory (CHANNELS_LAST), and what only the start of a run reads. Any other TRAIN
-# or top-level value must be the one the run started with.
+# is laid out in memory (CHANNELS_LAST), what only the start of a run reads, and where it stops
+# (EARLY_STOP: the data order and the learning rates depend on MAX_ITERS only, so a run extended
+# by a larger EARLY_STOP continues exactly as one started with it). Any other TRAIN or top-level
+# value must be the one the run started with.
 # (Moved files are fine: the class count is compared, and each dataset's length is checked.)
 RESUME_MAY_CHANGE = {
     "NUM_WORKERS", "GPU_ID", "CHANNELS_LAST", "EXP_NAME", "EXP_ROOT", "EXP_ROOT_SNAPSHOT", "EXP_ROOT_LOGS",
     "DATA_DIRECTORY_SOURCE", "DATA_DIRECTORY_TARGET", "DATA_LIST_SOURCE", "DATA_LIST_TARGET",
     "PSEUDO_LABEL_DIRECTORY_TARGET", "TRAIN.INFO_SOURCE", "TRAIN.INFO_TARGET",
     "TRAIN.RESTORE_FROM", "TRAIN.SNAPSHOT_DIR", "TRAIN.TENSORBOARD_LOGDIR",
-    "TRAIN.TENSORBOARD_VIZRATE", "TRAIN.SAVE_PRED_EVERY",
+    "TRAIN.TENSORBOARD_VIZRATE", "TRAIN.SAVE_PRED_EVERY", "TRAIN.EARLY_STOP",
 }
 
 
@@ -89,22 +98,59 @@ def data_stream(seed, num_samples, position=0):
 
 # --- fresh runs and resumes ---
 
+def run_files(snapshot_dir):
+    """The snapshots and train states in `snapshot_dir`, sorted by name."""
+    folder = Path(snapshot_dir)
+    return sorted(p.name for p in folder.iterdir() if _RUN_FILE.match(p.name)) if folder.is_dir() else []
+
+
 def check_fresh_snapshot_dir(snapshot_dir):
     """Refuse to start a new run in a folder that holds snapshots or a train state of another."""
-    folder = Path(snapshot_dir)
-    found = sorted(p.name for p in folder.iterdir() if _RUN_FILE.match(p.name)) if folder.is_dir() else []
-    if found:
-        raise UserError(f"{folder} already holds a training run ({found[0]}, {len(found)} files); "
-                        f"pass --resume to continue it, or change EXP_NAME / --exp-suffix for a new run")
+    found = run_files(snapshot_dir)
+    if not found:
+        return
+    folder, files = Path(snapshot_dir), f"{found[0]}, {len(found)} files"
+    if train_state_iterations(folder):
+        raise UserError(f"{folder} already holds a training run ({files}); pass --resume to continue it, "
+                        f"or change EXP_NAME / --exp-suffix for a new run")
+    raise UserError(f"{folder} already holds a training run stopped before its first train state was "
+                    f"complete ({files}); pass --resume to restart it from iteration 0 (its snapshots are "
+                    f"replaced as it goes), or delete the model_*.pth files there, or change EXP_NAME / "
+                    f"--exp-suffix for a new run")
+
+
+def check_restart(snapshot_dir, cfg):
+    """--resume in a folder without a train state. When it holds this project's files of a run
+    (snapshots, config.yml) that was stopped before its first train state was complete, the run
+    starts again from iteration 0 with the config it was started with (its config.yml, when
+    there), replacing the snapshots as it goes; otherwise a UserError (nothing to resume)."""
+    found = run_files(snapshot_dir)
+    config = Path(snapshot_dir) / "config.yml"
+    if not found and not config.is_file():
+        raise UserError(f"--resume: no train_state_*.pth in {snapshot_dir}; nothing to resume "
+                        f"(run without --resume to start a new run)")
+    if config.is_file():
+        check_resume_config(read_config(config), cfg, config)
+    replacing = f", replacing its {len(found)} snapshot file(s) ({found[0]}, ...) as it goes" if found else ""
+    log.info("--resume: no complete train state in %s (the run was stopped before its first one was "
+             "written); starting again from iteration 0%s", snapshot_dir, replacing)
+
+
+def read_config(path):
+    """A run's saved config.yml as a plain dict; a UserError when it cannot be read."""
+    try:
+        config = yaml_load(path)
+    except (OSError, yaml.YAMLError) as error:
+        raise UserError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} is not a config (a YAML mapping)")
+    return config
 
 
 def latest_train_state(snapshot_dir):
-    """The newest train_state_{n}.pth in `snapshot_dir`; a UserError when there is none."""
+    """The newest train_state_{n}.pth in `snapshot_dir`; None when there is none."""
     iterations = train_state_iterations(snapshot_dir)
-    if not iterations:
-        raise UserError(f"--resume: no train_state_*.pth in {snapshot_dir}; nothing to resume "
-                        f"(run without --resume to start a new run)")
-    return train_state_path(snapshot_dir, iterations[-1])
+    return train_state_path(snapshot_dir, iterations[-1]) if iterations else None
 
 
 def load_train_state(path):
@@ -146,10 +192,12 @@ def check_world_size(state, world_size, path):
 
 
 def check_stream(name, stream, num_samples, path):
-    """A resumed loader must see a dataset of the length the run started with."""
+    """A resumed loader must see a dataset of the length the run started with (its list repeated
+    to cover TRAIN.MAX_ITERS iterations)."""
     if stream["num_samples"] != num_samples:
-        raise UserError(f"--resume: the {name} dataset has {num_samples} samples but had "
-                        f"{stream['num_samples']} when the run started ({path}); the data list changed")
+        raise UserError(f"--resume: the {name} dataset, repeated for TRAIN.MAX_ITERS iterations, has "
+                        f"{num_samples} samples but had {stream['num_samples']} when the run started "
+                        f"({path}); the data list changed")
 
 
 # --- random number generators ---

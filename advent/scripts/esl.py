@@ -8,19 +8,24 @@ PNG per image into PSEUDO_LABEL_DIRECTORY_TARGET, with the report (per-class thr
 kept fractions and, when the split has ground truth, pseudo-label accuracy) printed and
 saved as esl_report.json beside the labels. ESL.METHOD 'maxprob' gives the MPSL baseline.
 Then train on them with train.py and the same config.
+
+PSEUDO_LABEL_DIRECTORY_TARGET is replaced as a whole, so it must be a new or empty folder or
+an earlier output of esl.py; a folder holding anything else is refused. A second esl.py run
+into the same folder stops while the first holds it. Ctrl-C or a kill keeps the previous labels.
 """
 import argparse
 import logging
 import os
 import sys
+from contextlib import ExitStack
 
 from advent.dataset import get_target_dataset
 from advent.domain_adaptation.snapshots import wait_for_file
-from advent.domain_adaptation.esl_UDA import check_output_dir, format_report, generate_pseudo_labels
+from advent.domain_adaptation.esl_UDA import claimed_output_dir, format_report, generate_pseudo_labels
 from advent.model import build_segmenter, load_checkpoint
 from advent.utils.distributed import get_world_size, is_main_process, process_group, same_outcome
 from advent.utils.errors import UserError, run_main
-from advent.utils.run_record import build_run_record, write_run_record
+from advent.utils.run_record import build_run_record
 from advent.utils.runtime import load_config, memory_format, setup_logging
 
 log = logging.getLogger("esl")
@@ -42,9 +47,8 @@ def check_checkpoint(path, wait, timeout):
 
 
 def prepare(cfg, device):
-    """(output folder, dataset, model on `device`, CheckpointInfo): the checks that can fail come
-    first, the model work last."""
-    output_dir = check_output_dir(cfg.PSEUDO_LABEL_DIRECTORY_TARGET)
+    """(dataset, model on `device`, CheckpointInfo): the checks that can fail come first, the
+    model work last."""
     dataset = get_target_dataset(cfg, "esl")
     if len(dataset) == 0:
         raise UserError(f"the target split '{cfg.ESL.SET_TARGET}' lists no image")
@@ -52,23 +56,26 @@ def prepare(cfg, device):
     model = build_segmenter(cfg.ESL.MODEL, cfg.NUM_CLASSES, cfg.ESL.MULTI_LEVEL)
     checkpoint = load_checkpoint(model, cfg.ESL.RESTORE_FROM)
     model.to(device, memory_format=memory_format(cfg.CHANNELS_LAST)).eval()
-    return output_dir, dataset, model, checkpoint
+    return dataset, model, checkpoint
 
 
 def main(argv=None):
     args = parse_args(argv)
     setup_logging()
     cfg = load_config(args.cfg)
-    with process_group(cfg.GPU_ID) as device:
+    with process_group(cfg.GPU_ID) as device, ExitStack() as run:
         with same_outcome("setup"):  # every process checks; a failure on one stops all
-            output_dir, dataset, model, checkpoint = prepare(cfg, device)
-        record = build_run_record("esl", cfg, device, [checkpoint]) if is_main_process() else None
+            # the output folder first (locked for the whole run), the model work last
+            output_dir = run.enter_context(claimed_output_dir(cfg.PSEUDO_LABEL_DIRECTORY_TARGET))
+            dataset, model, checkpoint = prepare(cfg, device)
+        record = None
+        if is_main_process():
+            record = build_run_record("esl", cfg, device, [checkpoint])
+            record["processes"] = get_world_size()
         log.info("ESL (%s) over %d images of '%s' -> %s", cfg.ESL.METHOD, len(dataset), cfg.ESL.SET_TARGET,
                  output_dir)
-        report = generate_pseudo_labels(model, dataset, cfg, output_dir, device)
+        report = generate_pseudo_labels(model, dataset, cfg, output_dir, device, record)
         if is_main_process():
-            record["processes"] = get_world_size()
-            write_run_record(output_dir, record)
             print(format_report(report))
     return 0
 

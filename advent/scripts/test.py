@@ -7,7 +7,10 @@ TEST.MODE 'single' evaluates TEST.RESTORE_FROM (several checkpoints: a weighted 
 'best' evaluates every snapshot model_{k}.pth of the training run, k = TEST.SNAPSHOT_STEP ...
 TEST.SNAPSHOT_MAXITER, and reports the last one and the best one. Runs on cuda:GPU_ID when
 CUDA is available, else on the CPU (under torchrun: cuda:LOCAL_RANK). Exit code 2 with one
-line on a user error.
+line on a user error, also for a results, cache or predictions folder that cannot be written
+(checked before any model work) and for a full disk (reported after the results are shown).
+TEST.SAVE_PREDICTIONS replaces the predictions folder as a whole, all or nothing, and refuses
+one holding files the project did not write.
 """
 import argparse
 import sys

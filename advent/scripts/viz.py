@@ -7,7 +7,9 @@
 shows ESL.SET_TARGET with ESL.RESTORE_FROM; --checkpoint overrides either (e.g. a snapshot of a
 'best'-mode run). Ground truth is shown when the split has it, the pseudo-label when
 PSEUDO_LABEL_DIRECTORY_TARGET holds one for the image. Everything is shown at the input size.
-One PNG per image goes to --out (default EXP_ROOT_LOGS/viz/EXP_NAME).
+One PNG per image goes to --out (default EXP_ROOT_LOGS/viz/EXP_NAME), written beside what the
+folder holds: its manifest lists the files viz.py wrote there, which a later run may replace; a
+file of that name it did not write is refused with one line, before any model work.
 """
 import argparse
 import logging
@@ -20,8 +22,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from advent.dataset import get_class_info, get_target_dataset, pseudo_label_name
+from advent.domain_adaptation.eval_UDA import save_png
 from advent.model import build_segmenter, load_checkpoint
 from advent.utils.errors import UserError, run_main
+from advent.utils.output_dir import check_writable, read_manifest, write_manifest
 from advent.utils.runtime import load_config, select_device, setup_logging
 from advent.utils.viz_segmask import entropy_image, input_image, mask_image, panel_row, prediction_image
 
@@ -71,6 +75,16 @@ def pseudo_label(folder, name, size):
     return np.asarray(Image.open(path).resize(size, Image.NEAREST))
 
 
+def claim_files(out, names):
+    """Record in `out`'s manifest that viz.py writes `names` there (before writing them: a kill
+    never leaves an own file unlisted); a UserError when one exists that viz.py did not write."""
+    own = read_manifest(out) or set()
+    foreign = [n for n in names if (out / n).exists() and n not in own]
+    if foreign:
+        raise UserError(f"--out {out} holds {foreign[0]}, which viz.py did not write; choose another folder")
+    write_manifest(out, "viz.py", own | set(names))
+
+
 def panels_for(model, item, cfg, palette, has_labels, device):
     """[(title, panel)] of one dataset item, all at the input size."""
     image, label, _, name = item
@@ -96,6 +110,8 @@ def main(argv=None):
     name, multi_level, checkpoint = model_settings(cfg, args.stage, args.checkpoint)
     dataset = get_target_dataset(cfg, args.stage)
     indices = chosen_indices(dataset, args.names, args.num_images)
+    out = check_writable(args.out or Path(cfg.EXP_ROOT_LOGS) / "viz" / cfg.EXP_NAME, "the panels")
+    claim_files(out, [pseudo_label_name(dataset.img_ids[i]) for i in indices])
     device = select_device(cfg.GPU_ID)
     model = build_segmenter(name, cfg.NUM_CLASSES, multi_level)
     load_checkpoint(model, checkpoint)
@@ -103,14 +119,12 @@ def main(argv=None):
     palette = get_class_info(cfg, args.stage).palette
     section = cfg.ESL if args.stage == "esl" else cfg.TEST
     view = argparse.Namespace(mean=section.IMG_MEAN, pseudo_dir=cfg.PSEUDO_LABEL_DIRECTORY_TARGET)
-    out = Path(args.out or Path(cfg.EXP_ROOT_LOGS) / "viz" / cfg.EXP_NAME)
-    out.mkdir(parents=True, exist_ok=True)
     for index in indices:
         item = dataset[index]
         titled = panels_for(model, item, view, palette, dataset.has_labels, device)
         row = panel_row([p for _, p in titled], [t for t, _ in titled])
         path = out / pseudo_label_name(item[3])
-        Image.fromarray(row).save(path)
+        save_png(Image.fromarray(row), path)
         log.info("wrote %s (%s)", path, " | ".join(t for t, _ in titled))
     return 0
 

@@ -23,14 +23,33 @@ import re
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from advent.utils.errors import UserError
+from advent.utils.serialization import json_dump
 
 MANIFEST_NAME = ".advent-manifest.json"
 # atomic_path's temporary files: ".<name>.<8 random characters>.tmp" (tempfile.mkstemp)
 TEMPORARY_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+_HELD_LOCKS = set()  # descriptors of the locks this process holds
+
+
+def _drop_locks_in_child():
+    """A forked child (a DataLoader worker) must not keep its parent's locks alive after the
+    parent dies: close its copies of their descriptors (the parent's lock stays held)."""
+    for fd in _HELD_LOCKS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
 
 
 def lock_path(folder):
@@ -63,8 +82,10 @@ def exclusive_lock(folder, what):
                   "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
+        _HELD_LOCKS.add(fd)
         yield
     finally:
+        _HELD_LOCKS.discard(fd)
         os.close(fd)  # releases the flock
 
 
@@ -75,6 +96,27 @@ def _holder(fd):
                 f"{holder['command']}")
     except (ValueError, KeyError, OSError):
         return "holder unknown"
+
+
+def check_writable(folder, what):
+    """Create `folder` (and its parents) and a probe file in it; a UserError naming `what`, the
+    folder and the cause when the file system refuses (a file in the way, read-only, no
+    permission). The probe is named like atomic_path's temporary files, so a kill leaves nothing
+    that the next run does not remove. Returns the folder."""
+    folder = Path(folder)
+    blocker = next(path for path in (folder, *folder.parents) if path.exists())
+    if not blocker.is_dir():
+        raise UserError(f"cannot write {what} to {folder}: {blocker} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check.", suffix=".tmp")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as error:
+        culprit = Path(error.filename) if error.filename else folder
+        where = "" if folder in (culprit, culprit.parent) else f" ({culprit})"  # a parent, not the probe
+        raise UserError(f"cannot write {what} to {folder}: {error.strerror}{where}") from None
+    return folder
 
 
 # --- ownership ---
@@ -91,11 +133,8 @@ def read_manifest(folder):
 
 
 def write_manifest(folder, writer, names):
-    """Record that the project (script `writer`) wrote `names` in `folder`."""
-    data = {"writer": writer, "files": sorted(names)}
-    with open(Path(folder) / MANIFEST_NAME, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
+    """Record (atomically) that the project (script `writer`) wrote `names` in `folder`."""
+    json_dump({"writer": writer, "files": sorted(names)}, Path(folder) / MANIFEST_NAME)
 
 
 def foreign_entries(folder):
@@ -107,9 +146,10 @@ def foreign_entries(folder):
     return sorted(p.name for p in folder.iterdir() if p.name != MANIFEST_NAME and p.name not in owned)
 
 
-def check_replaceable(folder, key):
+def check_replaceable(folder, key, advice="choose a new or empty folder"):
     """`folder` may be replaced as a whole: it does not exist, is empty, or holds only what the
-    project wrote there. Otherwise a UserError naming `key`, the folder and a foreign entry."""
+    project wrote there. Otherwise a UserError naming `key`, the folder, a foreign entry and
+    what to do (`advice`)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{key} {folder} exists and is not a folder")
@@ -117,7 +157,7 @@ def check_replaceable(folder, key):
     if foreign:
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
         raise UserError(f"{key} {folder} holds files this project did not write ({foreign[0]}{more}); "
-                        f"it would replace the whole folder: choose a new or empty folder")
+                        f"it would replace the whole folder: {advice}")
 
 
 # --- replacing a folder ---

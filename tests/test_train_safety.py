@@ -1,0 +1,292 @@
+"""train.py and the files it writes: one run per snapshot folder, a run killed while writing its
+first train state restarts cleanly, folders that cannot be written and a full disk are one-line
+errors that leave the files written before intact."""
+import errno
+import io
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from advent import PROJECT_ROOT
+from advent.domain_adaptation import snapshots, train_UDA
+from advent.domain_adaptation.snapshots import torch_save_atomic, train_state_iterations
+from advent.domain_adaptation.train_UDA import train_domain_adaptation
+from advent.model.weights import file_sha256, read_checkpoint
+from advent.scripts import train as train_script
+from advent.utils.errors import UserError, run_main
+from advent.utils.output_dir import lock_path
+from fake_data import write_cfg_yaml
+from test_train import assert_same_tensors, files_in, slow_train_script, tiny_cfg
+
+CPU = torch.device("cpu")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
+
+
+def train_py(args, capsys):
+    """run_main(train.py main, args): (exit code, the stderr lines starting with 'error:')."""
+    capsys.readouterr()
+    try:
+        code = run_main(train_script.main, args)
+    except SystemExit as stop:
+        code = stop.code
+    return code, [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+
+
+def digests(folder):
+    return {p.name: file_sha256(p) for p in sorted(Path(folder).iterdir()) if p.is_file()}
+
+
+# --- one run per snapshot folder ---
+
+def wait_for_training(folder, pid, process, seconds=60):
+    """Wait until process `pid` holds the lock of `folder` and has written its first snapshot
+    (so it is in its training loop, where SIGTERM stops it with a train state)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and process.poll() is None:
+        try:
+            holder = json.loads(lock_path(folder).read_text() or "{}").get("pid")
+        except (OSError, ValueError):
+            holder = None
+        if holder == pid and (folder / "model_2.pth").exists():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the first run never trained in {folder}: {process.communicate()[1][-2000:]}")
+
+
+def test_a_second_run_into_a_busy_folder_stops_and_touches_nothing(tmp_path, capsys):
+    cfg, _ = tiny_cfg(tmp_path / "run", "AdvEnt", iters=10, save_every=2)
+    path = write_cfg_yaml(cfg, tmp_path / "run.yml")
+    folder = Path(cfg.TRAIN.SNAPSHOT_DIR)
+    first = subprocess.Popen([sys.executable, "-c", slow_train_script(1.0), "--cfg", str(path)], cwd=tmp_path,
+                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_training(folder, first.pid, first)
+        # as a temporary file of the first run: the second must not remove it
+        in_flight = folder / ".train_state_10.pth.abcd1234.tmp"
+        in_flight.write_bytes(b"being written")
+        for args in (["--cfg", str(path)], ["--cfg", str(path), "--resume"]):
+            code, errors = train_py(args, capsys)
+            assert code == 2
+            [line] = errors
+            assert line.startswith(f"error: {folder} is in use by another run (train.py, pid {first.pid} on ")
+            assert line.endswith("wait for it to finish or write to another folder")
+        assert in_flight.read_bytes() == b"being written"
+        assert first.poll() is None  # undisturbed
+    finally:
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=60)
+    assert first.returncode == 128 + signal.SIGTERM, err[-2000:]
+    # the lock ends with its holder: the run resumes, and the stale temporary file goes
+    assert train_py(["--cfg", str(path), "--resume"], capsys) == (0, [])
+    assert not in_flight.exists()
+
+
+# --- a run killed while writing its first train state ---
+
+KILLED_IN_FIRST_TRAIN_STATE = """
+import os, signal, sys
+import advent.domain_adaptation.train_state as S
+from advent.utils.serialization import atomic_path
+save = S.torch_save_atomic
+def killed_while_writing(obj, path):
+    if path.name.startswith("train_state_"):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"half a train state")
+            os.kill(os.getpid(), signal.SIGKILL)
+    save(obj, path)
+S.torch_save_atomic = killed_while_writing
+from advent.scripts.train import main
+from advent.utils.errors import run_main
+run_main(main, sys.argv[1:])
+"""
+
+
+def test_resume_restarts_a_run_killed_in_its_first_train_state_from_zero(tmp_path, capsys, caplog):
+    def config(**changes):
+        cfg, _ = tiny_cfg(tmp_path / "run", "AdvEnt", iters=4, save_every=2, pseudo=True)
+        cfg.TRAIN.update(changes)
+        return cfg
+
+    cfg = config()
+    path = write_cfg_yaml(cfg, tmp_path / "run.yml")
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_FIRST_TRAIN_STATE, "--cfg", str(path)],
+                            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    folder = Path(cfg.TRAIN.SNAPSHOT_DIR)
+    assert files_in(folder) == ["model_2.pth", "model_2_D_aux.pth", "model_2_D_main.pth"]
+    [leftover] = [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+    before = {name: digest for name, digest in digests(folder).items() if name != leftover.name}
+
+    code, errors = train_py(["--cfg", str(path)], capsys)  # a fresh run says what to do
+    assert code == 2
+    assert errors == [f"error: {folder} already holds a training run stopped before its first train state "
+                      f"was complete (model_2.pth, 3 files); pass --resume to restart it from iteration 0 "
+                      f"(its snapshots are replaced as it goes), or delete the model_*.pth files there, or "
+                      f"change EXP_NAME / --exp-suffix for a new run"]
+    with pytest.raises(UserError, match=r"TRAIN.LEARNING_RATE was 0.00025 when the run started .*config.yml"):
+        train_domain_adaptation(config(LEARNING_RATE=1e-3), CPU, resume=True)  # not the run's config
+    assert digests(folder) == before
+    assert not leftover.exists()  # a killed run's temporary file: removed by the next run holding the lock
+
+    inode = (folder / "model_2.pth").stat().st_ino
+    caplog.set_level("INFO")
+    assert train_py(["--cfg", str(path), "--resume"], capsys) == (0, [])
+    assert any("starting again from iteration 0" in r.getMessage() for r in caplog.records)
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+    assert (folder / "model_2.pth").stat().st_ino != inode  # replaced
+    straight, _ = tiny_cfg(tmp_path / "straight", "AdvEnt", iters=4, save_every=2, pseudo=True)
+    train_domain_adaptation(straight, CPU)
+    assert files_in(folder) == files_in(straight.TRAIN.SNAPSHOT_DIR)
+    ours = read_checkpoint(folder / "train_state_4.pth")
+    theirs = read_checkpoint(Path(straight.TRAIN.SNAPSHOT_DIR) / "train_state_4.pth")
+    for key in ("iteration", "model", "d_aux", "d_main", "optimizer", "rng", "data"):
+        assert_same_tensors(ours[key], theirs[key], key)
+
+
+def test_resume_restarts_a_run_that_died_before_its_first_snapshot(tmp_path, monkeypatch):
+    cfg, _ = tiny_cfg(tmp_path, "SourceOnly", iters=2, save_every=2)
+
+    def crash(*args):
+        raise RuntimeError("the machine went down")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_UDA, "train_step", crash)
+        with pytest.raises(RuntimeError, match="went down"):
+            train_domain_adaptation(cfg, CPU)
+    folder = Path(cfg.TRAIN.SNAPSHOT_DIR)
+    assert (folder / "config.yml").is_file() and files_in(folder) == []
+    changed, _ = tiny_cfg(tmp_path, "SourceOnly", iters=2, save_every=2)
+    changed.TRAIN.RANDOM_SEED = 7
+    with pytest.raises(UserError, match=r"TRAIN.RANDOM_SEED was 1234 when the run started"):
+        train_domain_adaptation(changed, CPU, resume=True)
+    assert train_domain_adaptation(cfg, CPU, resume=True) == 2
+    assert files_in(folder) == ["model_2.pth", "train_state_2.pth"]
+
+
+# --- folders that cannot be written ---
+
+def no_model_work(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("model or data work before the folder check")
+
+    monkeypatch.setattr(train_UDA, "build_setup", fail)
+    monkeypatch.setattr(train_UDA, "training_datasets", fail)
+
+
+def test_a_snapshot_folder_under_a_regular_file_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    cfg, _ = tiny_cfg(tmp_path, "AdvEnt")
+    (tmp_path / "file").write_text("a file, not a folder")
+    cfg.TRAIN.SNAPSHOT_DIR = str(tmp_path / "file" / "snapshots" / "run")
+    path = write_cfg_yaml(cfg, tmp_path / "run.yml")
+    no_model_work(monkeypatch)
+    assert train_py(["--cfg", str(path)], capsys) == (2, [
+        f"error: cannot write the snapshots (TRAIN.SNAPSHOT_DIR) to {cfg.TRAIN.SNAPSHOT_DIR}: "
+        f"{tmp_path / 'file'} is a file, not a folder"])
+    cfg.TRAIN.SNAPSHOT_DIR = str(tmp_path / "file")
+    path = write_cfg_yaml(cfg, tmp_path / "run.yml")
+    assert train_py(["--cfg", str(path), "--resume"], capsys) == (2, [
+        f"error: cannot write the snapshots (TRAIN.SNAPSHOT_DIR) to {tmp_path / 'file'}: {tmp_path / 'file'} "
+        f"is a file, not a folder"])
+    assert (tmp_path / "file").read_text() == "a file, not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
+def test_a_read_only_exp_root_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    cfg, _ = tiny_cfg(tmp_path, "AdvEnt")
+    root = Path(cfg.EXP_ROOT)
+    root.mkdir(parents=True)
+    path = write_cfg_yaml(cfg, tmp_path / "run.yml")
+    no_model_work(monkeypatch)
+    root.chmod(0o555)
+    try:
+        assert train_py(["--cfg", str(path)], capsys) == (2, [
+            f"error: cannot write the snapshots (TRAIN.SNAPSHOT_DIR) to {cfg.TRAIN.SNAPSHOT_DIR}: "
+            f"Permission denied ({root / 'snapshots'})"])
+    finally:
+        root.chmod(0o755)
+
+
+# --- a full disk ---
+
+class FullDisk(io.FileIO):
+    """A file on a disk that fills up after `room` bytes."""
+    room = 1000
+
+    def write(self, data):
+        if self.tell() + len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_the_last_train_state(tmp_path, capsys, monkeypatch):
+    cfg, _ = tiny_cfg(tmp_path, "AdvEnt", iters=4, save_every=2)
+    path = write_cfg_yaml(cfg, tmp_path / "run.yml")
+    folder = Path(cfg.TRAIN.SNAPSHOT_DIR)
+    kept = {}
+    original = train_UDA.save_train_state
+
+    def keep_digests(snapshot_dir, n_iter, state):  # what the run wrote before the disk filled up
+        written = original(snapshot_dir, n_iter, state)
+        kept.update(digests(folder))
+        return written
+
+    def disk_full_at_4(file, mode="r", *args, **kwargs):
+        if Path(file).name.startswith(".train_state_4.pth."):
+            return FullDisk(file, "wb")
+        return open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(train_UDA, "save_train_state", keep_digests)
+    monkeypatch.setattr(snapshots, "open", disk_full_at_4, raising=False)
+    code, errors = train_py(["--cfg", str(path)], capsys)
+    assert code == 2
+    assert errors == [f"error: {folder / 'train_state_4.pth'}: No space left on device; the files written "
+                      f"before are intact (newest train state: {folder / 'train_state_2.pth'}); fix it and "
+                      f"continue with --resume"]
+    assert train_state_iterations(folder) == [2]
+    assert {name: digest for name, digest in digests(folder).items() if name in kept} == kept
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+    monkeypatch.undo()  # space again: the run continues from its last train state
+    assert train_py(["--cfg", str(path), "--resume"], capsys) == (0, [])
+    straight, _ = tiny_cfg(tmp_path / "straight", "AdvEnt", iters=4, save_every=2)
+    train_domain_adaptation(straight, CPU)
+    assert_same_tensors(read_checkpoint(folder / "train_state_4.pth")["model"],
+                        read_checkpoint(Path(straight.TRAIN.SNAPSHOT_DIR) / "train_state_4.pth")["model"])
+
+
+def test_a_full_disk_at_the_start_names_the_file(tmp_path, capsys, monkeypatch):
+    cfg, _ = tiny_cfg(tmp_path, "SourceOnly", iters=2)
+    path = write_cfg_yaml(cfg, tmp_path / "run.yml")
+
+    def full(data, file):  # as a buffered write whose flush fails: the error names no file
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(train_UDA, "yaml_dump", full)
+    assert train_py(["--cfg", str(path)], capsys) == (2, [
+        f"error: {Path(cfg.TRAIN.SNAPSHOT_DIR) / 'config.yml'}: No space left on device"])
+
+
+def test_torch_save_atomic_reports_the_kernels_write_error_and_keeps_the_old_file(tmp_path):
+    """A real failing write (the file size limit, EFBIG): torch.save says 'unexpected pos', a
+    RuntimeError; the caller gets the OSError naming the file, and the old file stays."""
+    path = tmp_path / "state.pth"
+    torch_save_atomic({"w": torch.ones(10)}, path)
+    before = file_sha256(path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))  # Python ignores SIGXFSZ
+    try:
+        with pytest.raises(OSError) as raised:
+            torch_save_atomic({"w": torch.zeros(100_000)}, path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert (raised.value.errno, raised.value.filename) == (errno.EFBIG, str(path))
+    assert file_sha256(path) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pth"]
