@@ -1,32 +1,49 @@
 """The demo over several seeds: mean and spread of every number its table prints.
 
-    python benchmarks/demo_seeds.py [--seeds 0 1 2] [--quick] [--mpsl-retrain] [--out DIR]
+    python benchmarks/demo_seeds.py [--seeds 0 1 2] [--quick] [--study] [--jobs N --threads T] [--out DIR]
 
-Runs `python advent/scripts/demo.py --seed S` once per seed (each its own data, in
-<out>/data, and its own output folder <out>/seedS), reads the demo_results.json each run wrote,
-and prints per seed and as mean +- sample standard deviation: the target val mIoU of every
-model, the kept share and accuracy of the ESL and MPSL pseudo-labels, and how many seeds met
-the orderings the ESL paper reports (ESL retrain >= AdvEnt >= source-only; ESL's pseudo-labels
-more accurate than MPSL's). The summary goes to <out>/demo_seeds.json as well.
-About 8 minutes per seed on 2 CPU cores (--quick: 1.5).
+Runs `python advent/scripts/demo.py --seed S` once per seed (each its own data, in <out>/data,
+its own output folder <out>/seedS and its console output in <out>/seedS.log), reads the
+demo_results.json each run wrote, and prints per seed and as mean +- sample standard deviation:
+the target val mIoU of every model, the kept share and accuracy of the ESL and MPSL
+pseudo-labels, and how many seeds met the orderings the ESL paper reports (ESL retrain >=
+AdvEnt >= source-only; ESL's pseudo-labels more accurate than MPSL's).
+
+--study (demo.py --study) adds the MPSL retrain and the two oracles (retrained on target-train
+ground truth: all of it; on exactly ESL's kept pixels), the gaps between them per seed (label
+noise: oracle at ESL's coverage - ESL retrain; coverage: oracle all - oracle at coverage; ESL -
+MPSL retrain) and a per-class table of the IoU means. The summary goes to <out>/demo_seeds.json.
+About 8 minutes per seed on 2 CPU cores, 18 with --study (--quick: 1.5 / 2.5); --jobs 2
+--threads 1 runs two seeds at once with one torch thread each.
 """
 import argparse
+import os
 import statistics
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from advent import PROJECT_ROOT
+from advent.scripts.demo import per_class_table
 from advent.utils.serialization import json_dump, json_load
 
 DEMO = PROJECT_ROOT / "advent" / "scripts" / "demo.py"
+# (row, model a, model b): the per-seed differences of mIoU the study reports
+GAPS = (("label noise: oracle at ESL's coverage - ESL retrain", "oracle_coverage", "esl"),
+        ("coverage: oracle all GT - oracle at ESL's coverage", "oracle_all", "oracle_coverage"),
+        ("ESL retrain - MPSL retrain", "esl", "mpsl"),
+        ("ESL retrain - AdvEnt", "esl", "advent"))
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="demo.py --quick (shorter runs)")
-    parser.add_argument("--mpsl-retrain", action="store_true", help="demo.py --mpsl-retrain")
+    parser.add_argument("--study", action="store_true", help="demo.py --study (MPSL retrain, oracles)")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once (default 1)")
+    parser.add_argument("--threads", type=int, help="torch threads of each run (default: PyTorch's)")
     parser.add_argument("--out", default=str(PROJECT_ROOT / "experiments" / "demo_seeds"))
     return parser.parse_args(argv)
 
@@ -35,47 +52,80 @@ def run_seed(seed, args, out):
     """Run the demo for `seed`; its results (demo_results.json)."""
     command = [sys.executable, str(DEMO), "--seed", str(seed), "--out", str(out / f"seed{seed}"),
                "--data", str(out / "data")]
-    command += ["--quick"] * args.quick + ["--mpsl-retrain"] * args.mpsl_retrain
-    print("$", " ".join(command), flush=True)
-    subprocess.run(command, check=True, stderr=subprocess.DEVNULL)
+    command += ["--quick"] * args.quick + ["--study"] * args.study
+    env = dict(os.environ)
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    log = out / f"seed{seed}.log"
+    print(f"$ {' '.join(command)} > {log}", flush=True)
+    start = time.time()
+    with open(log, "w") as stream:
+        result = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, env=env)
+    if result.returncode != 0:
+        tail = log.read_text()[-2000:]
+        raise SystemExit(f"seed {seed}: demo.py failed (exit {result.returncode}); the end of {log}:\n{tail}")
+    print(f"seed {seed} done in {time.time() - start:.0f} s", flush=True)
     return json_load(out / f"seed{seed}" / "demo_results.json")
 
 
 def rows(results):
     """{row name: value} of one run's table."""
-    values = {f"mIoU {entry['name']}": entry["mIoU"] for entry in results["models"].values()}
+    models = results["models"]
+    values = {f"mIoU {entry['name']}": entry["mIoU"] for entry in models.values()}
     for entry in results["pseudo_labels"].values():
         values[f"{entry['name']} labels kept %"] = 100 * entry["kept_fraction"]
-        values[f"{entry['name']} labels accuracy %"] = 100 * entry["accuracy_kept"]
-        values[f"{entry['name']} labels mIoU"] = 100 * entry["mIoU_kept"]
+        if "accuracy_kept" in entry:  # not the oracles': ground truth
+            values[f"{entry['name']} labels accuracy %"] = 100 * entry["accuracy_kept"]
+            values[f"{entry['name']} labels mIoU"] = 100 * entry["mIoU_kept"]
+    for name, a, b in GAPS:
+        if a in models and b in models:
+            values[name] = models[a]["mIoU"] - models[b]["mIoU"]
     return values
 
 
 def orderings(values):
     """{claim: whether this run met it}."""
     mious = {name[len("mIoU "):]: value for name, value in values.items() if name.startswith("mIoU ")}
-    return {
+    claims = {
         "AdvEnt >= source-only": mious["AdvEnt"] >= mious["source-only"],
         "ESL retrain >= AdvEnt": mious["ESL retrain"] >= mious["AdvEnt"],
         "ESL labels more accurate than MPSL": values["ESL labels accuracy %"] > values["MPSL labels accuracy %"],
     }
+    if "MPSL retrain" in mious:
+        claims["ESL retrain >= MPSL retrain"] = mious["ESL retrain"] >= mious["MPSL retrain"]
+    return claims
+
+
+def mean_std(values):
+    values = list(values)
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
 
 
 def summarize(per_seed):
     """{row: {mean, std, values}} over the seeds, and {claim: number of seeds that met it}."""
-    table = {}
-    for name in per_seed[0]:
-        values = [run[name] for run in per_seed]
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        table[name] = {"mean": statistics.fmean(values), "std": std, "values": values}
+    table = {name: mean_std(run[name] for run in per_seed) for name in per_seed[0]}
     met = {claim: sum(orderings(run)[claim] for run in per_seed) for claim in orderings(per_seed[0])}
     return table, met
 
 
+def mean_models(runs):
+    """{model: {mIoU, per_class: {class: IoU}}}, each the mean over the seeds (None where a seed
+    has it undefined)."""
+    def mean(values):
+        return None if None in values else statistics.fmean(values)
+
+    return {model: {"mIoU": mean([run["models"][model]["mIoU"] for run in runs]),
+                    "per_class": {name: mean([run["models"][model]["per_class"][name] for run in runs])
+                                  for name in entry["per_class"]}}
+            for model, entry in runs[0]["models"].items()}
+
+
 def print_summary(seeds, table, met):
-    print(f"\n{'':34}" + "".join(f"{'seed ' + str(s):>9}" for s in seeds) + f"{'mean':>9}{'std':>7}")
+    print(f"\n{'':54}" + "".join(f"{'seed ' + str(s):>9}" for s in seeds) + f"{'mean':>9}{'std':>7}")
     for name, row in table.items():
-        print(f"{name:34}" + "".join(f"{v:9.2f}" for v in row["values"]) + f"{row['mean']:9.2f}{row['std']:7.2f}")
+        print(f"{name:54}" + "".join(f"{v:9.2f}" for v in row["values"]) + f"{row['mean']:9.2f}{row['std']:7.2f}")
     print()
     for claim, count in met.items():
         print(f"{claim:40} {count} of {len(seeds)} seeds")
@@ -84,11 +134,16 @@ def print_summary(seeds, table, met):
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out).resolve()
-    per_seed = [rows(run_seed(seed, args, out)) for seed in args.seeds]
-    table, met = summarize(per_seed)
+    out.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        runs = list(pool.map(lambda seed: run_seed(seed, args, out), args.seeds))
+    table, met = summarize([rows(run) for run in runs])
     print_summary(args.seeds, table, met)
-    json_dump({"seeds": args.seeds, "quick": args.quick, "rows": table, "orderings_met": met},
-              out / "demo_seeds.json")
+    means = mean_models(runs)
+    if args.study:
+        print(f"\nMean over seeds {', '.join(map(str, args.seeds))}. {per_class_table(means)}")
+    json_dump({"seeds": args.seeds, "quick": args.quick, "study": args.study, "rows": table,
+               "orderings_met": met, "mean_per_class": means}, out / "demo_seeds.json")
     return 0
 
 

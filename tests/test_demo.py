@@ -1,18 +1,24 @@
-"""The demo (advent/scripts/demo.py): the shipped demo configs, its output folder, and one
---quick run of the whole pipeline whose table must be what the stages' results files say."""
+"""The demo (advent/scripts/demo.py): the shipped demo configs, the --study oracles' configs and
+pseudo-labels, its output folder, and one --quick run of the whole pipeline whose table must be
+what the stages' results files say."""
+import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from advent.dataset.synthetic import _demo_data
-from advent.domain_adaptation.config import cfg_to_dict, get_key
+from advent import PROJECT_ROOT
+from advent.dataset import get_target_dataset, pseudo_label_name
+from advent.dataset.synthetic import _demo_data, write_demo_data
+from advent.domain_adaptation.config import cfg_to_dict, flat_items, get_key
 from advent.scripts import demo
 from advent.utils.errors import UserError
+from advent.utils.output_dir import MANIFEST_NAME, read_manifest
 from advent.utils.runtime import load_config
 from advent.utils.serialization import json_load
 
@@ -34,12 +40,12 @@ def test_shipped_configs_are_what_the_default_demo_runs():
     """With the default arguments, every value demo.py sets (data, outputs, seed, the earlier
     stages' final models) is already the shipped value: the configs run as they are by hand."""
     run = SimpleNamespace(data=_demo_data(demo.DEFAULT_DATA.resolve() / "seed0", demo.DATA["size"], {}),
-                          out=demo.DEFAULT_OUT.resolve(), seed=demo.DEFAULT_SEED, quick=False)
+                          seed=demo.DEFAULT_SEED, quick=False)
     loaded = {}
     for name in demo.CONFIGS:
         shipped_path = demo.CONFIG_DIR / f"{name}.yml"
         shipped = load_config(shipped_path)
-        settings = demo.run_settings(name, demo.yaml_load(shipped_path), run, loaded)
+        settings = demo.run_settings(name, demo.yaml_load(shipped_path), run, demo.DEFAULT_OUT.resolve(), loaded)
         assert "TRAIN.RESTORE_FROM" in settings or name == "source_only"
         for key, value in settings.items():
             expected = get_key(cfg_to_dict(shipped), key)
@@ -48,12 +54,11 @@ def test_shipped_configs_are_what_the_default_demo_runs():
 
 
 def test_quick_shortens_every_run_and_keeps_the_chain_consistent():
-    run = SimpleNamespace(data=_demo_data(Path("/data/seed0"), (128, 64), {}), out=Path("/out"), seed=3,
-                          quick=True)
+    run = SimpleNamespace(data=_demo_data(Path("/data/seed0"), (128, 64), {}), seed=3, quick=True)
     loaded = {}
     for name in demo.CONFIGS:
         data = demo.yaml_load(demo.CONFIG_DIR / f"{name}.yml")
-        settings = demo.run_settings(name, data, run, loaded)
+        settings = demo.run_settings(name, data, run, Path("/out"), loaded)
         for key in demo.ITERATION_KEYS:
             assert settings[key] == max(1, round(get_key(data, key) * demo.QUICK_SCALE))
         assert settings["TRAIN.RANDOM_SEED"] == 3
@@ -67,26 +72,131 @@ def test_quick_shortens_every_run_and_keeps_the_chain_consistent():
     assert settings["ESL.RESTORE_FROM"] == f"/out/snapshots/demo_advent/model_{advent_iters}.pth"
 
 
-def test_out_folder_is_cleared_only_when_a_demo_made_it(tmp_path):
+def small_run(tmp_path, study=True):
+    """A run's settings on a few real synthetic images, its configs written (outputs under final/)."""
+    data = write_demo_data(tmp_path / "data", seed=0, num_source=2, num_source_val=1, num_target_train=3,
+                           num_target_val=1, size=(32, 16))
+    run = SimpleNamespace(data=data, work=tmp_path / "work", seed=0, quick=False, study=study)
+    written, loaded = demo.write_configs(run, tmp_path / "final")
+    return run, written, loaded
+
+
+def test_study_oracles_retrain_as_esl_with_only_their_labels_and_names_changed(tmp_path):
+    run, written, loaded = small_run(tmp_path)
+    assert list(written) == [*demo.CONFIGS, *demo.ORACLES]
+    esl = dict(flat_items(cfg_to_dict(loaded["esl"])))
+    for name in demo.ORACLES:
+        oracle = dict(flat_items(cfg_to_dict(loaded[name])))
+        changed = {key for key in esl if oracle[key] != esl[key]}
+        # the labels, and the name of the run with the folders named after it
+        assert changed == {"PSEUDO_LABEL_DIRECTORY_TARGET", "EXP_NAME", "TRAIN.SNAPSHOT_DIR",
+                           "TEST.SNAPSHOT_DIR", "TRAIN.TENSORBOARD_LOGDIR"}, name
+        assert Path(oracle["PSEUDO_LABEL_DIRECTORY_TARGET"]) == tmp_path / "final" / "pseudo_labels" / name
+        assert Path(oracle["TRAIN.SNAPSHOT_DIR"]) == tmp_path / "final" / "snapshots" / f"demo_{name}"
+        assert f"moved to {tmp_path / 'final'}" in written[name].read_text()
+    assert list(small_run(tmp_path, study=False)[1]) == list(demo.CONFIGS)
+
+
+def test_oracle_labels_are_the_ground_truth_in_the_pseudo_label_format(tmp_path):
+    _, _, loaded = small_run(tmp_path)
+    dataset = get_target_dataset(loaded["esl"], "esl")  # target train, ground truth at the ESL size
+    assert dataset.has_labels and len(dataset) == 3
+    rng = np.random.default_rng(0)
+    kept_dir = tmp_path / "esl_labels"  # stand-in ESL pseudo-labels: wrong classes, half dropped
+    kept_dir.mkdir()
+    truth = {}
+    for index in range(len(dataset)):
+        _, gt, _, name = dataset[index]
+        kept = rng.integers(0, 19, gt.shape).astype(np.uint8)
+        kept[rng.random(gt.shape) < 0.5] = 255
+        Image.fromarray(kept).save(kept_dir / pseudo_label_name(name))
+        truth[name] = gt, kept
+    folders = [Path(loaded[name].PSEUDO_LABEL_DIRECTORY_TARGET) for name in demo.ORACLES]
+    shares = demo.write_oracle_labels(dataset, kept_dir, *folders)
+
+    pixels = sum(gt.size for gt, _ in truth.values())
+    all_dir, coverage_dir = folders
+    for name, (gt, kept) in truth.items():
+        with Image.open(all_dir / pseudo_label_name(name)) as image:
+            assert image.mode == "L"
+            assert np.array_equal(np.asarray(image), gt)
+        with Image.open(coverage_dir / pseudo_label_name(name)) as image:
+            written = np.asarray(image)
+        assert np.array_equal(written[kept != 255], gt[kept != 255])
+        assert (written[kept == 255] == 255).all()
+    assert shares[all_dir] == sum(np.count_nonzero(gt != 255) for gt, _ in truth.values()) / pixels
+    assert shares[coverage_dir] == sum(np.count_nonzero((gt != 255) & (k != 255)) for gt, k in truth.values()) / pixels
+    # train.py's loader reads them as the target labels
+    for name, folder in zip(demo.ORACLES, folders):
+        assert read_manifest(folder) == {pseudo_label_name(n) for n in truth}
+        train_set = get_target_dataset(loaded[name], "train")
+        for index in range(len(train_set)):
+            _, label, _, image_name = train_set[index]
+            gt, kept = truth[image_name]
+            expected = gt if name == "oracle_all" else np.where(kept != 255, gt, 255)
+            assert np.array_equal(label, expected)
+
+
+def old_demo_folder(path):
+    """An output folder as the demo wrote it before the manifest."""
+    (path / "snapshots" / "demo_esl").mkdir(parents=True)
+    (path / demo.RESULTS_NAME).write_text("{}")
+    (path / demo.OLD_MARKER).write_text("written by advent/scripts/demo.py\n")
+    return path
+
+
+def leftovers(out):
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.") and
+                  not p.name.endswith(".lock"))
+
+
+def test_out_folder_is_replaced_whole_and_only_at_the_end(tmp_path):
+    out = old_demo_folder(tmp_path / "demo")
+    with demo.staged_out(out) as work:
+        assert work.parent == tmp_path and work.name.startswith(".demo.partial-")
+        (work / demo.RESULTS_NAME).write_text('{"new": 1}')
+        assert (out / "snapshots").is_dir()  # the earlier results stay until the new ones are complete
+    assert sorted(p.name for p in out.iterdir()) == sorted([demo.RESULTS_NAME, MANIFEST_NAME])
+    assert read_manifest(out) == {demo.RESULTS_NAME}
+    assert leftovers(out) == []
+
+    with pytest.raises(RuntimeError):  # a crash: the earlier results as they were
+        with demo.staged_out(out) as work:
+            (work / demo.RESULTS_NAME).write_text('{"newer": 1}')
+            raise RuntimeError("crash")
+    assert (out / demo.RESULTS_NAME).read_text() == '{"new": 1}'
+    assert leftovers(out) == [work.name]
+    with demo.staged_out(out) as again:  # the next run removes what the crashed one left
+        assert leftovers(out) == [again.name]
+    assert leftovers(out) == []
+
+
+def test_out_folder_with_foreign_files_or_in_use_is_refused(tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("keep")
-    with pytest.raises(UserError, match="not empty and was not made by demo.py"):
-        demo.prepare_out(foreign)
-    assert (foreign / "thesis.tex").read_text() == "keep"
+    with pytest.raises(UserError, match="holds files this project did not write"):
+        with demo.staged_out(foreign):
+            pass
+    assert [p.name for p in foreign.iterdir()] == ["thesis.tex"] and [p.name for p in tmp_path.iterdir()] == ["mine"]
 
-    out = demo.prepare_out(tmp_path / "demo")
-    (out / "snapshots" / "old").mkdir(parents=True)
-    (out / demo.RESULTS_NAME).write_text("{}")
+    out = old_demo_folder(tmp_path / "demo")  # the old demo's folder with a file of the user's
     (out / "notes.txt").write_text("mine")
-    demo.prepare_out(out)
-    assert not (out / "snapshots").exists() and not (out / demo.RESULTS_NAME).exists()
+    with pytest.raises(UserError, match=r"notes\.txt"):
+        with demo.staged_out(out):
+            pass
     assert (out / "notes.txt").read_text() == "mine"
+
+    with demo.staged_out(tmp_path / "new"):
+        with pytest.raises(UserError, match="in use by another run"):
+            with demo.staged_out(tmp_path / "new"):
+                pass
 
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(UserError, match="is not a folder"):
-        demo.prepare_out(a_file)
+        with demo.staged_out(a_file):
+            pass
 
 
 def test_bad_out_is_one_line_and_exit_2(tmp_path):
@@ -97,6 +207,39 @@ def test_bad_out_is_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "busy" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+def seed_results(mious, esl_accuracy, mpsl_accuracy):
+    """A demo_results.json of a --study run, as far as demo_seeds.py reads it."""
+    models = {key: {"name": demo.MODELS[key], "mIoU": value, "per_class": {"road": value + 10, "pole": None}}
+              for key, value in mious.items()}
+    labels = {key: {"name": demo.LABELS[key], "kept_fraction": 0.5, "accuracy_kept": accuracy, "mIoU_kept": 0.5}
+              for key, accuracy in (("esl", esl_accuracy), ("mpsl", mpsl_accuracy))}
+    labels["oracle_all"] = {"name": demo.LABELS["oracle_all"], "kept_fraction": 0.94}
+    return {"models": models, "pseudo_labels": labels}
+
+
+def test_demo_seeds_reports_each_gap_per_seed_with_its_spread():
+    spec = importlib.util.spec_from_file_location("demo_seeds", PROJECT_ROOT / "benchmarks" / "demo_seeds.py")
+    seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds)
+    runs = [seed_results({"source_only": 29, "advent": 36, "esl": 34, "mpsl": 33, "oracle_all": 46,
+                          "oracle_coverage": 44}, 0.96, 0.95),
+            seed_results({"source_only": 30, "advent": 35, "esl": 31, "mpsl": 32, "oracle_all": 46,
+                          "oracle_coverage": 43}, 0.95, 0.96)]
+    table, met = seeds.summarize([seeds.rows(run) for run in runs])
+    noise = table["label noise: oracle at ESL's coverage - ESL retrain"]
+    assert noise["values"] == [10, 12] and noise["mean"] == 11 and noise["std"] == pytest.approx(2 ** 0.5)
+    assert table["coverage: oracle all GT - oracle at ESL's coverage"]["values"] == [2, 3]
+    assert table["ESL retrain - MPSL retrain"]["values"] == [1, -1]
+    assert table["mIoU oracle at ESL's coverage"]["mean"] == 43.5
+    assert table["GT all labels kept %"]["values"] == [94, 94] and "GT all labels accuracy %" not in table
+    assert met == {"AdvEnt >= source-only": 2, "ESL retrain >= AdvEnt": 0, "ESL labels more accurate than MPSL": 1,
+                   "ESL retrain >= MPSL retrain": 1}
+    means = seeds.mean_models(runs)
+    assert means["esl"] == {"mIoU": 32.5, "per_class": {"road": 42.5, "pole": None}}
+    table = demo.per_class_table(means)  # the class no model has is left out
+    assert re.search(r"^  road .* \+11\.00 +\+2\.50 +\+0\.00$", table, flags=re.M) and "pole" not in table
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +257,7 @@ def test_quick_demo_runs_every_stage_and_prints_the_table(quick_run):
     out, stdout, results = quick_run
     progress = re.findall(r"^\[(\d)/(\d)\] ", stdout, flags=re.M)
     assert [int(i) for i, _ in progress] == list(range(1, 8)) and {n for _, n in progress} == {"7"}
-    assert list(results["models"]) == ["source_only", "advent", "esl"]  # MPSL retrain only when asked
+    assert list(results["models"]) == ["source_only", "advent", "esl"]  # the other retrainings with --study
     assert list(results["pseudo_labels"]) == ["esl", "mpsl"]
     for entry in results["models"].values():
         assert re.search(rf"^  {re.escape(entry['name'])} +{entry['mIoU']:.2f}$", stdout, flags=re.M)
@@ -122,17 +265,20 @@ def test_quick_demo_runs_every_stage_and_prints_the_table(quick_run):
         assert re.search(rf"^  {entry['name']} +{100 * entry['kept_fraction']:.2f} +"
                          rf"{100 * entry['accuracy_kept']:.2f}", stdout, flags=re.M)
     assert results["quick"] is True and results["seed"] == 1 and results["model"] == "DeepLabv2-Tiny"
+    assert stdout.rstrip().endswith(f"numbers from the results files in {out}")
 
 
 def test_quick_demo_numbers_come_from_the_results_files(quick_run):
     out, _, results = quick_run
     for name, entry in results["models"].items():
-        written = json_load(entry["results_file"])
+        written = json_load(out / entry["results_file"])  # paths relative to the output folder
         last = next(e for e in written["snapshots"] if e["snapshot"] == written["last"])
         assert entry["mIoU"] == last["mIoU"] and 0 <= entry["mIoU"] <= 100
-        assert Path(entry["results_file"]).is_relative_to(out / "snapshots" / f"demo_{name}")
+        assert entry["per_class"] == {c["name"]: c["IoU"] for c in last["per_class"]}
+        assert Path(entry["results_file"]).parts[:2] == ("snapshots", f"demo_{name}")
+        assert (out / entry["snapshot"]).is_file()
     for name, entry in results["pseudo_labels"].items():
-        report = json_load(entry["report_file"])
+        report = json_load(out / entry["report_file"])
         assert entry["kept_fraction"] == report["kept_fraction"]
         assert entry["accuracy_kept"] == report["accuracy_kept"]
         # no floor (ESL) and no cap (MPSL): each class keeps its better half, so about half of all
@@ -145,14 +291,20 @@ def test_quick_demo_writes_configs_pictures_and_logs(quick_run):
     out, _, results = quick_run
     for name in demo.CONFIGS:
         text = (out / "configs" / f"{name}.yml").read_text()
+        # the configs name the final folder: the earlier models they load are there
+        cfg = load_config(out / "configs" / f"{name}.yml")
+        assert Path(cfg.EXP_ROOT) == out and (name == "source_only" or Path(cfg.TRAIN.RESTORE_FROM).is_file())
         changed = re.search(r"^# Keys it set to other values than the shipped file: (.*)$", text, flags=re.M)
         allowed = {"TRAIN.RANDOM_SEED", "PSEUDO_LABEL_DIRECTORY_TARGET", "TRAIN.RESTORE_FROM", "ESL.RESTORE_FROM",
                    *demo.ITERATION_KEYS, *DATA_KEYS, *OUTPUT_KEYS}
         assert set(changed.group(1).split(", ")) <= allowed, name
-    pictures = [Path(p) for p in results["pictures"]]
+    pictures = [out / p for p in results["pictures"]]
     assert len(pictures) == 2 * demo.NUM_PICTURES
     for path in pictures:
         with Image.open(path) as image:
             assert image.mode == "RGB" and image.height >= 64 * demo.PICTURE_SCALE
     for stage in ("source_only", "advent", "esl_labels", "mpsl_labels", "esl"):
         assert "$ python advent/scripts/" in (out / "logs" / f"demo_{stage}.log").read_text()
+    # the run was built beside the folder and moved there whole: nothing left over, all in the manifest
+    assert read_manifest(out) == set(demo.OUTPUTS)
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".out.partial-")] == []
