@@ -10,10 +10,13 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import advent.dataset.base_dataset as base_dataset
-from advent.dataset import (CityscapesDataSet, GTA5DataSet, MapillaryDataSet, SYNDataSet, get_class_info,
-                            get_source_dataset, get_target_dataset, load_class_info, pseudo_label_name)
-from advent.dataset.class_info import INFO16_PATH, INFO7_PATH, INFO_PATH
-from advent.domain_adaptation.config import get_default_cfg
+from advent.config import get_default_cfg
+from advent.dataset import get_class_info, get_source_dataset, get_target_dataset, png_name
+from advent.dataset.cityscapes import CityscapesDataSet
+from advent.dataset.class_info import INFO16_PATH, INFO7_PATH, INFO_PATH, load_class_info
+from advent.dataset.gta5 import GTA5DataSet
+from advent.dataset.mapillary import MapillaryDataSet
+from advent.dataset.synthia import SYNDataSet
 from advent.utils.errors import UserError
 from fake_data import (MAPILLARY_V12_NAMES, make_fake_cfg, save_ids, write_cityscapes, write_gta5, write_list,
                        write_mapillary, write_pseudo_labels, write_synthia)
@@ -243,7 +246,7 @@ def test_pseudo_labels_read_as_train_ids(tmp_path):
     split = write_cityscapes(tmp_path / "cs", "train", ("aachen",), 2, with_labels=False)
     written = write_pseudo_labels(tmp_path / "pl", split.names, size=(32, 16))
     assert (tmp_path / "pl" / "aachen_000001_000019_leftImg8bit.png").is_file()
-    assert pseudo_label_name(split.names[1]) == "aachen_000001_000019_leftImg8bit.png"
+    assert png_name(split.names[1]) == "aachen_000001_000019_leftImg8bit.png"
     dataset = cityscapes(split, pseudo_label_dir=tmp_path / "pl", labels_size=(32, 16))
     label = dataset[1][1]
     assert dataset.has_labels and (label == 255).any()
@@ -260,12 +263,12 @@ def test_pseudo_label_errors(tmp_path):
     write_pseudo_labels(tmp_path / "pl", split.names[:1])
     with pytest.raises(UserError) as excinfo:
         cityscapes(split, pseudo_label_dir=tmp_path / "pl")
-    one_line_error(excinfo, "1 of 2 pseudo-labels", tmp_path / "pl" / pseudo_label_name(split.names[1]))
-    save_ids(np.full((32, 64), 40), tmp_path / "pl" / pseudo_label_name(split.names[1]))
+    one_line_error(excinfo, "1 of 2 pseudo-labels", tmp_path / "pl" / png_name(split.names[1]))
+    save_ids(np.full((32, 64), 40), tmp_path / "pl" / png_name(split.names[1]))
     dataset = cityscapes(split, pseudo_label_dir=tmp_path / "pl")
     with pytest.raises(UserError) as excinfo:
         dataset[1]
-    one_line_error(excinfo, tmp_path / "pl" / pseudo_label_name(split.names[1]), "[40]")
+    one_line_error(excinfo, tmp_path / "pl" / png_name(split.names[1]), "[40]")
 
 
 # --- user errors ---

@@ -9,13 +9,13 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from advent.dataset.synthetic import _demo_data
-from advent.domain_adaptation.config import cfg_to_dict, get_key
+from advent.config import cfg_to_dict, get_key, load_config
+from advent.demo.synthetic import _demo_data
 from advent.scripts import demo
 from advent.utils.errors import UserError
-from advent.utils.runtime import load_config
 from advent.utils.serialization import json_load
 
+pytestmark = pytest.mark.slow
 DEMO = Path(demo.__file__)
 DATA_KEYS = ("DATA_DIRECTORY_SOURCE", "DATA_LIST_SOURCE", "DATA_DIRECTORY_TARGET", "DATA_LIST_TARGET")
 # EXP_ROOT and the folders derived from it

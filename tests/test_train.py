@@ -17,17 +17,18 @@ import torch
 import torch.nn.functional as F
 
 from advent import PROJECT_ROOT
+from advent.config import derive_paths
 from advent.domain_adaptation import train_UDA
-from advent.domain_adaptation.config import derive_paths
-from advent.domain_adaptation.snapshots import train_state_iterations
-from advent.domain_adaptation.train_state import ResumableSampler, rng_state, set_rng_state
+from advent.domain_adaptation.checkpoint import train_state_iterations
+from advent.domain_adaptation.train_data import ResumableSampler, rng_state, set_rng_state
 from advent.domain_adaptation.train_UDA import (
     TrainingInterrupted, build_setup, train_domain_adaptation, train_step,
 )
 from advent.model import build_segmenter, get_fc_discriminator, load_checkpoint
 from advent.model.weights import file_sha256, read_checkpoint
 from advent.scripts import train as train_script
-from advent.utils.errors import UserError, run_main
+from advent.utils.errors import UserError
+from advent.utils.runtime import run_main
 from fake_data import make_fake_cfg, write_cfg_yaml, write_pseudo_labels
 
 CPU = torch.device("cpu")
@@ -276,6 +277,7 @@ def interrupt_at(monkeypatch, i_stop, signum=signal.SIGTERM):
     monkeypatch.setattr(train_UDA, "train_step", step)
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
     def config(folder):
         cfg, _ = tiny_cfg(folder, "AdvEnt", iters=5, save_every=2, pseudo=True)
@@ -303,6 +305,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
     assert files_in(cfg.TRAIN.SNAPSHOT_DIR) == files_in(straight.TRAIN.SNAPSHOT_DIR)
 
 
+@pytest.mark.slow
 def test_a_run_extended_by_a_larger_early_stop_equals_one_started_with_it(tmp_path):
     def config(folder, early_stop):
         cfg, _ = tiny_cfg(folder, "AdvEnt", iters=early_stop, save_every=2, pseudo=True)
@@ -343,12 +346,13 @@ def slow_step(*args, **kwargs):
     return original(*args, **kwargs)
 T.train_step = slow_step
 from advent.scripts.train import main
-from advent.utils.errors import run_main
+from advent.utils.runtime import run_main
 sys.argv[0] = "advent/scripts/train.py"
 run_main(main, sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_state_that_resumes_and_finishes(tmp_path):
     cfg, _ = tiny_cfg(tmp_path / "run", "AdvEnt", iters=12, save_every=4)
     path = write_cfg_yaml(cfg, tmp_path / "run.yml")
@@ -432,6 +436,7 @@ def test_random_train_differs_from_seeded(tmp_path):
     assert_same_tensors(runs[2], runs[3])
 
 
+@pytest.mark.slow
 def test_bf16_autocast_runs(tmp_path):
     cfg, _ = tiny_cfg(tmp_path, "AdvEnt", iters=2, save_every=2)
     cfg.TRAIN.AMP = "bf16"

@@ -40,17 +40,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 from advent import PROJECT_ROOT
-from advent.dataset import get_class_info, get_target_dataset, pseudo_label_name
-from advent.dataset.synthetic import write_demo_data
-from advent.domain_adaptation.config import SCRIPTS_DIR, cfg_to_dict, flat_items, get_key
+from advent.config import SCRIPTS_DIR, cfg_to_dict, flat_items, get_key, load_config
+from advent.dataset import get_class_info, get_target_dataset
+from advent.dataset import png_name as prediction_file_name, png_name as pseudo_label_name
+from advent.demo.synthetic import write_demo_data
 from advent.domain_adaptation.esl_UDA import REPORT_NAME
-from advent.domain_adaptation.eval_UDA import RESULTS_BEST, prediction_file_name
-from advent.domain_adaptation.snapshots import model_snapshot_path
+from advent.domain_adaptation.eval_UDA import RESULTS_BEST
+from advent.domain_adaptation.checkpoint import model_snapshot_path
 from advent.scripts import esl as esl_script
 from advent.scripts import test as test_script
 from advent.scripts import train as train_script
-from advent.utils.errors import UserError, run_main
-from advent.utils.runtime import load_config
+from advent.utils.errors import UserError
+from advent.utils.runtime import run_main
 from advent.utils.serialization import json_dump, json_load, yaml_dump, yaml_load
 from advent.utils.viz_segmask import input_image, mask_image, panel_row
 
