@@ -19,7 +19,6 @@ setup(
         "numpy>=1.23",
         "opencv-python-headless>=4.5",
         "pyyaml>=5.1",
-        "easydict>=1.9",
         "tensorboardX>=2.4",
         "tqdm>=4.40",
         "pillow>=9.0",

@@ -13,8 +13,9 @@ AdvEnt >= source-only; ESL's pseudo-labels more accurate than MPSL's).
 ground truth: all of it; on exactly ESL's kept pixels), the gaps between them per seed (label
 noise: oracle at ESL's coverage - ESL retrain; coverage: oracle all - oracle at coverage; ESL -
 MPSL retrain) and a per-class table of the IoU means. The summary goes to <out>/demo_seeds.json.
-About 8 minutes per seed on 2 CPU cores, 18 with --study (--quick: 1.5 / 2.5); --jobs 2
---threads 1 runs two seeds at once with one torch thread each.
+The default demo took about 8 minutes per seed on an idle 2-core machine; --study adds four
+retraining runs of 1,000 iterations each (about as long again as the rest). --jobs 2 --threads 1
+runs two seeds at once with one torch thread each.
 """
 import argparse
 import os

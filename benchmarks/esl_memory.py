@@ -48,12 +48,10 @@ def run_child(args):
     from advent.dataset import get_target_dataset
     from advent.domain_adaptation.esl_UDA import generate_pseudo_labels
     from advent.domain_adaptation.pseudo_labels import predict_with_confidence
-    from advent.model import build_segmenter, load_checkpoint
+    from advent.model.inference import load_segmenter
 
     cfg = child_config(args)
-    model = build_segmenter(cfg.ESL.MODEL, cfg.NUM_CLASSES, True)
-    load_checkpoint(model, cfg.ESL.RESTORE_FROM)
-    model.eval()
+    model, _ = load_segmenter(cfg.ESL.MODEL, cfg.NUM_CLASSES, True, cfg.ESL.RESTORE_FROM, torch.device("cpu"))
     dataset = get_target_dataset(cfg, "esl")
     assert len(dataset) == args.count, (len(dataset), args.count)
     baseline = peak_rss_mb()
@@ -67,13 +65,13 @@ def run_child(args):
 def original_approach(model, dataset, cfg, predict):
     """The original's storage: float64 N x H x W label and entropy arrays, then per-class sorts."""
     width, height = cfg.ESL.OUTPUT_SIZE_TARGET
+    from advent.model.inference import main_logits
+
     labels = np.zeros((len(dataset), height, width), np.float64)
     entropies = np.zeros((len(dataset), height, width), np.float64)
-    with torch.no_grad():
-        for i, (image, _, _, _) in enumerate(dataset):
-            _, logits = model(torch.from_numpy(image)[None])
-            label, entropy = predict(logits, (width, height), "entropy")
-            labels[i], entropies[i] = label[0].numpy(), entropy[0].numpy()
+    for i, (image, _, _, _) in enumerate(dataset):
+        label, entropy = predict(main_logits(model, torch.from_numpy(image)[None]), (width, height), "entropy")
+        labels[i], entropies[i] = label[0].numpy(), entropy[0].numpy()
     for c in range(cfg.NUM_CLASSES):
         values = np.sort(entropies[labels == c])
         _ = values[round(len(values) / 2)] if len(values) else 0.0

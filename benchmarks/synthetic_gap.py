@@ -2,7 +2,7 @@
 
     python benchmarks/synthetic_gap.py [--seeds 0 1] [--iters 300] [--shift 1.0] [--out DIR]
 
-For each seed: generate the two domains (advent.dataset.synthetic), load them through the
+For each seed: generate the two domains (advent.demo.synthetic), load them through the
 project's dataset factory, then train the DeepLabv2-Tiny segmenter from scratch with a plain
 supervised loop (Adam, main + 0.1 aux cross-entropy on logits upsampled to the label size)
   - on the source training split ('source-only'), evaluated on held-out source val and on
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from advent.config import get_default_cfg
 from advent.dataset import get_class_info, get_source_dataset, get_target_dataset
-from advent.dataset.synthetic import write_demo_data
-from advent.domain_adaptation.config import get_default_cfg
+from advent.demo.synthetic import write_demo_data
 from advent.model import build_segmenter
 from advent.utils.func import fast_hist, per_class_iu
 from advent.utils.loss import cross_entropy_2d

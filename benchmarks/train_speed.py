@@ -78,7 +78,7 @@ def supported_modes(device):
 # --- one variant (in its own process) ---
 
 def training_cfg(spec):
-    from advent.domain_adaptation.config import get_default_cfg
+    from advent.config import get_default_cfg
 
     cfg = get_default_cfg()
     cfg.TRAIN.MODEL, cfg.TRAIN.AMP, cfg.CHANNELS_LAST = spec["model"], spec["amp"], spec["channels_last"]

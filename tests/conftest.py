@@ -1,8 +1,14 @@
-"""Shared fixtures: tiny datasets in the real on-disk formats (see fake_data.py), one per test."""
+"""Shared fixtures: tiny datasets in the real on-disk formats (see fake_data.py), one per test;
+the `slow` marker (`-m "not slow"` runs the fast subset)."""
 import pytest
 import torch
 
 from fake_data import make_fake_cfg, write_cityscapes, write_gta5, write_mapillary, write_synthia
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: the demo, torchrun, benchmark, ResNet-101 and long subprocess "
+                                       "or training tests (left out by -m 'not slow')")
 
 
 @pytest.fixture

@@ -258,7 +258,7 @@ def make_fake_cfg(tmp_path, source="GTA", target="Cityscapes", num_classes=19, s
     TEST.OUTPUT_SIZE_TARGET is `output_size`. Returns (cfg, {'source': FakeSplit, 'train': ...,
     'val': ...}) so a test can compare with the arrays written.
     """
-    from advent.domain_adaptation.config import get_default_cfg  # only the cfg helper needs advent
+    from advent.config import get_default_cfg  # only the cfg helper needs advent
     from advent.dataset.class_info import INFO16_PATH, INFO7_PATH, INFO_PATH
 
     tmp_path = Path(tmp_path)
@@ -307,7 +307,7 @@ def _write_target(cfg, data_dir, target, size, train_labels, count):
 
 def write_cfg_yaml(cfg, path):
     """Save a whole configuration (e.g. from make_fake_cfg) as a YAML file a script's --cfg accepts."""
-    from advent.domain_adaptation.config import cfg_to_dict
+    from advent.config import cfg_to_dict
     from advent.utils.serialization import yaml_dump
 
     yaml_dump(cfg_to_dict(cfg), path)

@@ -94,6 +94,7 @@ def test_missing_root_and_mapillary_tree(tmp_path, capsys):
     assert code == 1 and f"SYNTHIA root {tmp_path / 'nowhere'} not found" in out
 
 
+@pytest.mark.slow
 def test_cli_exit_codes(tmp_path):
     cfg, written = make_fake_cfg(tmp_path)
     good = write_cfg_yaml(cfg, tmp_path / "good.yml")
@@ -111,6 +112,6 @@ def test_cli_exit_codes(tmp_path):
 
 def test_missing_config_file_exits_2(tmp_path):
     with pytest.raises(SystemExit) as excinfo:
-        from advent.utils.errors import run_main
+        from advent.utils.runtime import run_main
         run_main(main, ["--cfg", str(tmp_path / "none.yml")])
     assert excinfo.value.code == 2

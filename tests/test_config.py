@@ -1,14 +1,17 @@
-"""The config module: SPEC defaults, strict merge, path resolution, derived names."""
+"""The config module: the published defaults, strict merge, path resolution, derived names, frozen after loading."""
+import copy
+import pickle
+
 import numpy as np
 import pytest
 
-from advent.domain_adaptation.config import (
-    SCRIPTS_DIR, cfg_from_file, cfg_to_dict, derive_paths, get_default_cfg,
+from advent.config import (
+    SCRIPTS_DIR, cfg_from_file, cfg_to_dict, derive_paths, get_default_cfg, load_config, mutable_copy,
 )
 from advent.utils.errors import UserError
 from advent.utils.serialization import yaml_dump
 
-SPEC_DEFAULTS = {
+PUBLISHED_DEFAULTS = {
     "SOURCE": "GTA", "TARGET": "Cityscapes", "NUM_WORKERS": 4, "PSEUDO_LABEL_DIRECTORY_TARGET": "",
     "NUM_CLASSES": 19, "EXP_NAME": "", "GPU_ID": 0,
     "TRAIN.SET_SOURCE": "all", "TRAIN.SET_TARGET": "train", "TRAIN.BATCH_SIZE_SOURCE": 1,
@@ -54,7 +57,7 @@ def _error(tmp_path, text):
 
 def test_defaults_match_spec():
     config = get_default_cfg()
-    for key, expected in SPEC_DEFAULTS.items():
+    for key, expected in PUBLISHED_DEFAULTS.items():
         value = _get(config, key)
         if isinstance(expected, tuple):
             assert tuple(value) == expected, key
@@ -160,3 +163,23 @@ def test_throughput_switches_are_off_by_default_and_checked(tmp_path):
     assert _load(tmp_path, "CHANNELS_LAST: true\nESL:\n  AMP: bf16\n").CHANNELS_LAST is True
     assert "CHANNELS_LAST expects bool" in _error(tmp_path, "CHANNELS_LAST: 1\n")
     assert "TEST.AMP" in _error(tmp_path, "TEST:\n  AMP: fp8\n")
+
+
+def test_loaded_config_is_frozen_and_copies_say_so(tmp_path):
+    path = tmp_path / "exp.yml"
+    path.write_text("TRAIN:\n  MAX_ITERS: 10\n")
+    config = load_config(path, "seed1", {"TRAIN.TENSORBOARD_VIZRATE": 2})
+    assert config.TRAIN.TENSORBOARD_VIZRATE == 2 and config.EXP_NAME.endswith("_seed1")
+    for change in (lambda c: setattr(c.TRAIN, "MAX_ITERS", 5), lambda c: c.TRAIN.__setitem__("MAX_ITERS", 5),
+                   lambda c: c.TRAIN.update(MAX_ITERS=5)):
+        with pytest.raises(AttributeError, match="TRAIN.MAX_ITERS"):
+            change(config)
+    with pytest.raises(AttributeError, match="cannot set EXP_NAME"):
+        config.EXP_NAME = "other"
+    for copied in (copy.deepcopy(config), pickle.loads(pickle.dumps(config))):
+        assert cfg_to_dict(copied) == cfg_to_dict(config)
+        with pytest.raises(AttributeError, match="TEST.MODE"):
+            copied.TEST.MODE = "single"
+    variant = mutable_copy(config)
+    variant.TRAIN.MAX_ITERS = 5
+    assert (variant.TRAIN.MAX_ITERS, config.TRAIN.MAX_ITERS) == (5, 10)

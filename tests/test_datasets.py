@@ -1,4 +1,4 @@
-"""Loaders, class info and factory against the official tables and SPEC section 4 (tiny real-format files)."""
+"""Loaders, class info and factory against the official tables and the published preprocessing (tiny real-format files)."""
 import pickle
 import random
 
@@ -10,10 +10,13 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import advent.dataset.base_dataset as base_dataset
-from advent.dataset import (CityscapesDataSet, GTA5DataSet, MapillaryDataSet, SYNDataSet, get_class_info,
-                            get_source_dataset, get_target_dataset, load_class_info, pseudo_label_name)
-from advent.dataset.class_info import INFO16_PATH, INFO7_PATH, INFO_PATH
-from advent.domain_adaptation.config import get_default_cfg
+from advent.config import get_default_cfg
+from advent.dataset import get_class_info, get_source_dataset, get_target_dataset, png_name
+from advent.dataset.cityscapes import CityscapesDataSet
+from advent.dataset.class_info import INFO16_PATH, INFO7_PATH, INFO_PATH, load_class_info
+from advent.dataset.gta5 import GTA5DataSet
+from advent.dataset.mapillary import MapillaryDataSet
+from advent.dataset.synthia import SYNDataSet
 from advent.utils.errors import UserError
 from fake_data import (MAPILLARY_V12_NAMES, make_fake_cfg, save_ids, write_cityscapes, write_gta5, write_list,
                        write_mapillary, write_pseudo_labels, write_synthia)
@@ -23,7 +26,7 @@ ID_TO_TRAIN_19 = {label.id: (255 if label.trainId in (255, -1) else label.trainI
                   for label in CITYSCAPES_LABELS if 0 <= label.id <= 33}
 ID_TO_CATEGORY = {label.id: label.category for label in CITYSCAPES_LABELS if 0 <= label.id <= 33}
 GROUPS_7 = ["flat", "construction", "object", "nature", "sky", "human", "vehicle"]
-# SPEC section 3: SYNTHIA class id -> the 19 Cityscapes train ids.
+# The published mapping: SYNTHIA class id -> the 19 Cityscapes train ids.
 SYNTHIA_TO_TRAIN_19 = {3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9, 1: 10, 10: 11, 17: 12,
                        8: 13, 18: 14, 19: 15, 20: 16, 12: 17, 11: 18}
 
@@ -34,7 +37,7 @@ def apply(table, ids):
 
 
 def spec_preprocess(path, size, mean=MEAN):
-    """SPEC section 4 stated directly: RGB, PIL bicubic resize, float32, BGR, minus mean, CHW."""
+    """The published preprocessing stated directly: RGB, PIL bicubic resize, float32, BGR, minus mean, CHW."""
     image = Image.open(path).convert("RGB").resize(size, Image.BICUBIC)
     image = np.asarray(image, np.float32)[:, :, ::-1] - mean
     return image.transpose(2, 0, 1)
@@ -47,7 +50,7 @@ def cityscapes_16_table():
 
 def cityscapes_7_table():
     # The Cityscapes category of each of the 19 classes and of caravan (29) and trailer (30), as the
-    # original 7-class table, except terrain -> flat (SPEC: one grouping).
+    # original 7-class table, except terrain -> flat (one grouping: docs/data.md).
     table = {}
     for label_id, train_id in ID_TO_TRAIN_19.items():
         if train_id != 255 or label_id in (29, 30):
@@ -73,7 +76,7 @@ def one_line_error(excinfo, *fragments):
         assert str(fragment) in message, message
 
 
-# --- preprocessing (SPEC section 4) ---
+# --- preprocessing (as published) ---
 
 def test_image_preprocessing_equals_spec_statement(fake_gta5):
     dataset = gta5(fake_gta5, crop_size=(48, 20))
@@ -158,7 +161,7 @@ def test_synthia_maps_spec_table_19_16_7(tmp_path):
         dataset = SYNDataSet(split.root, split.list_template, crop_size=(64, 32), mean=MEAN)
         np.testing.assert_array_equal(dataset[1][1], apply(SYNTHIA_TO_TRAIN_19, raw))
     kept = [s for s, _ in sorted(SYNTHIA_TO_TRAIN_19.items(), key=lambda p: p[1]) if s not in (16, 18, 20)]
-    table16 = {s: kept.index(s) for s in kept}  # SPEC: drop 16, 18, 20 and renumber in order
+    table16 = {s: kept.index(s) for s in kept}  # published: drop 16, 18, 20 and renumber in order
     names19 = load_class_info(INFO_PATH).names
     category = {label.name: label.category for label in CITYSCAPES_LABELS}
     table7 = {s: GROUPS_7.index("flat" if t == 9 else category[names19[t]])
@@ -243,7 +246,7 @@ def test_pseudo_labels_read_as_train_ids(tmp_path):
     split = write_cityscapes(tmp_path / "cs", "train", ("aachen",), 2, with_labels=False)
     written = write_pseudo_labels(tmp_path / "pl", split.names, size=(32, 16))
     assert (tmp_path / "pl" / "aachen_000001_000019_leftImg8bit.png").is_file()
-    assert pseudo_label_name(split.names[1]) == "aachen_000001_000019_leftImg8bit.png"
+    assert png_name(split.names[1]) == "aachen_000001_000019_leftImg8bit.png"
     dataset = cityscapes(split, pseudo_label_dir=tmp_path / "pl", labels_size=(32, 16))
     label = dataset[1][1]
     assert dataset.has_labels and (label == 255).any()
@@ -260,12 +263,12 @@ def test_pseudo_label_errors(tmp_path):
     write_pseudo_labels(tmp_path / "pl", split.names[:1])
     with pytest.raises(UserError) as excinfo:
         cityscapes(split, pseudo_label_dir=tmp_path / "pl")
-    one_line_error(excinfo, "1 of 2 pseudo-labels", tmp_path / "pl" / pseudo_label_name(split.names[1]))
-    save_ids(np.full((32, 64), 40), tmp_path / "pl" / pseudo_label_name(split.names[1]))
+    one_line_error(excinfo, "1 of 2 pseudo-labels", tmp_path / "pl" / png_name(split.names[1]))
+    save_ids(np.full((32, 64), 40), tmp_path / "pl" / png_name(split.names[1]))
     dataset = cityscapes(split, pseudo_label_dir=tmp_path / "pl")
     with pytest.raises(UserError) as excinfo:
         dataset[1]
-    one_line_error(excinfo, tmp_path / "pl" / pseudo_label_name(split.names[1]), "[40]")
+    one_line_error(excinfo, tmp_path / "pl" / png_name(split.names[1]), "[40]")
 
 
 # --- user errors ---

@@ -13,15 +13,15 @@ import pytest
 from PIL import Image
 
 from advent import PROJECT_ROOT
-from advent.dataset import get_target_dataset, pseudo_label_name
-from advent.dataset.synthetic import _demo_data, write_demo_data
-from advent.domain_adaptation.config import cfg_to_dict, flat_items, get_key
+from advent.config import cfg_to_dict, flat_items, get_key, load_config
+from advent.dataset import get_target_dataset, png_name
+from advent.demo.synthetic import _demo_data, write_demo_data
 from advent.scripts import demo
 from advent.utils.errors import UserError
 from advent.utils.output_dir import MANIFEST_NAME, read_manifest
-from advent.utils.runtime import load_config
 from advent.utils.serialization import json_load
 
+pytestmark = pytest.mark.slow
 DEMO = Path(demo.__file__)
 DATA_KEYS = ("DATA_DIRECTORY_SOURCE", "DATA_LIST_SOURCE", "DATA_DIRECTORY_TARGET", "DATA_LIST_TARGET")
 # EXP_ROOT and the folders derived from it
@@ -109,7 +109,7 @@ def test_oracle_labels_are_the_ground_truth_in_the_pseudo_label_format(tmp_path)
         _, gt, _, name = dataset[index]
         kept = rng.integers(0, 19, gt.shape).astype(np.uint8)
         kept[rng.random(gt.shape) < 0.5] = 255
-        Image.fromarray(kept).save(kept_dir / pseudo_label_name(name))
+        Image.fromarray(kept).save(kept_dir / png_name(name))
         truth[name] = gt, kept
     folders = [Path(loaded[name].PSEUDO_LABEL_DIRECTORY_TARGET) for name in demo.ORACLES]
     shares = demo.write_oracle_labels(dataset, kept_dir, *folders)
@@ -117,10 +117,10 @@ def test_oracle_labels_are_the_ground_truth_in_the_pseudo_label_format(tmp_path)
     pixels = sum(gt.size for gt, _ in truth.values())
     all_dir, coverage_dir = folders
     for name, (gt, kept) in truth.items():
-        with Image.open(all_dir / pseudo_label_name(name)) as image:
+        with Image.open(all_dir / png_name(name)) as image:
             assert image.mode == "L"
             assert np.array_equal(np.asarray(image), gt)
-        with Image.open(coverage_dir / pseudo_label_name(name)) as image:
+        with Image.open(coverage_dir / png_name(name)) as image:
             written = np.asarray(image)
         assert np.array_equal(written[kept != 255], gt[kept != 255])
         assert (written[kept == 255] == 255).all()
@@ -128,7 +128,7 @@ def test_oracle_labels_are_the_ground_truth_in_the_pseudo_label_format(tmp_path)
     assert shares[coverage_dir] == sum(np.count_nonzero((gt != 255) & (k != 255)) for gt, k in truth.values()) / pixels
     # train.py's loader reads them as the target labels
     for name, folder in zip(demo.ORACLES, folders):
-        assert read_manifest(folder) == {pseudo_label_name(n) for n in truth}
+        assert read_manifest(folder) == {png_name(n) for n in truth}
         train_set = get_target_dataset(loaded[name], "train")
         for index in range(len(train_set)):
             _, label, _, image_name = train_set[index]

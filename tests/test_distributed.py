@@ -17,8 +17,8 @@ from advent import PROJECT_ROOT
 from advent.domain_adaptation import train_UDA
 from advent.domain_adaptation.eval_UDA import RESULTS_BEST, RESULTS_SINGLE
 from advent.domain_adaptation.esl_UDA import REPORT_NAME
-from advent.domain_adaptation.snapshots import model_snapshot_path, train_state_iterations
-from advent.domain_adaptation.train_state import ResumableSampler
+from advent.domain_adaptation.checkpoint import model_snapshot_path, train_state_iterations
+from advent.domain_adaptation.train_data import ResumableSampler
 from advent.domain_adaptation.train_UDA import build_setup, train_domain_adaptation, train_step
 from advent.model import build_segmenter, load_checkpoint
 from advent.model.weights import read_checkpoint
@@ -33,6 +33,7 @@ from test_esl import esl_config
 from test_eval import TINY, base_cfg, save_tiny, single_cfg
 from test_train import assert_same_tensors, slow_train_script, tiny_cfg
 
+pytestmark = pytest.mark.slow
 CPU = torch.device("cpu")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
 SCRIPTS = PROJECT_ROOT / "advent" / "scripts"
@@ -219,7 +220,7 @@ GRADIENT_RUN = """
 import sys, torch
 from advent.domain_adaptation.train_UDA import build_setup, parallel, train_step
 from advent.utils.distributed import cleanup, get_rank, init_distributed
-from advent.utils.runtime import load_config
+from advent.config import load_config
 torch.set_num_threads(1)
 cfg, batches, out = load_config(sys.argv[1]), torch.load(sys.argv[2]), sys.argv[3]
 device = init_distributed()

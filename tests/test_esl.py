@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from advent.dataset import get_target_dataset, pseudo_label_name
-from advent.domain_adaptation import esl_UDA, snapshots
+from advent.dataset import get_target_dataset, png_name
+from advent.domain_adaptation import checkpoint as snapshots, esl_UDA
 from advent.model import build_segmenter
 from advent.scripts import esl as esl_script
 from advent.utils.errors import UserError
@@ -78,7 +78,7 @@ def hand_maps(logits, output_size, method, order="published"):
 
 
 def reference(cfg, order="published"):
-    """SPEC section 6 stated directly: per group, sort each class's scores, take index round(n/2)."""
+    """The published rule (docs/esl.md) stated directly: per group, sort each class's scores, take index round(n/2)."""
     model = build_segmenter("DeepLabv2-Tiny", NUM_CLASSES, True)
     model.load_state_dict(torch.load(cfg.ESL.RESTORE_FROM, weights_only=True))
     model.eval()
@@ -120,7 +120,7 @@ def test_labels_and_report_equal_direct_reference(tmp_path, method):
     kept = predicted = 0
     hist = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     for name, (pseudo, label, gt) in expected.items():
-        written = np.asarray(Image.open(tmp_path / "labels" / pseudo_label_name(name)))
+        written = np.asarray(Image.open(tmp_path / "labels" / png_name(name)))
         assert written.dtype == np.uint8 and written.shape == (24, 48)
         np.testing.assert_array_equal(written, pseudo)
         kept += (pseudo != 255).sum()
@@ -144,7 +144,7 @@ def test_confident_model_labels_follow_the_published_order(tmp_path, method):
     logits_first, _ = reference(cfg, order="logits first")
     argmax_differs = pseudo_differs = pixels = 0
     for name, (pseudo, label, _) in published.items():
-        written = np.asarray(Image.open(tmp_path / "labels" / pseudo_label_name(name)))
+        written = np.asarray(Image.open(tmp_path / "labels" / png_name(name)))
         np.testing.assert_array_equal(written, pseudo)
         argmax_differs += (logits_first[name][1] != label).sum()
         pseudo_differs += (logits_first[name][0] != written).sum()
@@ -220,6 +220,7 @@ def test_output_folder_problems_fail_before_model_work(tmp_path):
         esl_script.main(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "b.yml"))])
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_one_line_exit_2(tmp_path):
     cfg, _ = esl_config(tmp_path)
     cfg.ESL.RESTORE_FROM = str(tmp_path / "absent.pth")

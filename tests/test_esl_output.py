@@ -13,8 +13,8 @@ import pytest
 
 from advent import PROJECT_ROOT
 from advent.scripts import esl as esl_script
-from advent.utils.errors import run_main
 from advent.utils.output_dir import MANIFEST_NAME, foreign_entries, lock_path, read_manifest, staging_prefix
+from advent.utils.runtime import run_main
 from fake_data import write_cfg_yaml
 from test_esl import esl_config, run_esl
 
@@ -60,7 +60,7 @@ def waiting(*args, **kwargs):
     return original(*args, **kwargs)
 E.apply_thresholds = waiting
 from advent.scripts.esl import main
-from advent.utils.errors import run_main
+from advent.utils.runtime import run_main
 sys.argv[0] = "advent/scripts/esl.py"
 sys.exit(run_main(main, sys.argv[1:]))
 """
@@ -127,6 +127,7 @@ def test_a_second_run_replaces_its_own_earlier_output(tmp_path):
 
 # --- kills, signals, concurrent runs ---
 
+@pytest.mark.slow
 def test_a_killed_run_keeps_the_old_set_and_the_next_run_removes_its_leftover(tmp_path):
     _, before, maxprob = earlier_output(tmp_path)
     process, _ = start_waiting_esl(maxprob, tmp_path)
@@ -141,6 +142,7 @@ def test_a_killed_run_keeps_the_old_set_and_the_next_run_removes_its_leftover(tm
     assert tree(tmp_path / "labels") != before
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_with_one_line_and_keeps_the_old_set(tmp_path):
     _, before, maxprob = earlier_output(tmp_path)
     process, _ = start_waiting_esl(maxprob, tmp_path)
@@ -153,6 +155,7 @@ def test_ctrl_c_exits_130_with_one_line_and_keeps_the_old_set(tmp_path):
     assert leftovers(tmp_path / "labels") == []  # its staging folder removed on the way out
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_folder_in_use_stops_with_one_line(tmp_path, capsys):
     cfg, _, maxprob = earlier_output(tmp_path)
     process, release = start_waiting_esl(maxprob, tmp_path)
@@ -167,6 +170,7 @@ def test_a_second_run_into_a_folder_in_use_stops_with_one_line(tmp_path, capsys)
     assert foreign_entries(tmp_path / "labels") == [] and leftovers(tmp_path / "labels") == []
 
 
+@pytest.mark.slow
 def test_files_that_appear_during_the_run_are_kept_and_the_swap_refused(tmp_path):
     _, before, maxprob = earlier_output(tmp_path)
     process, release = start_waiting_esl(maxprob, tmp_path)

@@ -20,20 +20,21 @@ import torch.nn.functional as F
 from PIL import Image
 
 from advent import PROJECT_ROOT
-from advent.dataset import CityscapesDataSet, get_class_info, get_target_dataset
+from advent.config import get_default_cfg
+from advent.dataset import get_class_info, get_target_dataset
+from advent.dataset.cityscapes import CityscapesDataSet
 from advent.dataset.class_info import INFO16_PATH
-from advent.domain_adaptation.config import get_default_cfg
-from advent.domain_adaptation import eval_UDA, snapshots
+from advent.domain_adaptation import checkpoint as snapshots, eval_UDA
 from advent.domain_adaptation.eval_UDA import (
     BEST_LABEL, CACHE_NAME, RESULTS_BEST, RESULTS_SINGLE, Buffers, build_test_loader, evaluate,
     pick_best, upsampled_prediction,
 )
 from advent.domain_adaptation.metrics import ConfusionMatrix, summarize, warn_if_suspicious
-from advent.domain_adaptation.snapshots import model_snapshot_path, torch_save_atomic
+from advent.domain_adaptation.checkpoint import model_snapshot_path, torch_save_atomic
 from advent.model import build_segmenter
 from advent.model.weights import file_sha256
 from advent.scripts.test import main
-from advent.utils.errors import run_main
+from advent.utils.runtime import run_main
 from advent.utils.func import fast_hist, per_class_iu
 from fake_data import make_fake_cfg, write_cfg_yaml, write_list
 
@@ -501,6 +502,7 @@ def test_best_mode_waits_for_a_snapshot_then_evaluates_it(tmp_path, monkeypatch,
     assert [s["snapshot"] for s in results["snapshots"]] == ["model_2000", "model_4000", "model_6000"]
 
 
+@pytest.mark.slow
 def test_best_mode_gives_up_waiting_after_the_timeout(tmp_path, monkeypatch, caplog, capsys):
     cfg, folder = best_cfg(tmp_path, iterations=(2000, 4000), wait=True)
     cfg.TEST.WAIT_TIMEOUT = 1
@@ -531,6 +533,7 @@ def test_best_mode_without_waiting_skips_missing_snapshots(tmp_path, caplog, cap
 
 # --- user errors and warnings ---
 
+@pytest.mark.slow
 def test_missing_snapshot_folder_is_one_line_exit_2_from_the_script(tmp_path):
     cfg, _ = base_cfg(tmp_path)
     cfg.TEST.MODE = "best"
@@ -574,6 +577,7 @@ def test_a_broken_label_mapping_is_warned_about(tmp_path, monkeypatch, caplog):
     assert "is below 5 %" in caplog.text
 
 
+@pytest.mark.slow
 def test_benchmark_runs_and_both_paths_agree():
     result = subprocess.run([sys.executable, str(BENCHMARK), "--output-size", "128", "64", "--input-size",
                              "64", "32", "--repeats", "2"], capture_output=True, text=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from advent.domain_adaptation import eval_UDA
+from advent.domain_adaptation import eval_output, eval_UDA
 from advent.domain_adaptation.eval_UDA import CACHE_NAME, RESULTS_BEST, RESULTS_SINGLE
 from advent.utils.output_dir import check_writable
 from advent.utils.errors import UserError
@@ -35,9 +35,9 @@ def no_model_work(monkeypatch):
 
 
 def failing_json_dump(monkeypatch, file_name, code, times=None, seen=None, caplog=None):
-    """json_dump in eval_UDA raises OSError(code) for `file_name` (the first `times` writes, or
+    """json_dump in eval_output raises OSError(code) for `file_name` (the first `times` writes, or
     all); `seen` collects, per failed write, whether the mIoU table had been shown by then."""
-    original = eval_UDA.json_dump
+    original = eval_output.json_dump
     failures = []
 
     def dump(data, path):
@@ -48,7 +48,7 @@ def failing_json_dump(monkeypatch, file_name, code, times=None, seen=None, caplo
             raise OSError(code, os.strerror(code), str(path))
         return original(data, path)
 
-    monkeypatch.setattr(eval_UDA, "json_dump", dump)
+    monkeypatch.setattr(eval_output, "json_dump", dump)
     return failures
 
 
@@ -197,6 +197,7 @@ def test_a_second_run_replaces_its_own_predictions(tmp_path):
     assert results["predictions"] == str(predictions)
 
 
+@pytest.mark.slow
 def test_a_killed_run_leaves_the_old_predictions_and_the_next_run_cleans_up(tmp_path):
     path, predictions, _ = predictions_cfg(tmp_path, seed=5)
     assert main(["--cfg", str(path)]) == 0
@@ -204,15 +205,15 @@ def test_a_killed_run_leaves_the_old_predictions_and_the_next_run_cleans_up(tmp_
     save_tiny(tmp_path / "model.pth", seed=6)
     killed = (f"import os, signal, sys\n"
               f"sys.path.insert(0, {str(TESTS)!r})\n"
-              f"from advent.domain_adaptation import eval_UDA\n"
+              f"from advent.domain_adaptation import eval_output\n"
               f"from advent.scripts.test import main\n"
-              f"save, written = eval_UDA.save_png, []\n"
+              f"save, written = eval_output.save_png, []\n"
               f"def dying(image, path):\n"
               f"    save(image, path)\n"
               f"    written.append(path)\n"
               f"    if len(written) == 3:\n"
               f"        os.kill(os.getpid(), signal.SIGKILL)\n"
-              f"eval_UDA.save_png = dying\n"
+              f"eval_output.save_png = dying\n"
               f"main(['--cfg', {str(path)!r}])\n")
     result = subprocess.run([sys.executable, "-c", killed], capture_output=True, text=True, timeout=300)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
@@ -236,7 +237,7 @@ def test_a_full_disk_writing_predictions_keeps_the_old_ones_and_is_one_line_afte
         calls.append(file_path)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file_path))
 
-    monkeypatch.setattr(eval_UDA, "save_png", full)
+    monkeypatch.setattr(eval_output, "save_png", full)
     with caplog.at_level(logging.INFO):
         lines = user_error(["--cfg", str(path)], capsys)
     assert len(calls) == 1  # no more writes after the first failure

@@ -8,12 +8,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from advent.dataset import MapillaryDataSet, get_target_dataset, load_class_info
-from advent.dataset.class_info import INFO7_PATH
+from advent.dataset import get_target_dataset
+from advent.dataset.class_info import INFO7_PATH, load_class_info
+from advent.dataset.mapillary import MapillaryDataSet
 from advent.domain_adaptation.eval_UDA import build_test_loader, evaluate
 from advent.model import build_segmenter
 from advent.scripts.test import main
-from advent.utils.errors import UserError, run_main
+from advent.utils.errors import UserError
+from advent.utils.runtime import run_main
 from fake_data import make_fake_cfg, write_cfg_yaml, write_mapillary
 
 MEAN = np.array((10.0, 60.0, 200.0), dtype=np.float32)  # B, G, R: distinct, so the order shows

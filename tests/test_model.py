@@ -5,13 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from advent.domain_adaptation.config import MODELS
+from advent.config import MODELS
 from advent.model.deeplabv2 import DeepLabV2, build_segmenter, get_deeplab_v2
 from advent.model.discriminator import get_fc_discriminator
 from advent.model.optim import segmenter_optimizer
 from advent.utils.errors import UserError
 
-# The state-dict names and shapes of the released checkpoints (a copy of shared/reference/).
+# The state-dict names and shapes of the released checkpoints.
 REFERENCE = Path(__file__).resolve().parent / "reference" / "deeplabv2_state_dict.json"
 
 
@@ -42,12 +42,14 @@ def tiny(num_classes=19, multi_level=True):
     return build_segmenter("DeepLabv2-Tiny", num_classes, multi_level)
 
 
+@pytest.mark.slow
 def test_r101_state_dict_equals_released_layout(reference, r101):
     assert layout(r101) == reference["deeplabv2_num_classes19_multi_level"]
     single = get_deeplab_v2(num_classes=19, multi_level=False)
     assert layout(single) == reference["deeplabv2_num_classes19_single_level"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_classes", [16, 7])
 def test_r101_layout_for_other_class_counts(reference, num_classes):
     model = get_deeplab_v2(num_classes=num_classes, multi_level=True)
@@ -68,6 +70,7 @@ def test_r50_and_tiny_keep_the_naming_layout(reference):
         get_deeplab_v2(depth=34)
 
 
+@pytest.mark.slow
 def test_build_segmenter_maps_every_config_model():
     blocks = {"DeepLabv2": (3, 4, 23, 3), "DeepLabv2-R50": (3, 4, 6, 3), "DeepLabv2-Tiny": (1, 1, 1, 1)}
     assert set(MODELS) == set(blocks)
@@ -110,6 +113,7 @@ def test_tiny_output_shapes(width, height):
     assert aux is None and main.shape == (1, 7, logits_side(height), logits_side(width))
 
 
+@pytest.mark.slow
 def test_r101_output_shape(r101):
     r101.eval()
     with torch.no_grad():

@@ -100,6 +100,7 @@ def test_repeats_change_the_result():
     torch.testing.assert_close(thrice.a.weight - once.a.weight, -4.61 * delta_once)
 
 
+@pytest.mark.slow
 def test_repeat_counts_follow_the_original_generator():
     model = get_deeplab_v2(num_classes=19, multi_level=True)
     backbone, classifiers = segmenter_param_groups(model)

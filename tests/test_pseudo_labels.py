@@ -1,4 +1,4 @@
-"""ESL / MPSL thresholds against a direct statement of SPEC section 6 (sort, index round(n/2))."""
+"""ESL / MPSL thresholds against a direct statement of the published rule (sort, index round(n/2))."""
 import math
 
 import numpy as np
@@ -12,7 +12,7 @@ from advent.domain_adaptation.pseudo_labels import (
 
 
 def reference_thresholds(labels, scores, num_classes, method, floor=0.1, cap=0.9):
-    """SPEC section 6, literally: sort each class's scores, take index round(n/2), floor or cap."""
+    """The published rule, literally: sort each class's scores, take index round(n/2), floor or cap."""
     thresholds = []
     for c in range(num_classes):
         values = np.sort(scores[labels == c])

@@ -53,6 +53,7 @@ def run_recording(cfg, monkeypatch):
     return losses, nhwc
 
 
+@pytest.mark.slow
 def test_channels_last_training_is_nhwc_with_the_same_losses_and_plain_snapshots(tmp_path, monkeypatch):
     runs = {}
     for channels_last in (False, True):
@@ -67,6 +68,7 @@ def test_channels_last_training_is_nhwc_with_the_same_losses_and_plain_snapshots
     assert all(v.is_contiguous() for v in snapshot.values())  # the default layout on disk
 
 
+@pytest.mark.slow
 def test_channels_last_may_change_on_resume(tmp_path, monkeypatch):
     cfg, _ = tiny_cfg(tmp_path, "MinEnt", iters=4, save_every=2)
     cfg.CHANNELS_LAST = True
@@ -99,9 +101,10 @@ def test_test_script_with_channels_last_and_bf16(tmp_path):
     assert results["channels_last"] is True and results["amp"] == "bf16" and results["mIoU"] is not None
 
 
+@pytest.mark.slow
 def test_esl_under_bf16_autocast_and_channels_last(tmp_path, monkeypatch):
     labels = {}
-    original = esl_UDA._main_logits
+    original = esl_UDA.main_logits
     for name, amp, channels_last in (("fp32", "none", False), ("bf16", "bf16", True)):
         seen = []
 
@@ -112,7 +115,7 @@ def test_esl_under_bf16_autocast_and_channels_last(tmp_path, monkeypatch):
         cfg, written = esl_config(tmp_path / name, output_size=(64, 32))
         cfg.ESL.AMP, cfg.CHANNELS_LAST = amp, channels_last
         with monkeypatch.context() as patch:
-            patch.setattr(esl_UDA, "_main_logits", spy)
+            patch.setattr(esl_UDA, "main_logits", spy)
             assert esl_script.main(["--cfg", str(write_cfg_yaml(cfg, tmp_path / name / "esl.yml"))]) == 0
         assert seen and set(seen) == {(amp, channels_last)}
         folder = Path(cfg.PSEUDO_LABEL_DIRECTORY_TARGET)
@@ -124,6 +127,7 @@ def test_esl_under_bf16_autocast_and_channels_last(tmp_path, monkeypatch):
     assert (labels["bf16"] == labels["fp32"]).mean() > 0.97
 
 
+@pytest.mark.slow
 def test_train_speed_benchmark_runs_and_prints_ratios_to_fp32():
     script = PROJECT_ROOT / "benchmarks" / "train_speed.py"
     result = subprocess.run([sys.executable, str(script), "--device", "cpu", "--models", "DeepLabv2-Tiny",

@@ -6,14 +6,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from advent.dataset import CityscapesDataSet, GTA5DataSet, get_source_dataset, get_target_dataset
+from advent.config import get_default_cfg
+from advent.dataset import get_source_dataset, get_target_dataset
+from advent.dataset.cityscapes import CityscapesDataSet
 from advent.dataset.class_info import INFO_PATH, load_class_info
-from advent.dataset.synthetic import (
+from advent.dataset.gta5 import GTA5DataSet
+from advent.demo.synthetic import (
     MANIFEST, SCENE_CLASSES, SOURCE_STYLE, TARGET_STYLE, scene_rng, target_style, write_demo_data)
-from advent.dataset.synthetic_scene import (
+from advent.demo.synthetic_scene import (
     BUILDING, CAR, EGO_VEHICLE, ROAD, SCENE_LABEL_IDS, SIDEWALK, SKY, VEGETATION, blend_styles,
     render_scene)
-from advent.domain_adaptation.config import get_default_cfg
 from advent.scripts import make_synthetic_data
 
 SIZE = (128, 64)
@@ -40,6 +42,7 @@ def demo_cfg(data):
     return cfg
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_differs(tmp_path, demo):
     again = write_demo_data(tmp_path / "again", seed=3, **SMALL)
     other = write_demo_data(tmp_path / "other", seed=4, **SMALL)
@@ -148,6 +151,7 @@ def class_stats(scenes):
     return stats
 
 
+@pytest.mark.slow
 def test_domains_differ_in_appearance_not_in_layout():
     source = class_stats(render_many(SOURCE_STYLE, 30, "source"))
     target = class_stats(render_many(TARGET_STYLE, 30, "target"))
@@ -186,6 +190,7 @@ def test_shift_interpolates_the_styles():
     assert target_style(1.0) is TARGET_STYLE
 
 
+@pytest.mark.slow
 def test_manifest_reuse_and_regeneration(tmp_path):
     data = write_demo_data(tmp_path, seed=0, **SMALL)
     label = data.source_root / "labels" / "00001.png"

@@ -1,4 +1,4 @@
-"""Training: every method runs, one iteration equals SPEC's statement of it, snapshots, exact
+"""Training: every method runs, one iteration equals the published statement of it, snapshots, exact
 resume, signals, a non-finite loss, refusing to overwrite a run, TensorBoard."""
 import copy
 import math
@@ -17,17 +17,18 @@ import torch
 import torch.nn.functional as F
 
 from advent import PROJECT_ROOT
+from advent.config import derive_paths
 from advent.domain_adaptation import train_UDA
-from advent.domain_adaptation.config import derive_paths
-from advent.domain_adaptation.snapshots import train_state_iterations
-from advent.domain_adaptation.train_state import ResumableSampler, rng_state, set_rng_state
+from advent.domain_adaptation.checkpoint import train_state_iterations
+from advent.domain_adaptation.train_data import ResumableSampler, rng_state, set_rng_state
 from advent.domain_adaptation.train_UDA import (
     TrainingInterrupted, build_setup, train_domain_adaptation, train_step,
 )
 from advent.model import build_segmenter, get_fc_discriminator, load_checkpoint
 from advent.model.weights import file_sha256, read_checkpoint
 from advent.scripts import train as train_script
-from advent.utils.errors import UserError, run_main
+from advent.utils.errors import UserError
+from advent.utils.runtime import run_main
 from fake_data import make_fake_cfg, write_cfg_yaml, write_pseudo_labels
 
 CPU = torch.device("cpu")
@@ -128,10 +129,10 @@ def test_backbone_moves_while_frozen_batch_norm_affine_does_not(tmp_path):
     assert trained["bn1.num_batches_tracked"] == 6  # source and target forwards, 3 iterations
 
 
-# --- one iteration against a separate statement of SPEC section 5 ---
+# --- one iteration against a separate statement of the published step (docs/training.md) ---
 
 def reference_iteration(model, discriminators, sgd, adams, src, trg, cfg, i_iter, method, pseudo):
-    """SPEC section 5, 'One AdvEnt iteration', written out with plain torch (no project helpers)."""
+    """The published AdvEnt iteration, written out with plain torch (no project helpers)."""
     train, num_classes = cfg.TRAIN, cfg.NUM_CLASSES
     lr = train.LEARNING_RATE * (1 - i_iter / train.MAX_ITERS) ** train.POWER
     lr_d = train.LEARNING_RATE_D * (1 - i_iter / train.MAX_ITERS) ** train.POWER
@@ -276,6 +277,7 @@ def interrupt_at(monkeypatch, i_stop, signum=signal.SIGTERM):
     monkeypatch.setattr(train_UDA, "train_step", step)
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
     def config(folder):
         cfg, _ = tiny_cfg(folder, "AdvEnt", iters=5, save_every=2, pseudo=True)
@@ -303,6 +305,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
     assert files_in(cfg.TRAIN.SNAPSHOT_DIR) == files_in(straight.TRAIN.SNAPSHOT_DIR)
 
 
+@pytest.mark.slow
 def test_a_run_extended_by_a_larger_early_stop_equals_one_started_with_it(tmp_path):
     def config(folder, early_stop):
         cfg, _ = tiny_cfg(folder, "AdvEnt", iters=early_stop, save_every=2, pseudo=True)
@@ -343,12 +346,13 @@ def slow_step(*args, **kwargs):
     return original(*args, **kwargs)
 T.train_step = slow_step
 from advent.scripts.train import main
-from advent.utils.errors import run_main
+from advent.utils.runtime import run_main
 sys.argv[0] = "advent/scripts/train.py"
 run_main(main, sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_state_that_resumes_and_finishes(tmp_path):
     cfg, _ = tiny_cfg(tmp_path / "run", "AdvEnt", iters=12, save_every=4)
     path = write_cfg_yaml(cfg, tmp_path / "run.yml")
@@ -422,6 +426,7 @@ def test_fresh_run_refuses_an_existing_run_and_resume_checks_the_config(tmp_path
         train_domain_adaptation(other, CPU, resume=True)
 
 
+@pytest.mark.slow
 def test_random_train_differs_from_seeded(tmp_path):
     runs = []
     for name, seeded in (("a", False), ("b", False), ("c", True), ("d", True)):
@@ -432,6 +437,7 @@ def test_random_train_differs_from_seeded(tmp_path):
     assert_same_tensors(runs[2], runs[3])
 
 
+@pytest.mark.slow
 def test_bf16_autocast_runs(tmp_path):
     cfg, _ = tiny_cfg(tmp_path, "AdvEnt", iters=2, save_every=2)
     cfg.TRAIN.AMP = "bf16"
@@ -458,6 +464,7 @@ def read_events(logdir):
     return tags
 
 
+@pytest.mark.slow
 def test_tensorboard_scalars_and_images(tmp_path):
     cfg, _ = tiny_cfg(tmp_path, "AdvEnt", iters=2, save_every=2)
     path = write_cfg_yaml(cfg, tmp_path / "run.yml")

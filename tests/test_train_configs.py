@@ -6,12 +6,11 @@ import pytest
 import torch
 
 from advent import PROJECT_ROOT
+from advent.config import SCRIPTS_DIR, load_config
 from advent.dataset import factory
-from advent.domain_adaptation.config import SCRIPTS_DIR
 from advent.model import build_segmenter
 from advent.scripts import train as train_script
-from advent.utils.errors import run_main
-from advent.utils.runtime import load_config
+from advent.utils.runtime import run_main
 from advent.utils.serialization import yaml_dump, yaml_load
 from fake_data import make_fake_cfg, write_pseudo_labels
 
@@ -119,6 +118,7 @@ def redirected(name, tmp_path, model="DeepLabv2-Tiny"):
     return tmp_path / name, load_config(tmp_path / name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TRAINING))
 def test_training_configs_train_on_fake_data(name, tmp_path):
     path, cfg = redirected(name, tmp_path)
@@ -130,6 +130,7 @@ def test_training_configs_train_on_fake_data(name, tmp_path):
     assert names == expected
 
 
+@pytest.mark.slow
 def test_advent_config_trains_resnet101_from_an_imagenet_init(tmp_path):
     path, cfg = redirected("advent.yml", tmp_path, model="DeepLabv2")
     assert run_main(train_script.main, ["--cfg", str(path)]) == 0

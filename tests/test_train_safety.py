@@ -16,13 +16,14 @@ import pytest
 import torch
 
 from advent import PROJECT_ROOT
-from advent.domain_adaptation import snapshots, train_UDA
-from advent.domain_adaptation.snapshots import torch_save_atomic, train_state_iterations
+from advent.domain_adaptation import checkpoint, train_UDA
+from advent.domain_adaptation.checkpoint import torch_save_atomic, train_state_iterations
 from advent.domain_adaptation.train_UDA import train_domain_adaptation
 from advent.model.weights import file_sha256, read_checkpoint
 from advent.scripts import train as train_script
-from advent.utils.errors import UserError, run_main
+from advent.utils.errors import UserError
 from advent.utils.output_dir import lock_path
+from advent.utils.runtime import run_main
 from fake_data import write_cfg_yaml
 from test_train import assert_same_tensors, files_in, slow_train_script, tiny_cfg
 
@@ -61,6 +62,7 @@ def wait_for_training(folder, pid, process, seconds=60):
     raise AssertionError(f"the first run never trained in {folder}: {process.communicate()[1][-2000:]}")
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_busy_folder_stops_and_touches_nothing(tmp_path, capsys):
     cfg, _ = tiny_cfg(tmp_path / "run", "AdvEnt", iters=10, save_every=2)
     path = write_cfg_yaml(cfg, tmp_path / "run.yml")
@@ -93,7 +95,7 @@ def test_a_second_run_into_a_busy_folder_stops_and_touches_nothing(tmp_path, cap
 
 KILLED_IN_FIRST_TRAIN_STATE = """
 import os, signal, sys
-import advent.domain_adaptation.train_state as S
+import advent.domain_adaptation.checkpoint as S
 from advent.utils.serialization import atomic_path
 save = S.torch_save_atomic
 def killed_while_writing(obj, path):
@@ -104,11 +106,12 @@ def killed_while_writing(obj, path):
     save(obj, path)
 S.torch_save_atomic = killed_while_writing
 from advent.scripts.train import main
-from advent.utils.errors import run_main
+from advent.utils.runtime import run_main
 run_main(main, sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_resume_restarts_a_run_killed_in_its_first_train_state_from_zero(tmp_path, capsys, caplog):
     def config(**changes):
         cfg, _ = tiny_cfg(tmp_path / "run", "AdvEnt", iters=4, save_every=2, pseudo=True)
@@ -226,12 +229,13 @@ class FullDisk(io.FileIO):
         return super().write(data)
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_with_one_line_and_keeps_the_last_train_state(tmp_path, capsys, monkeypatch):
     cfg, _ = tiny_cfg(tmp_path, "AdvEnt", iters=4, save_every=2)
     path = write_cfg_yaml(cfg, tmp_path / "run.yml")
     folder = Path(cfg.TRAIN.SNAPSHOT_DIR)
     kept = {}
-    original = train_UDA.save_train_state
+    original = checkpoint.save_train_state
 
     def keep_digests(snapshot_dir, n_iter, state):  # what the run wrote before the disk filled up
         written = original(snapshot_dir, n_iter, state)
@@ -243,8 +247,8 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_train_state(tmp_path
             return FullDisk(file, "wb")
         return open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(train_UDA, "save_train_state", keep_digests)
-    monkeypatch.setattr(snapshots, "open", disk_full_at_4, raising=False)
+    monkeypatch.setattr(checkpoint, "save_train_state", keep_digests)
+    monkeypatch.setattr(checkpoint, "open", disk_full_at_4, raising=False)
     code, errors = train_py(["--cfg", str(path)], capsys)
     assert code == 2
     assert errors == [f"error: {folder / 'train_state_4.pth'}: No space left on device; the files written "
@@ -269,7 +273,7 @@ def test_a_full_disk_at_the_start_names_the_file(tmp_path, capsys, monkeypatch):
     def full(data, file):  # as a buffered write whose flush fails: the error names no file
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(train_UDA, "yaml_dump", full)
+    monkeypatch.setattr(checkpoint, "yaml_dump", full)
     assert train_py(["--cfg", str(path)], capsys) == (2, [
         f"error: {Path(cfg.TRAIN.SNAPSHOT_DIR) / 'config.yml'}: No space left on device"])
 

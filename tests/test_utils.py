@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from advent.domain_adaptation.snapshots import (
+from advent.domain_adaptation.checkpoint import (
     discriminator_snapshot_path, expected_snapshots, model_snapshot_path, torch_save_atomic,
     train_state_iterations, train_state_path,
 )
@@ -139,8 +139,9 @@ def test_user_error_from_loader_worker_stays_one_line():
     assert str(info.value) == "cannot decode image /data/x.png: truncated"
 
 
+@pytest.mark.slow
 def test_run_main_prints_one_line_and_exits_2():
-    code = ("from advent.utils.errors import UserError, run_main\n"
+    code = ("from advent.utils.errors import UserError\nfrom advent.utils.runtime import run_main\n"
             "def main(argv):\n    raise UserError('TRAIN.X is bad')\n"
             "run_main(main)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

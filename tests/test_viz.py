@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from advent.dataset import pseudo_label_name
+from advent.dataset import png_name
 from advent.model import build_segmenter
 from advent.scripts import viz
 from advent.utils.errors import UserError
@@ -25,11 +25,12 @@ def config(tmp_path, **changes):
     return write_cfg_yaml(cfg, tmp_path / "viz.yml"), written
 
 
+@pytest.mark.slow
 def test_test_stage_panels_with_ground_truth(tmp_path):
     path, written = config(tmp_path)
     assert viz.main(["--cfg", str(path), "--num-images", "2", "--out", str(tmp_path / "out")]) == 0
     files = sorted(p for p in (tmp_path / "out").iterdir() if p.name != MANIFEST_NAME)
-    assert [f.name for f in files] == sorted(pseudo_label_name(n) for n in written["val"].names[:2])
+    assert [f.name for f in files] == sorted(png_name(n) for n in written["val"].names[:2])
     picture = np.asarray(Image.open(files[0]))
     # 4 panels of 64 px plus 3 gaps of 4 px; a title strip of 18 px over 32 px panels
     assert picture.shape == (18 + 32, 4 * 64 + 3 * 4, 3)
@@ -40,7 +41,7 @@ def test_esl_stage_shows_the_pseudo_label(tmp_path):
     name = written["train"].names[0]
     labels = write_pseudo_labels(tmp_path / "labels", [name], size=(64, 32))
     viz.main(["--cfg", str(path), "--stage", "esl", "--names", name, "--out", str(tmp_path / "out")])
-    picture = np.asarray(Image.open(tmp_path / "out" / pseudo_label_name(name)))
+    picture = np.asarray(Image.open(tmp_path / "out" / png_name(name)))
     assert picture.shape[1] == 5 * 64 + 4 * 4  # image, prediction, entropy, ground truth, pseudo-label
     last = picture[18:, -64:]
     expected = np.array([CITYSCAPES_PALETTE[v] if v < 19 else (0, 0, 0) for v in labels[name].ravel()])
@@ -75,15 +76,15 @@ def test_out_folder_keeps_files_viz_did_not_write(tmp_path, monkeypatch):
     path, written = config(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
-    names = [pseudo_label_name(n) for n in written["val"].names[:2]]
+    names = [png_name(n) for n in written["val"].names[:2]]
     (out / "notes.txt").write_text("mine")
     assert viz.main(["--cfg", str(path), "--num-images", "2", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(names + ["notes.txt", MANIFEST_NAME])
     assert viz.main(["--cfg", str(path), "--num-images", "2", "--out", str(out)]) == 0  # its own: replaced
     assert (out / "notes.txt").read_text() == "mine"
-    other = pseudo_label_name(written["val"].names[2])
+    other = png_name(written["val"].names[2])
     (out / other).write_bytes(b"the user's own file")
-    monkeypatch.setattr(viz, "load_checkpoint", lambda *a: pytest.fail("model work before the check"))
+    monkeypatch.setattr(viz, "load_segmenter", lambda *a: pytest.fail("model work before the check"))
     with pytest.raises(UserError, match=f"--out {out} holds {other}, which viz.py did not write"):
         viz.main(["--cfg", str(path), "--num-images", "3", "--out", str(out)])
     assert (out / other).read_bytes() == b"the user's own file"
@@ -92,6 +93,6 @@ def test_out_folder_keeps_files_viz_did_not_write(tmp_path, monkeypatch):
 def test_out_under_a_file_is_one_line_before_any_model_work(tmp_path, monkeypatch):
     path, _ = config(tmp_path)
     (tmp_path / "file").write_text("x")
-    monkeypatch.setattr(viz, "load_checkpoint", lambda *a: pytest.fail("model work before the check"))
+    monkeypatch.setattr(viz, "load_segmenter", lambda *a: pytest.fail("model work before the check"))
     with pytest.raises(UserError, match="cannot write the panels to .*file/out: .*file is a file, not a folder"):
         viz.main(["--cfg", str(path), "--out", str(tmp_path / "file" / "out")])

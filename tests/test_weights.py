@@ -126,6 +126,7 @@ def test_torchvision_names_match_the_backbone(depth):
     assert tv_layout == [(k, v.shape) for k, v in ours.state_dict().items() if not is_classifier(k)]
 
 
+@pytest.mark.slow
 def test_released_r101_layout_loads(tmp_path):
     """A file with the released names and shapes loads strictly into the paper's model."""
     torch.manual_seed(3)

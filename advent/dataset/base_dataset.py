@@ -3,7 +3,7 @@
 An item is `(image, label, shape, name)`, as in the original ADVENT loaders:
   image  float32 C x H x W: opened, converted to RGB, resized to the input size
          (width, height) with PIL bicubic, reversed to BGR, minus the BGR mean
-         (SPEC section 4: no /255, no std, no crop, no flip);
+         (no /255, no std, no crop, no flip);
   label  int64 H x W of train ids (255 = ignored): resized with PIL nearest to the
          label size BEFORE the ids are mapped; all 255 when the dataset has no labels;
   shape  np.array(image.shape);
@@ -12,13 +12,14 @@ User mistakes (missing root, list or files, undecodable files) raise a one-line 
 """
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from torch.utils import data
 
-from advent.dataset.class_info import IGNORE_LABEL
+from advent.dataset.class_info import IGNORE_LABEL, INFO_PATH, load_class_info
 from advent.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -68,46 +69,42 @@ def check_present(paths, what, list_path):
                         f"first: {missing[0]}")
 
 
-def pseudo_label_name(name):
-    """File name of the pseudo-label of list entry `name`: the image's file name, as a .png."""
+def png_name(name):
+    """File name of every per-image PNG written for list entry `name` (pseudo-label, prediction,
+    viz panel): the image's file name as a .png, 'frankfurt/frankfurt_000000_000294_leftImg8bit.png'
+    -> 'frankfurt_000000_000294_leftImg8bit.png' (what cityscapesscripts' evaluation matches)."""
     return Path(name).with_suffix(".png").name
 
 
-def _first_line(error):
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def open_image(path, what="image"):
-    """Open and decode an image file with PIL; a missing or undecodable file is a UserError."""
+@contextmanager
+def reading(path, what):
+    """A missing or undecodable image file in the block is a one-line UserError naming it."""
     try:
-        image = Image.open(path)
-        image.load()
+        yield
     except FileNotFoundError:
         raise UserError(f"{what} {path} not found") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise UserError(f"cannot decode {what} {path}: {_first_line(error)}") from None
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(f"cannot decode {what} {path}: {first}") from None
+
+
+def open_image(path, what="image"):
+    """Open and decode an image file with PIL."""
+    with reading(path, what):
+        image = Image.open(path)
+        image.load()
     return image
 
 
 def image_size(path, what="image"):
     """(width, height) from the file header only (no decoding)."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except FileNotFoundError:
-        raise UserError(f"{what} {path} not found") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise UserError(f"cannot decode {what} {path}: {_first_line(error)}") from None
+    with reading(path, what), Image.open(path) as image:
+        return image.size
 
 
 def rgb_pixels(image, size):
     """A PIL image converted to RGB, resized to `size` (width, height) bicubic, float32 H x W x 3."""
     return np.asarray(image.convert("RGB").resize(tuple(size), Image.BICUBIC), dtype=np.float32)
-
-
-def load_image(path, size):
-    return rgb_pixels(open_image(path), size)
 
 
 def preprocess(image, mean):
@@ -130,28 +127,37 @@ def resize_ids(image, size):
 
 
 class BaseDataset(data.Dataset):
-    """Loader skeleton: subclasses give the layout (`get_metadata`) and the id lookup (`label_lookup`).
+    """Loader skeleton: subclasses give the layout (`get_metadata`) and, unless the label files hold
+    Cityscapes label ids, the id lookup (`label_lookup`).
 
-    load_labels: True (labels required), False (never touch a label file; labels are all 255)
-    or 'auto' (labels when every label file of the list exists, else none). A non-empty
-    `pseudo_label_dir` takes the labels from there instead: one 8-bit PNG of train ids per
-    image, named `pseudo_label_name(entry)`, not mapped. `check_files=False` skips the
-    presence checks (check_data counts files itself). `has_labels` says which case holds.
+    The split `set` replaces '{}' in `list_path`; `max_iters` repeats the list to at least that
+    many items; `crop_size` is the input size (width, height), as the original named it, and
+    `labels_size` the label size (default: the input size); the class info at `info_path` must
+    describe `num_classes` classes when that is given. load_labels: True (labels required), False
+    (never touch a label file; labels are all 255) or 'auto' (labels when every label file of the
+    list exists, else none). A non-empty `pseudo_label_dir` takes the labels from there instead:
+    one 8-bit PNG of train ids per image, named `png_name(entry)`, not mapped.
+    `check_files=False` skips the presence checks (check_data counts files itself).
+    `has_labels` says which case holds.
     """
     DATASET = "dataset"
     LAYOUT = ""
+    SET = "all"  # the default split
+    INFO_PATH = INFO_PATH
     RAW_LABEL_IDS = tuple(range(34))  # the Cityscapes label ids
     RAW_LABEL_DESCRIPTION = "Cityscapes label ids 0..33"
 
-    def __init__(self, root, list_path, set_, max_iters, image_size, labels_size, mean,
-                 load_labels=True, pseudo_label_dir="", check_files=True):
+    def __init__(self, root, list_path="", set=None, max_iters=None, crop_size=(321, 321),
+                 mean=(128, 128, 128), load_labels=True, info_path=None, labels_size=None,
+                 pseudo_label_dir="", num_classes=None, check_files=True):
+        self.info = load_class_info(self.INFO_PATH if info_path is None else info_path, num_classes)
         self.root = Path(root)
-        self.set = set_
-        self.image_size = tuple(int(v) for v in image_size)
+        self.set = self.SET if set is None else set
+        self.image_size = tuple(int(v) for v in crop_size)
         self.labels_size = self.image_size if labels_size is None else tuple(int(v) for v in labels_size)
         self.mean = np.asarray(mean, dtype=np.float32)
         self.pseudo_label_dir = str(pseudo_label_dir or "")
-        self.list_path = str(list_path).format(set_) if list_path else ""
+        self.list_path = str(list_path).format(self.set) if list_path else ""
         self.check_root()
         names = self.read_names()
         self.img_ids = repeat_for_iters(names, max_iters)
@@ -173,7 +179,7 @@ class BaseDataset(data.Dataset):
     @property
     def label_lookup(self):
         """256-entry int64 table: raw label id -> train id."""
-        raise NotImplementedError
+        return self.info.label2train
 
     @property
     def num_classes(self):
@@ -196,7 +202,7 @@ class BaseDataset(data.Dataset):
         return Path(self.get_metadata(name)[1])
 
     def pseudo_label_path(self, name):
-        return Path(self.pseudo_label_dir) / pseudo_label_name(name)
+        return Path(self.pseudo_label_dir) / png_name(name)
 
     def label_path(self, name):
         """Where this dataset's labels come from: the pseudo-label folder when set, else ground truth."""
@@ -229,7 +235,7 @@ class BaseDataset(data.Dataset):
         return image, label, np.array(image.shape), name
 
     def get_image(self, path):
-        return preprocess(load_image(path, self.image_size), self.mean)
+        return preprocess(rgb_pixels(open_image(path), self.image_size), self.mean)
 
     def empty_label(self):
         width, height = self.labels_size

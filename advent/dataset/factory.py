@@ -16,14 +16,13 @@ images of its split folder.
 import logging
 from pathlib import Path
 
+from advent.config import get_default_cfg
 from advent.dataset.cityscapes import CityscapesDataSet
-from advent.dataset.class_info import ClassInfo, load_class_info
+from advent.dataset.class_info import load_class_info
 from advent.dataset.gta5 import GTA5DataSet
 from advent.dataset.mapillary import MapillaryDataSet
 from advent.dataset.synthia import SYNDataSet
-from advent.domain_adaptation.config import get_default_cfg
 
-__all__ = ["ClassInfo", "get_class_info", "get_source_dataset", "get_target_dataset", "load_class_info"]
 log = logging.getLogger(__name__)
 
 SOURCES = {"GTA": GTA5DataSet, "SYNTHIA": SYNDataSet}
@@ -72,24 +71,18 @@ def get_source_dataset(cfg, max_iters=None, check_files=True):
                          num_classes=cfg.NUM_CLASSES, check_files=check_files)
 
 
-def target_label_mode(cfg, stage):
-    """(load_labels, labels_size, pseudo_label_dir) of the target set for `stage`."""
-    section = stage_section(cfg, stage)
-    if stage == "train":
-        return bool(cfg.PSEUDO_LABEL_DIRECTORY_TARGET), section.INPUT_SIZE_TARGET, \
-            cfg.PSEUDO_LABEL_DIRECTORY_TARGET
-    if stage == "test":
-        return True, section.OUTPUT_SIZE_TARGET, ""
-    return "auto", section.OUTPUT_SIZE_TARGET, ""
-
-
 def get_target_dataset(cfg, stage, max_iters=None, check_files=True):
     """The target set of `stage` ('train', 'test' or 'esl'); see the module docstring for labels.
 
     `check_files=False` skips the presence checks (for check_data, which counts files itself).
     """
     section = stage_section(cfg, stage)
-    load_labels, labels_size, pseudo_dir = target_label_mode(cfg, stage)
+    if stage == "train":  # no labels, or ESL's pseudo-labels at the input size
+        pseudo_dir = cfg.PSEUDO_LABEL_DIRECTORY_TARGET
+        load_labels, labels_size = bool(pseudo_dir), section.INPUT_SIZE_TARGET
+    else:  # ground truth at the output size: test requires it, esl uses it when complete
+        pseudo_dir, labels_size = "", section.OUTPUT_SIZE_TARGET
+        load_labels = True if stage == "test" else "auto"
     options = {}
     if cfg.TARGET == "Mapillary":
         options["native_labels"] = stage == "test"

@@ -20,13 +20,14 @@ sizes of one aspect ratio so that the padded canvases line up.
 """
 import json
 import os
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from advent.dataset.base_dataset import BaseDataset, open_image, preprocess, read_list, resize_ids, \
     rgb_pixels
-from advent.dataset.class_info import IGNORE_LABEL, INFO7_PATH, load_class_info
+from advent.dataset.class_info import IGNORE_LABEL, INFO7_PATH
 from advent.utils.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -86,24 +87,21 @@ def mapillary_lookup(labels, info, root):
 class MapillaryDataSet(BaseDataset):
     DATASET = "Mapillary"
     LAYOUT = "config.json, {split}/images/*.jpg and {split}/labels/*.png"
+    SET = "validation"
+    INFO_PATH = INFO7_PATH
 
-    def __init__(self, root, list_path="", set="validation", max_iters=None, crop_size=(321, 321),
-                 mean=(128, 128, 128), load_labels=True, info_path=INFO7_PATH, labels_size=None,
-                 pseudo_label_dir="", num_classes=None, check_files=True, native_labels=False):
-        self.info = load_class_info(info_path, num_classes)
+    def __init__(self, *args, native_labels=False, **kwargs):
         self.native_labels = bool(native_labels)
-        if not self.info.mapillary_groups:
-            raise UserError(f"class info {info_path} has no 'mapillary_groups'; the Mapillary target "
-                            f"needs one, e.g. {INFO7_PATH}")
-        self._lookup = None
-        super().__init__(root, list_path, set, max_iters, crop_size, labels_size, mean,
-                         load_labels=load_labels, pseudo_label_dir=pseudo_label_dir,
-                         check_files=check_files)
+        super().__init__(*args, **kwargs)
         if self.has_labels and not self.pseudo_label_dir:
-            self._lookup = mapillary_lookup(self.class_list(), self.info, self.root)
+            self.label_lookup  # reads config.json now: a missing or bad one stops before any batch
 
-    def class_list(self):
-        return read_mapillary_labels(self.root)
+    def check_root(self):
+        """Before any file: the class info must group Mapillary's classes; then the root."""
+        if not self.info.mapillary_groups:
+            raise UserError(f"class info {self.info.path} has no 'mapillary_groups'; the Mapillary target "
+                            f"needs one, e.g. {INFO7_PATH}")
+        super().check_root()
 
     def read_names(self):
         if self.list_path:
@@ -124,16 +122,14 @@ class MapillaryDataSet(BaseDataset):
         split = self.root / self.set
         return split / "images" / name, split / "labels" / Path(name).with_suffix(".png")
 
-    @property
+    @cached_property
     def label_lookup(self):
-        if self._lookup is None:
-            self._lookup = mapillary_lookup(self.class_list(), self.info, self.root)
-        return self._lookup
+        return mapillary_lookup(read_mapillary_labels(self.root), self.info, self.root)
 
     def expected_label_ids(self):
         if self.pseudo_label_dir:
             return super().expected_label_ids()
-        count = len(self.class_list())
+        count = len(read_mapillary_labels(self.root))
         return tuple(range(count)), f"the {count} class indices of config.json"
 
     def get_image(self, path):

@@ -8,17 +8,18 @@ same class info as GTA5 and Cityscapes, so 19, 16 and 7 classes all follow from 
 (e.g. 16 classes: SYNTHIA terrain 16, truck 18 and train 20 are dropped, the rest renumbered).
 """
 import os
+from functools import cached_property
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from advent.dataset.base_dataset import BaseDataset
-from advent.dataset.class_info import IGNORE_LABEL, INFO_PATH, load_class_info
+from advent.dataset.class_info import IGNORE_LABEL
 from advent.utils.errors import UserError
 
-# SYNTHIA class id -> Cityscapes label id (SPEC section 3: SYNTHIA id -> 19 train ids, composed
-# with Cityscapes' label id -> train id). Ids 0 void, 13 parking-slot, 14 road-work and
+# SYNTHIA class id -> Cityscapes label id (SYNTHIA id -> 19 train ids, composed with
+# Cityscapes' label id -> train id). Ids 0 void, 13 parking-slot, 14 road-work and
 # 22 lanemarking have no train class and stay unmapped (-> 255).
 SYNTHIA_TO_CITYSCAPES_ID = {
     3: 7, 4: 8, 2: 11, 21: 12, 5: 13, 7: 17, 15: 19, 9: 20, 6: 21, 16: 22,
@@ -52,20 +53,12 @@ class SYNDataSet(BaseDataset):
     RAW_LABEL_IDS = tuple(range(23))
     RAW_LABEL_DESCRIPTION = "SYNTHIA class ids 0..22"
 
-    def __init__(self, root, list_path, set="all", max_iters=None, crop_size=(321, 321),
-                 mean=(128, 128, 128), info_path=INFO_PATH, labels_size=None, num_classes=None,
-                 check_files=True):
-        self.info = load_class_info(info_path, num_classes)
-        self._lookup = synthia_lookup(self.info.label2train)
-        super().__init__(root, list_path, set, max_iters, crop_size, labels_size, mean,
-                         load_labels=True, check_files=check_files)
-
     def get_metadata(self, name):
         return self.root / "RGB" / name, self.root / "GT" / "LABELS" / name
 
-    @property
+    @cached_property
     def label_lookup(self):
-        return self._lookup
+        return synthia_lookup(self.info.label2train)
 
     def open_label(self, path):
         """The id channel as an 8-bit PIL image, so all loaders share PIL's nearest resize.

@@ -11,12 +11,9 @@ just shorter). Per group, three passes over the images:
 Memory does not grow with the number of images (the original held float64 maps of every
 image in memory, about 25 GB for Cityscapes train).
 
-The output folder (PSEUDO_LABEL_DIRECTORY_TARGET) follows advent/utils/output_dir.py: it is
-replaced as a whole, so it must be new, empty or this project's own earlier output (its
-manifest lists every file written there); the labels, the report and the run record are
-built in a staging folder beside it and swapped in at once, so a crash or a kill leaves
-the complete previous set, and never no folder. esl.py holds the folder's lock for the run
-(`claimed_output_dir`).
+The output folder (PSEUDO_LABEL_DIRECTORY_TARGET) is replaced as a whole (advent/utils/output_dir.py):
+the labels, the report and the run record are built in a staging folder beside it and swapped in
+at once, so a crash or a kill leaves the complete previous set; esl.py holds its lock for the run.
 
 Under torchrun each process runs the model over its own block of whole batches of each group
 (distributed.shard_batches), spills its maps to its own folder, and the per-class count tables
@@ -38,21 +35,22 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from advent.dataset import get_class_info, pseudo_label_name
+from advent.dataset import get_class_info, png_name
+from advent.domain_adaptation.metrics import ConfusionMatrix
 from advent.domain_adaptation.pseudo_labels import (
     PerClassSelector, apply_thresholds, finish_thresholds, predict_with_confidence,
 )
+from advent.model.inference import main_logits, nonfinite_images, to_model
 from advent.utils.distributed import (
     barrier, broadcast_from_main, get_rank, is_main_process, same_outcome, shard_batches, sum_over_processes,
 )
 from advent.utils.errors import UserError
-from advent.utils.func import fast_hist, per_class_iu
 from advent.utils.output_dir import (
     check_replaceable, exclusive_lock, remove_leftovers, replace_dir, staging_prefix, write_manifest,
 )
 from advent.utils.run_record import write_run_record
-from advent.utils.runtime import memory_format
-from advent.utils.serialization import DIR_MODE, atomic_path, json_dump
+from advent.utils.serialization import DIR_MODE, json_dump
+from advent.utils.viz_segmask import save_png
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "esl_report.json"
@@ -148,27 +146,30 @@ class MapSpill:
 
 class QualityStats:
     """Counts for the report: predicted and kept pixels per class, and with ground truth the
-    confusion of all predictions and of the kept pseudo-labels against it."""
+    confusion matrices (the test stage's) of all predictions and of the kept pseudo-labels."""
 
     def __init__(self, num_classes):
         self.num_classes = num_classes
         self.predicted = np.zeros(num_classes, np.int64)
         self.kept = np.zeros(num_classes, np.int64)
-        self.hist_all = np.zeros((num_classes, num_classes), np.int64)
-        self.hist_kept = np.zeros((num_classes, num_classes), np.int64)
+        self.all, self.kept_only = ConfusionMatrix(num_classes), ConfusionMatrix(num_classes)
 
     def update(self, label, pseudo, gt):
+        """One image: `label` the argmax, `pseudo` its pseudo-label (255: dropped), `gt` the ground
+        truth or None (H x W uint8 arrays)."""
         self.predicted += np.bincount(label.ravel(), minlength=256)[:self.num_classes]
         self.kept += np.bincount(pseudo.ravel(), minlength=256)[:self.num_classes]
         if gt is not None:
-            self.hist_all += fast_hist(gt, label, self.num_classes)
             kept = pseudo != 255
-            self.hist_kept += fast_hist(gt[kept], pseudo[kept], self.num_classes)
+            self.all.update(torch.from_numpy(gt), torch.from_numpy(label))
+            self.kept_only.update(torch.from_numpy(gt[kept]), torch.from_numpy(pseudo[kept]))
 
     def reduce_from_all_processes(self):
         """Sum the counts of every process (no-op with one process)."""
-        for name in ("predicted", "kept", "hist_all", "hist_kept"):
+        for name in ("predicted", "kept"):
             setattr(self, name, sum_over_processes(torch.from_numpy(getattr(self, name))).numpy())
+        self.all.reduce_from_all_processes()
+        self.kept_only.reduce_from_all_processes()
 
 
 def generate_pseudo_labels(model, dataset, cfg, output_dir, device, record=None):
@@ -210,8 +211,10 @@ def _threshold_group(model, dataset, indices, spill_folder, cfg, device):
     with same_outcome("the ESL model pass"):
         spill = MapSpill(spill_folder)
         for image, gt, _, batch_names in tqdm(loader, desc=desc, disable=not is_main_process()):
-            image = image.to(device, non_blocking=True, memory_format=memory_format(cfg.CHANNELS_LAST))
-            logits = _main_logits(model, image, esl.AMP)
+            logits = main_logits(model, to_model(image, device, cfg.CHANNELS_LAST), esl.AMP)
+            if nonfinite_images(logits):
+                raise UserError("the model produced non-finite logits (NaN or inf): check ESL.RESTORE_FROM"
+                                + ("; or try ESL.AMP 'bf16' or 'none'" if esl.AMP == "fp16" else ""))
             label, score = predict_with_confidence(logits, esl.OUTPUT_SIZE_TARGET, esl.METHOD)
             label, score = label.to(torch.uint8).cpu(), score.cpu()
             selector.count_high(label, score)
@@ -230,32 +233,20 @@ def _threshold_group(model, dataset, indices, spill_folder, cfg, device):
                                            floor=esl.THRESHOLD, cap=esl.MAXPROB_THRESHOLD)
 
 
-@torch.no_grad()
-def _main_logits(model, image, amp):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    with torch.autocast(image.device.type, dtype=dtype, enabled=dtype is not None):
-        _, main = model(image)
-    if not bool(torch.isfinite(main).all()):
-        raise UserError("the model produced non-finite logits (NaN or inf): check ESL.RESTORE_FROM"
-                        + ("; or try ESL.AMP 'bf16' or 'none'" if amp == "fp16" else ""))
-    return main.float().contiguous()
-
-
 def _write_group(names, spill, thresholds, method, folder, stats, has_labels):
     """Pass 3: apply the thresholds and write one PNG per image."""
     for index, name in enumerate(tqdm(names, desc="ESL writing", disable=not is_main_process())):
         label, score, gt = spill.get(index)
         pseudo = apply_thresholds(torch.from_numpy(label), torch.from_numpy(score), thresholds, method)
         pseudo = pseudo.numpy().astype(np.uint8)
-        with atomic_path(folder / pseudo_label_name(name)) as tmp:
-            Image.fromarray(pseudo).save(tmp, format="PNG")
+        save_png(Image.fromarray(pseudo), folder / png_name(name))
         stats.update(label, pseudo, gt if has_labels else None)
         spill.remove(index)
 
 
 def build_report(cfg, stats, groups, has_labels, num_images):
     """Per-class thresholds and kept fractions; with ground truth, pseudo-label accuracy and mIoU."""
-    names = _class_names(cfg)
+    names = get_class_info(cfg, "esl").names
     thresholds = np.array([g["thresholds"] for g in groups])
     with np.errstate(divide="ignore", invalid="ignore"):
         kept_fraction = stats.kept / stats.predicted
@@ -266,16 +257,18 @@ def build_report(cfg, stats, groups, has_labels, num_images):
                   "kept_fraction": _number(stats.kept.sum() / stats.predicted.sum()),
                   "groups": groups, "classes": classes}
         if has_labels:
-            accuracy_kept = np.diag(stats.hist_kept) / stats.hist_kept.sum(0)
-            accuracy_all = np.diag(stats.hist_all) / stats.hist_all.sum(0)
+            hist_kept, hist_all = stats.kept_only.hist(), stats.all.hist()
+            accuracy_kept = np.diag(hist_kept) / hist_kept.sum(0)
+            accuracy_all = np.diag(hist_all) / hist_all.sum(0)
+            iou_kept = stats.kept_only.compute()
             for c, entry in enumerate(classes):
                 entry["accuracy_kept"] = _number(accuracy_kept[c])
                 entry["accuracy_all"] = _number(accuracy_all[c])
-                entry["iou_kept"] = _number(per_class_iu(stats.hist_kept)[c])
-            report["accuracy_kept"] = _number(np.diag(stats.hist_kept).sum() / stats.hist_kept.sum())
-            report["accuracy_all"] = _number(np.diag(stats.hist_all).sum() / stats.hist_all.sum())
-            report["mIoU_kept"] = _number(np.nanmean(per_class_iu(stats.hist_kept)))
-            report["mIoU_all"] = _number(np.nanmean(per_class_iu(stats.hist_all)))
+                entry["iou_kept"] = _number(iou_kept[c])
+            report["accuracy_kept"] = _number(np.diag(hist_kept).sum() / hist_kept.sum())
+            report["accuracy_all"] = _number(np.diag(hist_all).sum() / hist_all.sum())
+            report["mIoU_kept"] = _number(np.nanmean(iou_kept))
+            report["mIoU_all"] = _number(np.nanmean(stats.all.compute()))
     return report
 
 
@@ -283,10 +276,6 @@ def _number(value):
     """A float for JSON, None where the quantity is undefined (0/0)."""
     value = float(value)
     return None if np.isnan(value) else value
-
-
-def _class_names(cfg):
-    return list(get_class_info(cfg, "esl").names)
 
 
 def format_report(report):

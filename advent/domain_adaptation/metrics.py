@@ -1,4 +1,5 @@
-"""Test stage: the confusion matrix, counted on the model's device, and the mIoU reports made from it.
+"""Test stage: the confusion matrix, counted on the model's device, and the mIoU reports made from it
+(the ESL report counts its pseudo-label accuracy with the same matrix).
 
 `ConfusionMatrix` follows torchvision's segmentation reference: `update` on every batch (on the
 device, no synchronisation), `reduce_from_all_processes` once at the end under DDP, then
@@ -11,9 +12,9 @@ import logging
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from advent.dataset.class_info import IGNORE_LABEL
+from advent.utils.distributed import sum_over_processes
 from advent.utils.func import per_class_iu
 
 log = logging.getLogger(__name__)
@@ -62,17 +63,10 @@ class ConfusionMatrix:
         self.mat += counts[:n * n].view(n, n)
         self.unexpected += counts[n * n + n:].sum()
 
-    def reset(self):
-        self.mat.zero_()
-        self.unexpected.zero_()
-
     def reduce_from_all_processes(self):
-        """Sum the counts of every process (a no-op unless torch.distributed is initialised)."""
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        dist.barrier()
-        dist.all_reduce(self.mat)
-        dist.all_reduce(self.unexpected)
+        """Sum the counts of every process (a no-op with one process)."""
+        self.mat = sum_over_processes(self.mat)
+        self.unexpected = sum_over_processes(self.unexpected)
 
     def hist(self):
         """The counts as an int64 numpy array on the CPU (the one device-to-host copy)."""

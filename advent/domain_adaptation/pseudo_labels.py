@@ -1,7 +1,7 @@
 """ESL stage: the per-class confidence thresholds of ESL (entropy) and of the MPSL baseline
 (maximum probability), as pure functions, plus an exact streaming selector for them.
 
-The rule (SPEC section 6): for each class c, over the pixels predicted as c in a group
+The rule: for each class c, over the pixels predicted as c in a group
 of images, sort the scores ascending and take the element at index round(n/2)
 (round half to even, 0-based); an empty class gets 0. ESL raises each threshold to
 at least a floor and drops a pixel whose entropy is strictly greater than its class
@@ -12,6 +12,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from advent.model.inference import upsample
 
 IGNORE_LABEL = 255
 _BINS = 1 << 16  # one pass of the selector resolves 16 of the 32 bits of a float32
@@ -28,13 +30,11 @@ def predict_with_confidence(logits, output_size, method):
     """Label (argmax) and score of each pixel of N x C x h x w logits at `output_size` (W, H).
 
     In the published order: the softmax at the network's resolution, then the PROBABILITIES
-    are upsampled bilinearly (align_corners=True), and argmax and score are taken there; the
-    score is the normalised entropy ('entropy') or the maximum probability ('maxprob').
+    are upsampled (inference.upsample), and argmax and score are taken there; the score is the
+    normalised entropy ('entropy') or the maximum probability ('maxprob').
     (Upsampling the logits first gives other labels wherever a confident model's classes meet.)
     """
-    width, height = output_size
-    prob = F.softmax(logits.float(), dim=1)
-    prob = F.interpolate(prob, size=(height, width), mode="bilinear", align_corners=True)
+    prob = upsample(F.softmax(logits.float(), dim=1), output_size)
     if method == "entropy":
         return prob.argmax(1), normalized_entropy(prob)
     max_prob, label = prob.max(1)

@@ -1,11 +1,12 @@
-"""Training stage: progress on TensorBoard (tensorboardX).
-
-Scalars every iteration (losses, learning rates, discriminator accuracies) and, every
-TENSORBOARD_VIZRATE iterations, one image grid per domain: the input image (mean added back,
-BGR -> RGB), the colourised prediction and the normalised entropy map (black 0, white 1).
+"""Training stage: progress on the console (the main losses on the progress bar) and, with
+--tensorboard, on TensorBoard (tensorboardX): scalars every iteration (losses, learning rates,
+discriminator accuracies) and, every TENSORBOARD_VIZRATE iterations, one image grid per domain:
+the input image (mean added back, BGR -> RGB), the colourised prediction and the normalised
+entropy map (black 0, white 1).
 """
 from torchvision.utils import make_grid
 
+from advent.dataset import get_class_info
 from advent.utils.viz_segmask import entropy_image, input_image, prediction_image
 
 
@@ -17,9 +18,34 @@ def tensorboard_writer(logdir, purge_step=None):
     return SummaryWriter(logdir=str(logdir), purge_step=purge_step)
 
 
-def log_scalars(writer, n_iter, metrics):
-    for name, value in metrics.items():
-        writer.add_scalar(f"train/{name}", value, n_iter)
+class Monitor:
+    """Reports each iteration; writes TensorBoard events when `tensorboard` (main process only)."""
+
+    def __init__(self, cfg, tensorboard, start):
+        self.cfg, self.writer, self.palette = cfg, None, None
+        if tensorboard:
+            self.writer = tensorboard_writer(cfg.TRAIN.TENSORBOARD_LOGDIR, purge_step=start or None)
+            self.palette = get_class_info(cfg, "train").palette
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.writer is not None:
+            self.writer.close()
+
+    def report(self, bar, n_iter, metrics, batch, outputs):
+        """`metrics` after `n_iter` iterations; `outputs` {domain: main logits} of `batch`."""
+        bar.set_postfix({name[5:-5]: f"{value:.3g}" for name, value in metrics.items()
+                         if name.startswith("loss_") and name.endswith("_main")}, refresh=False)
+        if self.writer is None:
+            return
+        for name, value in metrics.items():
+            self.writer.add_scalar(f"train/{name}", value, n_iter)
+        if n_iter % self.cfg.TRAIN.TENSORBOARD_VIZRATE == 0:
+            for domain, logits in outputs.items():
+                log_images(self.writer, n_iter, domain, batch[domain][0], logits, self.palette,
+                           self.cfg.TRAIN.IMG_MEAN)
 
 
 def log_images(writer, n_iter, domain, image, logits, palette, mean):

@@ -1,7 +1,7 @@
 """Segmenter: DeepLab-v2 on a dilated ResNet, the network AdvEnt and ESL train and evaluate.
 
 Module and attribute names follow the released checkpoints exactly (see
-shared/reference/deeplabv2_state_dict.json), so `gta2cityscapes_advent.pth` and
+tests/reference/deeplabv2_state_dict.json), so `gta2cityscapes_advent.pth` and
 friends load without renaming: `conv1, bn1, layer1..layer4` (backbone),
 `layer5.conv2d_list.{0..3}` (aux classifier on layer3, multi-level only) and
 `layer6.conv2d_list.{0..3}` (main classifier on layer4).

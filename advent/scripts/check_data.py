@@ -10,16 +10,16 @@ quality report only). Exit code 0: all well; 1: problems found (listed last); 2:
 error such as a bad config file.
 """
 import argparse
-import copy
 import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from advent.config import load_config, mutable_copy
 from advent.dataset import factory
 from advent.dataset.base_dataset import image_size, missing_files
-from advent.domain_adaptation.config import cfg_from_file, get_default_cfg
-from advent.utils.errors import UserError, run_main
+from advent.utils.errors import UserError
+from advent.utils.runtime import run_main
 
 NEEDS = {
     "train": ("none", "training needs no target labels"),
@@ -169,7 +169,7 @@ def check_target_split(cfg, split, stages, report, sample):
     title = f"target {cfg.TARGET} '{split}' ({cfg.DATA_DIRECTORY_TARGET})"
     report.add(f"{title}: used by {', '.join(stages)} ({roles})")
     # Ground truth only here: the pseudo-label folder is checked on its own.
-    plain = copy.deepcopy(cfg)
+    plain = mutable_copy(cfg)
     plain.PSEUDO_LABEL_DIRECTORY_TARGET = ""
     dataset = build(lambda: factory.get_target_dataset(plain, stages[-1], check_files=False), title, report)
     if dataset is not None:
@@ -215,7 +215,7 @@ def check_all(cfg, sample):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = cfg_from_file(args.cfg, get_default_cfg())
+    cfg = load_config(args.cfg)
     report = check_all(cfg, args.sample)
     print(report.text())
     return 1 if report.problems else 0

@@ -14,7 +14,7 @@ a user runs (train.py, esl.py and test.py with advent/scripts/configs/demo/*.yml
 
 --study adds what tells where self-training loses (about 10 minutes more): the same retraining
 with the MPSL pseudo-labels, and with two oracles, target-train ground truth written as
-pseudo-labels (8-bit PNGs of train ids, 255 ignored, named by pseudo_label_name):
+pseudo-labels (8-bit PNGs of train ids, 255 ignored, named by png_name):
 
   MPSL retrain              mpsl.yml   train.py with the MPSL pseudo-labels + test.py
   oracle: all target GT     esl.yml    with all the ground truth (PSEUDO_LABEL_DIRECTORY_TARGET
@@ -57,21 +57,21 @@ import torch.nn.functional as F
 from PIL import Image
 
 from advent import PROJECT_ROOT
-from advent.dataset import get_class_info, get_target_dataset, pseudo_label_name
+from advent.config import SCRIPTS_DIR, cfg_to_dict, flat_items, get_key, load_config
+from advent.dataset import get_class_info, get_target_dataset, png_name
 from advent.dataset.class_info import IGNORE_LABEL
-from advent.dataset.synthetic import write_demo_data
-from advent.domain_adaptation.config import SCRIPTS_DIR, cfg_to_dict, flat_items, get_key
+from advent.demo.synthetic import write_demo_data
 from advent.domain_adaptation.esl_UDA import REPORT_NAME
-from advent.domain_adaptation.eval_UDA import RESULTS_BEST, prediction_file_name
-from advent.domain_adaptation.snapshots import model_snapshot_path
+from advent.domain_adaptation.eval_UDA import RESULTS_BEST
+from advent.domain_adaptation.checkpoint import model_snapshot_path
 from advent.scripts import esl as esl_script
 from advent.scripts import test as test_script
 from advent.scripts import train as train_script
-from advent.utils.errors import UserError, run_main
+from advent.utils.errors import UserError
 from advent.utils.output_dir import (
     check_replaceable, exclusive_lock, read_manifest, remove_leftovers, replace_dir, staging_prefix, write_manifest,
 )
-from advent.utils.runtime import load_config
+from advent.utils.runtime import run_main
 from advent.utils.serialization import DIR_MODE, atomic_path, json_dump, json_load, yaml_dump, yaml_load
 from advent.utils.viz_segmask import input_image, mask_image, panel_row
 
@@ -84,7 +84,7 @@ DEFAULT_SEED = 0
 RESULTS_NAME = "demo_results.json"
 OUTPUTS = ("configs", "snapshots", "logs", "pseudo_labels", "pictures", RESULTS_NAME)
 OLD_MARKER = ".advent_demo"  # how demo.py marked its folder before the manifest (output_dir.MANIFEST_NAME)
-# The synthetic benchmark: images per split, size and shift strength (advent.dataset.synthetic).
+# The synthetic benchmark: images per split, size and shift strength (advent.demo.synthetic).
 DATA = {"num_source": 400, "num_source_val": 100, "num_target_train": 400, "num_target_val": 100,
         "size": (128, 64), "shift": 1.0}
 # --quick (CI): every run length times this; the data and all other settings stay.
@@ -116,7 +116,7 @@ def parse_args(argv=None):
                         help=f"CI mode: every run {QUICK_SCALE:g} times as long (about 1.5 minutes)")
     parser.add_argument("--study", action="store_true",
                         help="also retrain with the MPSL pseudo-labels and with target-train ground truth "
-                             "(all of it; on ESL's kept pixels), with per-class IoU (about 10 minutes more)")
+                             "(all of it; on ESL's kept pixels), with per-class IoU (four more 1,000-iteration runs)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="data and training seed (default 0)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default experiments/demo)")
     parser.add_argument("--data", default=str(DEFAULT_DATA),
@@ -240,23 +240,23 @@ def write_oracle_labels(dataset, kept_dir, all_dir, coverage_dir):
     """For every image of `dataset` (the target split with its ground truth at the pseudo-labels'
     size): its ground truth as a pseudo-label in `all_dir`, and the ground truth on the pixels the
     pseudo-labels in `kept_dir` keep in `coverage_dir`, in the pseudo-label format (8-bit PNG of
-    train ids, 255 ignored, pseudo_label_name). Returns {folder: share of all pixels labelled}."""
+    train ids, 255 ignored, png_name). Returns {folder: share of all pixels labelled}."""
     if not dataset.has_labels:
         raise UserError("the oracle pseudo-labels need the target train ground truth, and it is missing")
     folders = (Path(all_dir), Path(coverage_dir))
     labelled, pixels, names = np.zeros(2, np.int64), 0, []
     for index in range(len(dataset)):
         _, gt, _, name = dataset[index]
-        with Image.open(Path(kept_dir) / pseudo_label_name(name)) as image:
+        with Image.open(Path(kept_dir) / png_name(name)) as image:
             kept = np.asarray(image)
         if kept.shape != gt.shape:
-            raise UserError(f"pseudo-label {pseudo_label_name(name)} in {kept_dir} is {kept.shape[::-1]}, "
+            raise UserError(f"pseudo-label {png_name(name)} in {kept_dir} is {kept.shape[::-1]}, "
                             f"the ground truth {gt.shape[::-1]}")
         for i, (folder, label) in enumerate(zip(folders, oracle_labels(gt, kept))):
-            write_label(label, folder / pseudo_label_name(name))
+            write_label(label, folder / png_name(name))
             labelled[i] += np.count_nonzero(label != IGNORE_LABEL)
         pixels += gt.size
-        names.append(pseudo_label_name(name))
+        names.append(png_name(name))
     for folder in folders:
         write_manifest(folder, "demo.py", names)
     return {folder: float(count / pixels) for folder, count in zip(folders, labelled)}
@@ -521,7 +521,7 @@ def picture_rows(demo, split, mean, prefix, extra_panels):
         for panel, title in extra_panels(name, palette):
             panels.append(panel)
             titles.append(title)
-        paths.append(save_row(panels, titles, demo.work / "pictures" / f"{prefix}_{pseudo_label_name(name)}"))
+        paths.append(save_row(panels, titles, demo.work / "pictures" / f"{prefix}_{png_name(name)}"))
     return paths
 
 
@@ -531,13 +531,13 @@ def write_pictures(demo):
     def predictions(name, palette):
         for key, entry in demo.results["models"].items():
             folder = Path(demo.cfgs[key].TEST.SNAPSHOT_DIR[0]) / "predictions" / Path(entry["snapshot"]).stem
-            yield colour_file(folder / "color" / prediction_file_name(name)), entry["name"]
+            yield colour_file(folder / "color" / png_name(name)), entry["name"]
 
     def pseudo_labels(name, palette):
         for key, entry in demo.results["pseudo_labels"].items():
             if key in ORACLES:
                 continue
-            pseudo = Image.open(Path(demo.cfgs[key].PSEUDO_LABEL_DIRECTORY_TARGET) / pseudo_label_name(name))
+            pseudo = Image.open(Path(demo.cfgs[key].PSEUDO_LABEL_DIRECTORY_TARGET) / png_name(name))
             yield mask_image(np.asarray(pseudo), palette), f"{entry['name']} label"
 
     cfg = demo.cfgs["esl"]

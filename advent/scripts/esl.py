@@ -19,14 +19,15 @@ import os
 import sys
 from contextlib import ExitStack
 
+from advent.config import load_config
 from advent.dataset import get_target_dataset
-from advent.domain_adaptation.snapshots import wait_for_file
+from advent.domain_adaptation.checkpoint import wait_for_file
 from advent.domain_adaptation.esl_UDA import claimed_output_dir, format_report, generate_pseudo_labels
-from advent.model import build_segmenter, load_checkpoint
+from advent.model.inference import load_segmenter
 from advent.utils.distributed import get_world_size, is_main_process, process_group, same_outcome
-from advent.utils.errors import UserError, run_main
+from advent.utils.errors import UserError
 from advent.utils.run_record import build_run_record
-from advent.utils.runtime import load_config, memory_format, setup_logging
+from advent.utils.runtime import run_main, setup_logging
 
 log = logging.getLogger("esl")
 
@@ -49,13 +50,13 @@ def check_checkpoint(path, wait, timeout):
 def prepare(cfg, device):
     """(dataset, model on `device`, CheckpointInfo): the checks that can fail come first, the
     model work last."""
+    esl = cfg.ESL
     dataset = get_target_dataset(cfg, "esl")
     if len(dataset) == 0:
-        raise UserError(f"the target split '{cfg.ESL.SET_TARGET}' lists no image")
-    check_checkpoint(cfg.ESL.RESTORE_FROM, cfg.ESL.WAIT_MODEL, cfg.ESL.WAIT_TIMEOUT)
-    model = build_segmenter(cfg.ESL.MODEL, cfg.NUM_CLASSES, cfg.ESL.MULTI_LEVEL)
-    checkpoint = load_checkpoint(model, cfg.ESL.RESTORE_FROM)
-    model.to(device, memory_format=memory_format(cfg.CHANNELS_LAST)).eval()
+        raise UserError(f"the target split '{esl.SET_TARGET}' lists no image")
+    check_checkpoint(esl.RESTORE_FROM, esl.WAIT_MODEL, esl.WAIT_TIMEOUT)
+    model, checkpoint = load_segmenter(esl.MODEL, cfg.NUM_CLASSES, esl.MULTI_LEVEL, esl.RESTORE_FROM, device,
+                                       cfg.CHANNELS_LAST)
     return dataset, model, checkpoint
 
 

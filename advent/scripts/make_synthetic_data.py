@@ -4,15 +4,16 @@
         [--num-source-val N] [--num-target-train N] [--num-target-val N] [--size W H]
         [--shift T] [--overwrite]
 
-The files are in the real GTA5 and Cityscapes layouts (see advent.dataset.synthetic); the
+The files are in the real GTA5 and Cityscapes layouts (see advent.demo.synthetic); the
 config values that point at them are printed at the end, as YAML.
 """
 import argparse
 import sys
 import time
 
-from advent.dataset.synthetic import write_demo_data
-from advent.utils.errors import UserError, run_main
+from advent.demo.synthetic import write_demo_data
+from advent.utils.errors import UserError
+from advent.utils.runtime import run_main
 
 
 def parse_args(argv):

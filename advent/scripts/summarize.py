@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from advent.utils.errors import UserError, run_main
+from advent.utils.errors import UserError
+from advent.utils.runtime import run_main
 from advent.utils.serialization import json_dump, json_load
 
 RESULT_NAMES = ("results_single.json", "results_best.json")

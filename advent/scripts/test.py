@@ -15,10 +15,10 @@ one holding files the project did not write.
 import argparse
 import sys
 
+from advent.config import load_config
 from advent.domain_adaptation.eval_UDA import evaluate_domain_adaptation
 from advent.utils.distributed import process_group
-from advent.utils.errors import run_main
-from advent.utils.runtime import load_config, setup_logging
+from advent.utils.runtime import run_main, setup_logging
 
 
 def get_arguments(argv=None):

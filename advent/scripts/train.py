@@ -21,14 +21,25 @@ import shlex
 import signal
 import sys
 
-from advent.domain_adaptation.train_UDA import TrainingInterrupted, describe, train_domain_adaptation
+from advent.config import load_config
+from advent.domain_adaptation.train_UDA import TrainingInterrupted, total_iterations, train_domain_adaptation
 from advent.utils.distributed import (
     get_world_size, is_main_process, launched_by_torchrun, leave_together, process_group,
 )
-from advent.utils.errors import UserError, run_main
-from advent.utils.runtime import load_config, setup_logging
+from advent.utils.errors import UserError
+from advent.utils.runtime import run_main, setup_logging
 
 log = logging.getLogger(__name__)
+
+
+def describe(cfg):
+    """One line saying what this config trains."""
+    train = cfg.TRAIN
+    method = train.DA_METHOD + (" + pseudo-labels" if cfg.PSEUDO_LABEL_DIRECTORY_TARGET else "")
+    return (f"{cfg.EXP_NAME}: {method}, {cfg.SOURCE} -> {cfg.TARGET} ({cfg.NUM_CLASSES} classes), "
+            f"{train.MODEL} {'multi' if train.MULTI_LEVEL else 'single'}-level, "
+            f"{total_iterations(cfg)} iterations, snapshots every {train.SAVE_PRED_EVERY} "
+            f"in {train.SNAPSHOT_DIR}")
 
 
 def parse_args(argv):
@@ -63,11 +74,10 @@ def resume_command(args):
 def main(argv=None):
     args = parse_args(argv)
     setup_logging()
-    cfg = load_config(args.cfg, args.exp_suffix)
-    if args.viz_every_iter is not None:
-        if args.viz_every_iter <= 0:
-            raise UserError(f"--viz-every-iter must be positive, got {args.viz_every_iter}")
-        cfg.TRAIN.TENSORBOARD_VIZRATE = args.viz_every_iter
+    viz_rate = {} if args.viz_every_iter is None else {"TRAIN.TENSORBOARD_VIZRATE": args.viz_every_iter}
+    cfg = load_config(args.cfg, args.exp_suffix, viz_rate)
+    if args.viz_every_iter is not None and args.viz_every_iter <= 0:
+        raise UserError(f"--viz-every-iter must be positive, got {args.viz_every_iter}")
     # cudnn.benchmark on CUDA, as the original: fixed input sizes (distributed.init_distributed)
     with process_group(cfg.GPU_ID) as device:
         processes = f" x {get_world_size()} processes" if get_world_size() > 1 else ""

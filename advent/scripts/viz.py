@@ -18,16 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from advent.dataset import get_class_info, get_target_dataset, pseudo_label_name
-from advent.domain_adaptation.eval_UDA import save_png
-from advent.model import build_segmenter, load_checkpoint
-from advent.utils.errors import UserError, run_main
+from advent.config import load_config
+from advent.dataset import get_class_info, get_target_dataset, png_name
+from advent.model.inference import load_segmenter, main_logits, upsample
+from advent.utils.distributed import select_device
+from advent.utils.errors import UserError
 from advent.utils.output_dir import check_writable, read_manifest, write_manifest
-from advent.utils.runtime import load_config, select_device, setup_logging
-from advent.utils.viz_segmask import entropy_image, input_image, mask_image, panel_row, prediction_image
+from advent.utils.runtime import run_main, setup_logging
+from advent.utils.viz_segmask import (
+    entropy_image, input_image, mask_image, panel_row, prediction_image, save_png,
+)
 
 log = logging.getLogger("viz")
 
@@ -69,7 +71,7 @@ def chosen_indices(dataset, names, count):
 
 def pseudo_label(folder, name, size):
     """The pseudo-label of list entry `name` resized (nearest) to `size` (W, H), or None."""
-    path = Path(folder) / pseudo_label_name(name) if folder else None
+    path = Path(folder) / png_name(name) if folder else None
     if path is None or not path.exists():
         return None
     return np.asarray(Image.open(path).resize(size, Image.NEAREST))
@@ -89,9 +91,7 @@ def panels_for(model, item, cfg, palette, has_labels, device):
     """[(title, panel)] of one dataset item, all at the input size."""
     image, label, _, name = item
     height, width = image.shape[1:]
-    with torch.no_grad():
-        _, logits = model(torch.from_numpy(image)[None].to(device))
-    logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=True)[0].cpu()
+    logits = upsample(main_logits(model, torch.from_numpy(image)[None].to(device)), (width, height))[0].cpu()
     panels = [("image", input_image(image, cfg.mean)), ("prediction", prediction_image(logits, palette)),
               ("entropy", entropy_image(logits, colormap=True))]
     if has_labels:
@@ -111,11 +111,9 @@ def main(argv=None):
     dataset = get_target_dataset(cfg, args.stage)
     indices = chosen_indices(dataset, args.names, args.num_images)
     out = check_writable(args.out or Path(cfg.EXP_ROOT_LOGS) / "viz" / cfg.EXP_NAME, "the panels")
-    claim_files(out, [pseudo_label_name(dataset.img_ids[i]) for i in indices])
+    claim_files(out, [png_name(dataset.img_ids[i]) for i in indices])
     device = select_device(cfg.GPU_ID)
-    model = build_segmenter(name, cfg.NUM_CLASSES, multi_level)
-    load_checkpoint(model, checkpoint)
-    model.to(device).eval()
+    model, _ = load_segmenter(name, cfg.NUM_CLASSES, multi_level, checkpoint, device)
     palette = get_class_info(cfg, args.stage).palette
     section = cfg.ESL if args.stage == "esl" else cfg.TEST
     view = argparse.Namespace(mean=section.IMG_MEAN, pseudo_dir=cfg.PSEUDO_LABEL_DIRECTORY_TARGET)
@@ -123,7 +121,7 @@ def main(argv=None):
         item = dataset[index]
         titled = panels_for(model, item, view, palette, dataset.has_labels, device)
         row = panel_row([p for _, p in titled], [t for t, _ in titled])
-        path = out / pseudo_label_name(item[3])
+        path = out / png_name(item[3])
         save_png(Image.fromarray(row), path)
         log.info("wrote %s (%s)", path, " | ".join(t for t, _ in titled))
     return 0

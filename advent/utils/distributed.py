@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 
 from advent.utils.errors import UserError
-from advent.utils.runtime import select_device
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +43,13 @@ def get_rank():
 
 def get_world_size():
     return dist.get_world_size() if is_distributed() else 1
+
+
+def select_device(gpu_id=0):
+    """cuda:GPU_ID when CUDA is available, else the CPU (a single-process run)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", gpu_id)
+    return torch.device("cpu")
 
 
 def is_main_process():

@@ -41,7 +41,9 @@ def prob_2_entropy(prob):
 
 
 def fast_hist(label, pred, num_classes):
-    """Confusion matrix (rows: ground truth, columns: prediction) over labels in [0, num_classes)."""
+    """Confusion matrix (rows: ground truth, columns: prediction) over labels in [0, num_classes),
+    in numpy as the original: the reference the tests and benchmarks check metrics.ConfusionMatrix
+    (which every stage counts with) against."""
     label = np.asarray(label).ravel()
     pred = np.asarray(pred).ravel()
     valid = (label >= 0) & (label < num_classes)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from advent import PROJECT_ROOT
-from advent.domain_adaptation.config import cfg_to_dict
+from advent.config import cfg_to_dict
 from advent.utils.serialization import json_dump
 
 

@@ -1,26 +1,14 @@
-"""What every script does first: load the config, pick the device, seed the generators."""
+"""What the scripts share: `run_main` (a user error ends as one line), logging, seeding, memory format."""
 import logging
 import os
 import random
+import sys
 
 import numpy as np
 import torch
 
-from advent.domain_adaptation.config import cfg_from_file, derive_paths, get_default_cfg
-
-log = logging.getLogger(__name__)
-
-
-def load_config(path, exp_suffix=""):
-    """A fresh config: defaults, then the YAML file (strict), then the derived names and folders."""
-    return derive_paths(cfg_from_file(path, get_default_cfg()), exp_suffix)
-
-
-def select_device(gpu_id=0):
-    """cuda:GPU_ID when CUDA is available, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", gpu_id)
-    return torch.device("cpu")
+from advent.utils.distributed import is_main_process, leave_together
+from advent.utils.errors import UserError, file_system_fault
 
 
 def memory_format(channels_last):
@@ -40,3 +28,29 @@ def setup_logging():
     others log errors only (they would repeat its messages)."""
     main = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(level=logging.INFO if main else logging.ERROR, format="%(message)s")
+
+
+def run_main(main, argv=None):
+    """Run a script's `main(argv)`; turn a UserError (or a file-system fault: `file_system_fault`)
+    into one line on stderr and exit code 2, and Ctrl-C into one line and exit code 130.
+
+    Under torchrun, an error that every process raised together (`all_processes`) is printed by
+    the main process only, and the processes end together after it; each exits with code 2."""
+    try:
+        return main(argv)
+    except UserError as error:
+        shared = getattr(error, "all_processes", False)
+        if is_main_process() or not shared:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        if shared:
+            leave_together()
+        sys.exit(2)
+    except OSError as error:
+        line = file_system_fault(error)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C); what was complete before is kept", file=sys.stderr, flush=True)
+        sys.exit(130)

@@ -1,4 +1,5 @@
-"""Pictures of segmentations: masks in class colours, input images, entropy maps, panel rows.
+"""Pictures of segmentations: masks in class colours, input images, entropy maps, panel rows,
+and `save_png`, the atomic PNG write of every per-image output (predictions, pseudo-labels, panels).
 
 Panels are 3 x H x W float tensors in [0, 1] (what TensorBoard and torchvision's make_grid take);
 `panel_row` lays several side by side with a title above each, as an H x W x 3 uint8 array.
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from advent.utils.func import prob_2_entropy
+from advent.utils.serialization import atomic_path
 
 CITYSCAPES_PALETTE = [
     (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
@@ -27,6 +29,12 @@ def colorize_mask(mask, palette=None):
     image = Image.fromarray(np.asarray(mask).astype(np.uint8), mode="P")
     image.putpalette(flat)
     return image
+
+
+def save_png(image, path):
+    """Write a PIL image as PNG through a temporary file and a rename."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 def input_image(image, mean):

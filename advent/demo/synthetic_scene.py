@@ -1,4 +1,4 @@
-"""Procedural street scenes for the synthetic CPU demo (data stage): one label map and one image.
+"""Procedural street scenes for the synthetic CPU demo: one label map and one image.
 
 `render_scene(rng, size, style)` draws a street seen from a car: sky, a road running to a
 vanishing point, sidewalks, terrain verges, building facades with windows and gaps of trees,
@@ -16,7 +16,7 @@ at a depth) is the only depth variable the painters need. Objects are painted fa
 A `DomainStyle` is everything that differs between domains: `Layout` (scene statistics:
 camera, street widths, object counts and sizes) and `Look` (colours, textures, camera
 effects). Every field is numeric, so `blend_styles(a, b, t)` interpolates two domains.
-The source and target domains themselves are defined in advent.dataset.synthetic.
+The source and target domains themselves are defined in advent.demo.synthetic.
 """
 import dataclasses
 from dataclasses import dataclass

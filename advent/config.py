@@ -1,10 +1,12 @@
-"""Configuration: every default in one place, and a strict merge of a YAML file over them.
+"""Configuration: every default in one place, a strict merge of a YAML file over them, then frozen.
 
-`cfg_from_file(path)` is the only way a YAML file changes the configuration:
-an unknown key, a value of the wrong type or an invalid choice stops with one
-line naming the key and the file. Relative paths in a YAML file are taken as
-relative to advent/scripts/ (the original README runs the scripts from there),
-so a shipped config works from any working directory.
+`load_config(path)` is how a script gets its configuration: a fresh copy of the defaults, the
+YAML file merged over them (an unknown key, a value of the wrong type or an invalid choice stops
+with one line naming the key and the file), the derived names and folders, then frozen: setting
+a key afterwards raises an AttributeError naming the key. Relative paths in a YAML file are taken
+as relative to advent/scripts/ (the original README runs the scripts from there), so a shipped
+config works from any working directory. A config built by hand (tests, benchmarks) starts from
+`get_default_cfg()`, or from `mutable_copy(cfg)` of a loaded one.
 """
 import copy
 import difflib
@@ -12,7 +14,6 @@ import os.path as osp
 
 import numpy as np
 import yaml
-from easydict import EasyDict
 
 from advent import PROJECT_ROOT
 from advent.utils.errors import UserError
@@ -21,7 +22,52 @@ SCRIPTS_DIR = PROJECT_ROOT / "advent" / "scripts"
 DATASET_DIR = PROJECT_ROOT / "advent" / "dataset"
 IMG_MEAN = np.array((104.00698793, 116.66876762, 122.67891434), dtype=np.float32)
 
-_C = EasyDict()
+
+class Config(dict):
+    """Nested settings, read as attributes (cfg.TRAIN.MAX_ITERS) or items; read-only once frozen."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setitem__(self, key, value):
+        prefix = self.__dict__.get("_frozen")
+        if prefix is not None:
+            raise AttributeError(f"the config is frozen after loading: cannot set {prefix}{key} "
+                                 "(pass it to load_config, or change a mutable_copy)")
+        super().__setitem__(key, value)
+
+    __setattr__ = __setitem__
+
+    def update(self, *args, **kwargs):
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def __reduce__(self):  # copies and pickles keep the frozen state
+        return Config, (dict(self),), self.__dict__
+
+
+def _mark(config, frozen, prefix=""):
+    object.__setattr__(config, "_frozen", prefix if frozen else None)
+    for key, value in config.items():
+        if isinstance(value, Config):
+            _mark(value, frozen, f"{prefix}{key}.")
+    return config
+
+
+def freeze(config):
+    """Make `config` and its sections read-only; returns it."""
+    return _mark(config, True)
+
+
+def mutable_copy(config):
+    """A deep copy of `config` that may be changed (building a variant of a loaded config)."""
+    return _mark(copy.deepcopy(config), False)
+
+
+_C = Config()
 _C.SOURCE = "GTA"
 _C.TARGET = "Cityscapes"
 _C.NUM_WORKERS = 4
@@ -38,10 +84,10 @@ _C.EXP_ROOT_LOGS = ""  # '' -> EXP_ROOT/logs
 _C.GPU_ID = 0  # the GPU of a single-process run (under torchrun each process takes cuda:LOCAL_RANK)
 # Throughput: the segmenter's weights and inputs in the NHWC (channels-last) memory format in
 # train, esl and test. Same computation, other kernels (last-bit differences); pays off with
-# TRAIN/TEST/ESL.AMP on tensor-core GPUs (README "Speed"). Off: the faithful default.
+# TRAIN/TEST/ESL.AMP on tensor-core GPUs (docs/speed.md). Off: the faithful default.
 _C.CHANNELS_LAST = False
 
-_C.TRAIN = EasyDict()
+_C.TRAIN = Config()
 _C.TRAIN.SET_SOURCE = "all"
 _C.TRAIN.SET_TARGET = "train"
 _C.TRAIN.BATCH_SIZE_SOURCE = 1
@@ -62,7 +108,7 @@ _C.TRAIN.POWER = 0.9
 _C.TRAIN.LAMBDA_SEG_MAIN = 1.0
 _C.TRAIN.LAMBDA_SEG_AUX = 0.1
 # Faithful to the original optimiser, which updated most backbone parameters 3x per step
-# (README: "Optimiser fidelity").
+# (docs/training.md, "Optimiser fidelity").
 _C.TRAIN.REPEAT_BACKBONE_UPDATES = True
 _C.TRAIN.DA_METHOD = "AdvEnt"  # 'SourceOnly', 'MinEnt' or 'AdvEnt'
 _C.TRAIN.LEARNING_RATE_D = 1e-4
@@ -79,7 +125,7 @@ _C.TRAIN.TENSORBOARD_LOGDIR = ""  # '' -> EXP_ROOT_LOGS/tensorboard/EXP_NAME
 _C.TRAIN.TENSORBOARD_VIZRATE = 100
 _C.TRAIN.AMP = "none"  # 'none', 'bf16' or 'fp16'
 
-_C.TEST = EasyDict()
+_C.TEST = Config()
 _C.TEST.MODE = "best"  # 'best' or 'single'
 _C.TEST.MODEL = ("DeepLabv2",)
 _C.TEST.MODEL_WEIGHT = (1.0,)
@@ -99,7 +145,7 @@ _C.TEST.WAIT_TIMEOUT = 86400  # seconds 'best' mode waits for a snapshot still b
 _C.TEST.SAVE_PREDICTIONS = False
 _C.TEST.AMP = "none"
 
-_C.ESL = EasyDict()
+_C.ESL = Config()
 _C.ESL.METHOD = "entropy"  # 'entropy' (ESL) or 'maxprob' (the MPSL baseline)
 _C.ESL.THRESHOLD = 0.1  # entropy thresholds are raised to at least this
 _C.ESL.MAXPROB_THRESHOLD = 0.9  # max-probability thresholds are lowered to at most this
@@ -116,9 +162,7 @@ _C.ESL.WAIT_MODEL = True  # wait for ESL.RESTORE_FROM to appear (it may still be
 _C.ESL.WAIT_TIMEOUT = 86400  # seconds
 _C.ESL.MAX_MEDIAN_BATCH = 3000
 _C.ESL.AMP = "none"
-
-# The importable global of the original; prefer a fresh copy from get_default_cfg().
-cfg = copy.deepcopy(_C)
+freeze(_C)
 
 PATH_KEYS = {
     "DATA_LIST_SOURCE", "DATA_LIST_TARGET", "DATA_DIRECTORY_SOURCE", "DATA_DIRECTORY_TARGET",
@@ -133,24 +177,35 @@ CHOICES = {
     "TRAIN.DA_METHOD": ("SourceOnly", "MinEnt", "AdvEnt"),
     "TEST.MODE": ("best", "single"),
     "ESL.METHOD": ("entropy", "maxprob"),
-    "TRAIN.AMP": ("none", "bf16", "fp16"),
-    "TEST.AMP": ("none", "bf16", "fp16"),
-    "ESL.AMP": ("none", "bf16", "fp16"),
+    **{f"{section}.AMP": ("none", "bf16", "fp16") for section in ("TRAIN", "TEST", "ESL")},
 }
 MODELS = ("DeepLabv2", "DeepLabv2-R50", "DeepLabv2-Tiny")
 SIZE_KEYS = ("TRAIN.INPUT_SIZE_SOURCE", "TRAIN.INPUT_SIZE_TARGET", "TEST.INPUT_SIZE_TARGET",
              "TEST.OUTPUT_SIZE_TARGET", "ESL.INPUT_SIZE_TARGET", "ESL.OUTPUT_SIZE_TARGET")
 PER_MODEL_TEST_KEYS = ("TEST.MODEL", "TEST.MODEL_WEIGHT", "TEST.MULTI_LEVEL", "TEST.RESTORE_FROM")
+POSITIVE_KEYS = ("TRAIN.SAVE_PRED_EVERY", "TRAIN.MAX_ITERS", "TRAIN.EARLY_STOP", "TEST.SNAPSHOT_STEP",
+                 "ESL.MAX_MEDIAN_BATCH", "TRAIN.BATCH_SIZE_SOURCE", "TRAIN.BATCH_SIZE_TARGET",
+                 "TEST.BATCH_SIZE_TARGET", "ESL.BATCH_SIZE_TARGET")
 
 
 def get_default_cfg():
-    """A fresh copy of the defaults, independent of the module-level `cfg`."""
-    return copy.deepcopy(_C)
+    """A fresh copy of the defaults that may be changed (to build a config by hand)."""
+    return mutable_copy(_C)
+
+
+def load_config(path, exp_suffix="", overrides=None):
+    """The config of a run, frozen: defaults, then the YAML file (strict), then `overrides`
+    ({dotted key: value} a script has checked itself), then the derived names and folders."""
+    config = cfg_from_file(path)
+    for key, value in (overrides or {}).items():
+        *sections, name = key.split(".")
+        get_key(config, ".".join(sections))[name] = value
+    return freeze(derive_paths(config, exp_suffix))
 
 
 def cfg_from_file(filename, config=None):
-    """Merge the YAML file `filename` into `config` (the global `cfg` by default) and return it."""
-    config = cfg if config is None else config
+    """Merge the YAML file `filename` into `config` (fresh defaults by default) and return it."""
+    config = get_default_cfg() if config is None else config
     try:
         with open(filename) as f:
             data = yaml.safe_load(f)
@@ -180,18 +235,12 @@ def type_name(value):
     return type(value).__name__
 
 
-def _all_keys(config, prefix=""):
-    for key, value in config.items():
-        yield prefix + key
-        if isinstance(value, dict):
-            yield from _all_keys(value, prefix + key + ".")
-
-
 def _merge(data, config, filename, prefix):
     for key, value in data.items():
         full_key = f"{prefix}{key}"
         if key not in config:
-            close = difflib.get_close_matches(full_key, list(_all_keys(_C)), n=1, cutoff=0.5)
+            close = difflib.get_close_matches(full_key, [k for k, _ in flat_items(_C, sections=True)],
+                                              n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]}?" if close else ""
             raise UserError(f"{filename}: unknown config key {full_key}{hint}")
         default = config[key]
@@ -224,56 +273,42 @@ def _coerce(value, default, key, filename):
         if len(default) == 0:
             return tuple(value)
         return tuple(_coerce(v, default[0], f"{key}[{i}]", filename) for i, v in enumerate(value))
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        raise _type_error(filename, key, "bool", value)
-    if isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _type_error(filename, key, "int", value)
-    if isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+    expected = type(default)  # bool, int, float or str; a bool is no number here
+    accepted = {bool: bool, int: int, float: (int, float), str: str}[expected]
+    if isinstance(value, accepted) and (expected is bool or not isinstance(value, bool)):
+        return float(value) if expected is float else value
+    if expected is float and isinstance(value, str):
+        # YAML 1.1 reads '1e-4' (no dot) as a string: accept any text float() accepts.
+        try:
             return float(value)
-        if isinstance(value, str):
-            # YAML 1.1 reads '1e-4' (no dot) as a string: accept any text float() accepts.
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise _type_error(filename, key, "float", value)
-    if isinstance(default, str):
-        if isinstance(value, str):
-            return value
-        raise _type_error(filename, key, "str", value)
-    raise AssertionError(f"no coercion for default {default!r} of {key}")
+        except ValueError:
+            pass
+    raise _type_error(filename, key, expected.__name__, value)
 
 
 def _resolve_path(value):
     """Make a relative path from a YAML file absolute, relative to advent/scripts/."""
     if isinstance(value, tuple):
         return tuple(_resolve_path(v) for v in value)
-    if value == "":
-        return value
     value = osp.expanduser(value)
-    if osp.isabs(value):
-        return value
-    return osp.normpath(osp.join(SCRIPTS_DIR, value))
+    return value if value == "" or osp.isabs(value) else osp.normpath(osp.join(SCRIPTS_DIR, value))
 
 
 def get_key(config, full_key):
-    """The value at a dotted key ('TRAIN.MAX_ITERS') of a config or a plain nested dict."""
-    value = config
-    for part in full_key.split("."):
-        value = value[part]
-    return value
+    """The value at a dotted key ('TRAIN.MAX_ITERS') of a config or a plain nested dict
+    ('' is the whole config)."""
+    for part in filter(None, full_key.split(".")):
+        config = config[part]
+    return config
 
 
-def flat_items(tree, prefix=""):
-    """(dotted key, value) of every leaf of a nested dict."""
+def flat_items(tree, prefix="", sections=False):
+    """(dotted key, value) of every leaf of a nested dict (and of every section, with `sections`)."""
     for key, value in tree.items():
         if isinstance(value, dict):
-            yield from flat_items(value, f"{prefix}{key}.")
+            if sections:
+                yield f"{prefix}{key}", value
+            yield from flat_items(value, f"{prefix}{key}.", sections)
         else:
             yield f"{prefix}{key}", value
 
@@ -284,10 +319,10 @@ def check_cfg(config, filename="config"):
         value = get_key(config, key)
         if value not in allowed:
             raise UserError(f"{filename}: {key} is {value!r}; expected one of {', '.join(allowed)}")
-    for key in ("TRAIN.MODEL", "ESL.MODEL"):
-        _check_model(get_key(config, key), key, filename)
-    for i, model in enumerate(config.TEST.MODEL):
-        _check_model(model, f"TEST.MODEL[{i}]", filename)
+    models = [("TRAIN.MODEL", config.TRAIN.MODEL), ("ESL.MODEL", config.ESL.MODEL)]
+    for key, name in models + [(f"TEST.MODEL[{i}]", m) for i, m in enumerate(config.TEST.MODEL)]:
+        if name not in MODELS:
+            raise UserError(f"{filename}: {key} is {name!r}; expected one of {', '.join(MODELS)}")
     for key in SIZE_KEYS:
         size = get_key(config, key)
         if len(size) != 2 or min(size) <= 0:
@@ -298,16 +333,9 @@ def check_cfg(config, filename="config"):
         raise UserError(f"{filename}: the per-model TEST lists must have one entry per model ({listed})")
     if config.NUM_CLASSES < 2:
         raise UserError(f"{filename}: NUM_CLASSES must be at least 2, got {config.NUM_CLASSES}")
-    for key in ("TRAIN.SAVE_PRED_EVERY", "TRAIN.MAX_ITERS", "TRAIN.EARLY_STOP", "TEST.SNAPSHOT_STEP",
-                "ESL.MAX_MEDIAN_BATCH", "TRAIN.BATCH_SIZE_SOURCE", "TRAIN.BATCH_SIZE_TARGET",
-                "TEST.BATCH_SIZE_TARGET", "ESL.BATCH_SIZE_TARGET"):
+    for key in POSITIVE_KEYS:
         if get_key(config, key) <= 0:
             raise UserError(f"{filename}: {key} must be positive, got {get_key(config, key)}")
-
-
-def _check_model(name, key, filename):
-    if name not in MODELS:
-        raise UserError(f"{filename}: {key} is {name!r}; expected one of {', '.join(MODELS)}")
 
 
 def derive_paths(config, exp_suffix=""):

@@ -1,8 +1,8 @@
-"""A synthetic two-domain benchmark in the real GTA5 and Cityscapes on-disk formats (data stage).
+"""A synthetic two-domain benchmark in the real GTA5 and Cityscapes on-disk formats (the demo's data).
 
 `write_demo_data(out_dir)` writes, deterministically for a seed, a labelled source domain
 ("GTA5-like": clean, sunny, saturated renderings) and a target domain ("Cityscapes-like":
-overcast photographs) of procedural street scenes (advent.dataset.synthetic_scene), small
+overcast photographs) of procedural street scenes (advent.demo.synthetic_scene), small
 enough that the whole ESL pipeline trains on a laptop CPU:
 
   <out>/GTA5/images/NNNNN.png       RGB
@@ -62,7 +62,7 @@ import numpy as np
 from PIL import Image
 
 from advent.dataset.class_info import INFO_PATH, load_class_info
-from advent.dataset.synthetic_scene import (
+from advent.demo.synthetic_scene import (
     BUILDING, CAR, PERSON, POLE, ROAD, SIDEWALK, SKY, TERRAIN, TRAFFIC_LIGHT, TRAFFIC_SIGN, VEGETATION,
     DomainStyle, Layout, Look, blend_styles, render_scene)
 from advent.utils.serialization import json_dump, json_load

@@ -1,0 +1,391 @@
+"""Training stage: checkpoints. A run's folder (TRAIN.SNAPSHOT_DIR): how a run starts or resumes
+in it and what it saves there (`Checkpointer`), and the file names the tester and ESL read.
+
+After n completed iterations (ADVENT named snapshots by 0-based iteration, the ESL fork by
+i % 2000 == 1999, which its own tester never found) the folder holds:
+  model_{n}.pth            the segmenter, a plain state dict (loads like the released models)
+  model_{n}_D_{level}.pth  each discriminator (AdvEnt; level 'aux' only when multi-level)
+  train_state_{n}.pth      everything an exact resume needs; only the newest is kept
+  config.yml, run_train_*.json   the resolved config and a record of each start
+Every file is written atomically, the snapshots of an iteration before its train state: a kill
+never leaves a truncated file, every train state has its snapshots, and a snapshot newer than the
+newest train state is written again, the same, by the resumed run. A file-system fault (a full
+disk) stops the run with one line; the files written before stay intact. Under torchrun only the
+main process writes, and every process resumes from the same train state.
+
+A train state (torch.save, loadable with weights_only=True; `load_checkpoint` reads its model):
+format FORMAT; iteration (completed); model; optimizer (the segmenter's SGD, momentum buffers
+included); d_{level} and optimizer_d_{level} (AdvEnt: each discriminator and its Adam); scaler
+(the GradScaler's state with TRAIN.AMP 'fp16', else {}); rng (python, numpy, torch, CUDA); data
+(each loader's order, train_data.ResumableSampler: {'source' / 'target': seed, num_samples,
+position}, the samples all processes consumed); config (the resolved config, which a resume must
+match, RESUME_MAY_CHANGE aside); world_size (which a resume must match; absent means 1).
+"""
+import logging
+import re
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import torch
+import yaml
+
+from advent.config import cfg_to_dict, flat_items
+from advent.domain_adaptation.train_data import rng_state, set_rng_state
+from advent.model import load_checkpoint
+from advent.model.weights import CheckpointInfo, file_sha256, read_checkpoint
+from advent.utils.distributed import get_world_size, is_main_process, same_outcome
+from advent.utils.errors import UserError, file_system_fault
+from advent.utils.output_dir import check_writable, exclusive_lock, remove_temporary_files
+from advent.utils.run_record import build_run_record, write_run_record
+from advent.utils.serialization import atomic_path, yaml_dump, yaml_load
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 10.0  # how often a waiting tester or ESL run looks for a snapshot
+FORMAT = "advent-train-state-1"
+COMMON_KEYS = ("format", "iteration", "model", "optimizer", "scaler", "rng", "data", "config")
+_TRAIN_STATE = re.compile(r"^train_state_(\d+)\.pth$")
+_RUN_FILE = re.compile(r"^(model_\d+(_D_(aux|main))?|train_state_\d+)\.pth$")
+# Keys a resumed run may change: where things are (moved files are fine: the class count is
+# compared and each dataset's length checked), how they are shown, the memory layout of the same
+# computation (CHANNELS_LAST), what only the start of a run reads, and where it stops (EARLY_STOP:
+# the data order and the learning rates depend on MAX_ITERS only, so a run extended by a larger
+# EARLY_STOP continues exactly as one started with it). Any other TRAIN or top-level value must not.
+RESUME_MAY_CHANGE = {
+    "NUM_WORKERS", "GPU_ID", "CHANNELS_LAST", "EXP_NAME", "EXP_ROOT", "EXP_ROOT_SNAPSHOT", "EXP_ROOT_LOGS",
+    "DATA_DIRECTORY_SOURCE", "DATA_DIRECTORY_TARGET", "DATA_LIST_SOURCE", "DATA_LIST_TARGET",
+    "PSEUDO_LABEL_DIRECTORY_TARGET", "TRAIN.INFO_SOURCE", "TRAIN.INFO_TARGET",
+    "TRAIN.RESTORE_FROM", "TRAIN.SNAPSHOT_DIR", "TRAIN.TENSORBOARD_LOGDIR",
+    "TRAIN.TENSORBOARD_VIZRATE", "TRAIN.SAVE_PRED_EVERY", "TRAIN.EARLY_STOP",
+}
+
+
+# --- file names ---
+
+def model_snapshot_path(snapshot_dir, n_iter):
+    return Path(snapshot_dir) / f"model_{n_iter}.pth"
+
+
+def discriminator_snapshot_path(snapshot_dir, n_iter, level):
+    return Path(snapshot_dir) / f"model_{n_iter}_D_{level}.pth"
+
+
+def train_state_path(snapshot_dir, n_iter):
+    return Path(snapshot_dir) / f"train_state_{n_iter}.pth"
+
+
+def train_state_iterations(snapshot_dir):
+    """Iteration counts of the train states in `snapshot_dir`, ascending."""
+    folder = Path(snapshot_dir)
+    found = (_TRAIN_STATE.match(p.name) for p in folder.iterdir()) if folder.is_dir() else ()
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def run_files(snapshot_dir):
+    """The snapshots and train states in `snapshot_dir`, sorted by name."""
+    folder = Path(snapshot_dir)
+    return sorted(p.name for p in folder.iterdir() if _RUN_FILE.match(p.name)) if folder.is_dir() else []
+
+
+def expected_snapshots(step, max_iter):
+    """Iteration counts the 'best' tester evaluates: step, 2*step, ... up to and including max_iter."""
+    return list(range(step, max_iter + 1, step))
+
+
+def wait_for_file(path, timeout, section):
+    """Return once `path` exists, saying once that we wait; a UserError after `timeout` seconds.
+    `section` ('TEST' or 'ESL') names the WAIT_MODEL / WAIT_TIMEOUT keys in the messages. An
+    existing snapshot is complete: the trainer renames a finished temporary file into place."""
+    path = Path(path)
+    if path.exists():
+        return
+    log.info("waiting for %s in %s ... (%s.WAIT_MODEL; giving up after %s s, %s.WAIT_TIMEOUT)",
+             path.name, path.parent, section, timeout, section)
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise UserError(f"gave up waiting for {path} after {timeout} s ({section}.WAIT_TIMEOUT)")
+        time.sleep(min(POLL_SECONDS, remaining))
+
+
+# --- writing ---
+
+def torch_save_atomic(obj, path):
+    """torch.save through a temporary file + fsync + rename (atomic_path); a failed write raises
+    the OSError behind it, naming `path` (`writing`)."""
+    with writing(path), atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
+@contextmanager
+def writing(path):
+    """For a block that writes `path`: a file-system failure (a full disk) raises the OSError behind
+    it, naming `path` (torch.save raises a RuntimeError with the OSError only as its context, and
+    a failed write or flush of an open file names no file)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        cause = error
+        while cause is not None and not (isinstance(cause, OSError) and cause.errno):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise OSError(cause.errno, cause.strerror, str(path)) from error
+
+
+def cpu_state_dict(module):
+    """The state dict on the CPU, in the default memory format (also with CHANNELS_LAST)."""
+    return {key: value.detach().cpu().contiguous() for key, value in module.state_dict().items()}
+
+
+def save_snapshot(snapshot_dir, n_iter, model, discriminators):
+    """model_{n}.pth and model_{n}_D_{level}.pth: plain state dicts, on the CPU."""
+    torch_save_atomic(cpu_state_dict(model), model_snapshot_path(snapshot_dir, n_iter))
+    for level, discriminator in discriminators.items():
+        torch_save_atomic(cpu_state_dict(discriminator), discriminator_snapshot_path(snapshot_dir, n_iter, level))
+    log.info("saved snapshot %s", model_snapshot_path(snapshot_dir, n_iter))
+
+
+def save_train_state(snapshot_dir, n_iter, state):
+    """Write train_state_{n}.pth, then delete the older train states; return its path."""
+    assert all(key in state for key in COMMON_KEYS), sorted(set(COMMON_KEYS) - set(state))
+    path = train_state_path(snapshot_dir, n_iter)
+    torch_save_atomic(state, path)
+    for older in train_state_iterations(snapshot_dir):
+        if older < n_iter:
+            train_state_path(snapshot_dir, older).unlink(missing_ok=True)
+    return path
+
+
+# --- the data orders ---
+
+def data_stream(seed, num_samples, position=0):
+    """What the train state records of one loader: its order's seed, length and position."""
+    return {"seed": int(seed), "num_samples": int(num_samples), "position": int(position)}
+
+
+def data_streams(cfg, datasets, seed=None, saved=None, path=None):
+    """Each loader's order (seed, length, position), batch size (per process) and number of
+    processes: new from `seed`, or `saved` in the train state at `path` (its lengths checked)."""
+    streams = {}
+    for offset, (name, dataset) in enumerate(datasets.items()):
+        stream = data_stream(seed + offset, len(dataset)) if saved is None else saved[name]
+        if saved is not None and stream["num_samples"] != len(dataset):
+            raise UserError(f"--resume: the {name} dataset, repeated for TRAIN.MAX_ITERS iterations, has "
+                            f"{len(dataset)} samples but had {stream['num_samples']} when the run started "
+                            f"({path}); the data list changed")
+        streams[name] = {**stream, "batch_size": cfg.TRAIN[f"BATCH_SIZE_{name.upper()}"],
+                         "world_size": get_world_size()}
+    return streams
+
+
+# --- checks before a run starts or resumes ---
+
+def check_fresh_snapshot_dir(snapshot_dir):
+    """Refuse to start a new run in a folder that holds snapshots or a train state of another."""
+    found = run_files(snapshot_dir)
+    if not found:
+        return
+    folder, files = Path(snapshot_dir), f"{found[0]}, {len(found)} files"
+    if train_state_iterations(folder):
+        raise UserError(f"{folder} already holds a training run ({files}); pass --resume to continue it, "
+                        f"or change EXP_NAME / --exp-suffix for a new run")
+    raise UserError(f"{folder} already holds a training run stopped before its first train state was "
+                    f"complete ({files}); pass --resume to restart it from iteration 0 (its snapshots are "
+                    f"replaced as it goes), or delete the model_*.pth files there, or change EXP_NAME / "
+                    f"--exp-suffix for a new run")
+
+
+def check_restart(snapshot_dir, cfg):
+    """--resume in a folder without a train state. When it holds this project's files of a run
+    (snapshots, config.yml) stopped before its first train state was complete, the run starts
+    again from iteration 0 with the config it was started with (its config.yml, when there),
+    replacing the snapshots as it goes; otherwise a UserError (nothing to resume)."""
+    found, config = run_files(snapshot_dir), Path(snapshot_dir) / "config.yml"
+    if not found and not config.is_file():
+        raise UserError(f"--resume: no train_state_*.pth in {snapshot_dir}; nothing to resume "
+                        f"(run without --resume to start a new run)")
+    if config.is_file():
+        try:
+            saved = yaml_load(config)
+        except (OSError, yaml.YAMLError) as error:
+            raise UserError(f"cannot read {config}: {str(error).splitlines()[0]}") from None
+        if not isinstance(saved, dict):
+            raise UserError(f"{config} is not a config (a YAML mapping)")
+        check_resume_config(saved, cfg, config)
+    replacing = f", replacing its {len(found)} snapshot file(s) ({found[0]}, ...) as it goes" if found else ""
+    log.info("--resume: no complete train state in %s (the run was stopped before its first one was "
+             "written); starting again from iteration 0%s", snapshot_dir, replacing)
+
+
+def check_resume_config(saved, cfg, path):
+    """The config of a resumed run must train as the saved one did (RESUME_MAY_CHANGE aside)."""
+    current = dict(flat_items(cfg_to_dict(cfg)))
+    for key, value in flat_items(saved):
+        if key.split(".")[0] in ("TEST", "ESL") or key in RESUME_MAY_CHANGE or key not in current:
+            continue
+        if current[key] != value:
+            raise UserError(f"--resume: {key} was {value!r} when the run started ({path}) and is "
+                            f"{current[key]!r} now; resume with the run's config "
+                            f"({Path(path).parent / 'config.yml'})")
+    if bool(saved.get("PSEUDO_LABEL_DIRECTORY_TARGET")) != bool(cfg.PSEUDO_LABEL_DIRECTORY_TARGET):
+        raise UserError(f"--resume: PSEUDO_LABEL_DIRECTORY_TARGET was "
+                        f"{saved.get('PSEUDO_LABEL_DIRECTORY_TARGET')!r} when the run started ({path}) "
+                        f"and is {cfg.PSEUDO_LABEL_DIRECTORY_TARGET!r} now")
+
+
+def load_train_state(path, cfg):
+    """(state, CheckpointInfo) of the train state at `path`, checked for the keys it must hold,
+    against `cfg` and against the number of processes (the data order, the position in it and
+    the effective batch depend on it)."""
+    state = read_checkpoint(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path} is not a train state of this project (format {FORMAT})")
+    missing = [key for key in COMMON_KEYS if key not in state]
+    if missing:
+        raise UserError(f"{path}: train state lacks {', '.join(missing)}")
+    check_resume_config(state["config"], cfg, path)
+    started = state.get("world_size", 1)  # train states from before torchrun support: one process
+    if started != get_world_size():
+        how = f"torchrun --nproc_per_node={started}" if started > 1 else "one process (without torchrun)"
+        raise UserError(f"--resume: the run was trained by {started} process(es) and this is "
+                        f"{get_world_size()} ({path}); resume it with {how}")
+    return state, CheckpointInfo(str(path), file_sha256(path), "training_state")
+
+
+# --- the checkpointer ---
+
+class Checkpointer:
+    """The run's folder: held for the run (`holding`), the decision fresh / resume / restart
+    (`find`), restoring or initialising what `setup` trains (`resume_or_start`), and `save`.
+    Only the main process writes files (elsewhere `save` just names them)."""
+
+    def __init__(self, cfg):
+        self.cfg, self.folder = cfg, Path(cfg.TRAIN.SNAPSHOT_DIR)
+        self.saved = self.info = self.last_saved = None  # the train state resumed from; the newest one
+        self.setup = self.streams = None  # the networks and data orders saved (resume_or_start)
+
+    @contextmanager
+    def holding(self, tensorboard=False):
+        """For the block, in the main process: the folder (and TensorBoard's) checked writable, its
+        exclusive lock held (a second run into it stops with one line naming the holder), and the
+        temporary files of killed runs in it removed. A failure on one process stops all."""
+        folder = self.cfg.TRAIN.SNAPSHOT_DIR  # as given: the messages name it so
+        with ExitStack() as held:
+            with same_outcome("setup"):
+                if is_main_process():
+                    check_writable(folder, "the snapshots (TRAIN.SNAPSHOT_DIR)")
+                    if tensorboard:
+                        check_writable(self.cfg.TRAIN.TENSORBOARD_LOGDIR,
+                                       "the TensorBoard events (TRAIN.TENSORBOARD_LOGDIR)")
+                    held.enter_context(exclusive_lock(folder, "train.py"))
+                    removed = remove_temporary_files(folder)
+                    if removed:
+                        log.info("removed %d temporary file(s) a killed run left in %s (%s)", len(removed),
+                                 folder, ", ".join(removed))
+            yield
+
+    def find(self, resume):
+        """The iterations done by the train state this run resumes from (the newest, checked), or
+        None: a fresh run (its folder must hold no other run), or a resumed one that left no train
+        state (`check_restart`: it starts again from iteration 0)."""
+        folder = self.cfg.TRAIN.SNAPSHOT_DIR
+        if not resume:
+            check_fresh_snapshot_dir(folder)
+            return None
+        iterations = train_state_iterations(folder)
+        if not iterations:
+            check_restart(folder, self.cfg)
+            return None
+        path = train_state_path(folder, iterations[-1])
+        self.saved, self.info = load_train_state(path, self.cfg)
+        self.last_saved = path
+        log.info("resuming from %s (%d of %d iterations done)", path, self.saved["iteration"],
+                 min(self.cfg.TRAIN.EARLY_STOP, self.cfg.TRAIN.MAX_ITERS))
+        return self.saved["iteration"]
+
+    def resume_or_start(self, setup, datasets, data_seed, device):
+        """Fresh: the segmenter from TRAIN.RESTORE_FROM and new data orders from `data_seed`;
+        resumed: networks, optimisers, data positions and RNG states from the train state. Then
+        config.yml and a run record (main process). Returns the iteration to start from."""
+        self.setup = setup
+        if self.saved is None:
+            restore_from = self.cfg.TRAIN.RESTORE_FROM  # ImageNet init, torchvision, a released or own model
+            if not restore_from:
+                log.warning("TRAIN.RESTORE_FROM is empty: the segmenter starts from random weights "
+                            "(the papers start from the ImageNet init)")
+            weights = [load_checkpoint(setup.model, restore_from)] if restore_from else []
+            self.streams = data_streams(self.cfg, datasets, seed=data_seed)
+        else:
+            restore(setup, self.saved, self.info.path)
+            self.streams = data_streams(self.cfg, datasets, saved=self.saved["data"], path=self.info.path)
+            set_rng_state(self.saved["rng"])
+            weights = [self.info]
+        if is_main_process():
+            with writing(self.folder / "config.yml"):
+                yaml_dump(cfg_to_dict(self.cfg), self.folder / "config.yml")
+            record = {**build_run_record("train", self.cfg, device, weights), "processes": get_world_size()}
+            with writing(self.folder):
+                write_run_record(self.folder, record)
+        return 0 if self.saved is None else self.saved["iteration"]
+
+    def save(self, n_iter, snapshot=True):
+        """The snapshots (when `snapshot`), then the train state after `n_iter` iterations; a
+        file-system fault (a full disk) is a UserError, and the files written before stay."""
+        if is_main_process():
+            try:
+                if snapshot:
+                    save_snapshot(self.folder, n_iter, self.setup.model, self.setup.discriminators)
+                save_train_state(self.folder, n_iter, self.train_state(n_iter))
+            except OSError as error:
+                fault = file_system_fault(error)
+                if fault is None:
+                    raise
+                raise UserError(f"{fault}; the files written before are intact (newest train state: "
+                                f"{self.last_saved or 'none'}); fix it and continue with --resume") from None
+        self.last_saved = train_state_path(self.folder, n_iter)
+        return self.last_saved
+
+    def state_at(self, n_iter):
+        """The train state after `n_iter` iterations: the one just saved, or a new one."""
+        if self.last_saved is not None and self.last_saved.name == train_state_path("", n_iter).name:
+            return self.last_saved
+        return self.save(n_iter, snapshot=False)
+
+    def train_state(self, n_iter):
+        """The resumable state after `n_iter` completed iterations (the module docstring)."""
+        setup, streams = self.setup, self.streams
+        state = {
+            "format": FORMAT,
+            "iteration": n_iter,
+            "model": cpu_state_dict(setup.model),
+            "optimizer": setup.optimizer.state_dict(),
+            "scaler": setup.scaler.state_dict() if setup.scaler is not None else {},
+            "rng": rng_state(),
+            # every process takes batch_size samples per iteration (ResumableSampler)
+            "data": {name: data_stream(s["seed"], s["num_samples"], n_iter * s["batch_size"] * s["world_size"])
+                     for name, s in streams.items()},
+            "config": cfg_to_dict(self.cfg),
+            "world_size": next(iter(streams.values()))["world_size"],
+        }
+        for level, discriminator in setup.discriminators.items():
+            state[f"d_{level}"] = cpu_state_dict(discriminator)
+            state[f"optimizer_d_{level}"] = setup.optimizers_d[level].state_dict()
+        return state
+
+
+def restore(setup, state, path):
+    """Load networks, optimisers and scaler from a train state (strictly)."""
+    missing = [key for level in setup.discriminators for key in (f"d_{level}", f"optimizer_d_{level}")
+               if key not in state]
+    if missing:
+        raise UserError(f"{path}: train state lacks {', '.join(missing)}")
+    setup.model.load_state_dict(state["model"])
+    setup.optimizer.load_state_dict(state["optimizer"])
+    for level, discriminator in setup.discriminators.items():
+        discriminator.load_state_dict(state[f"d_{level}"])
+        setup.optimizers_d[level].load_state_dict(state[f"optimizer_d_{level}"])
+    if setup.scaler is not None and state["scaler"]:
+        setup.scaler.load_state_dict(state["scaler"])

@@ -1,0 +1,241 @@
+"""Test stage, the files it writes (the evaluation itself is in eval_UDA.py): saved predictions,
+the snapshot cache of 'best' mode, the results JSON and the run record.
+
+A file-system fault (a full disk) after the model work stops no evaluation: the results are shown
+first, then the failed write is reported in one line; the cache keeps every snapshot evaluated so far.
+"""
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from advent.dataset import png_name
+from advent.utils.distributed import broadcast_from_main, get_world_size, is_main_process, same_outcome
+from advent.utils.errors import UserError, file_system_fault
+from advent.utils.output_dir import (
+    check_replaceable, check_writable, exclusive_lock, remove_leftovers, replace_dir, staging_prefix,
+    write_manifest,
+)
+from advent.utils.run_record import build_run_record, write_run_record
+from advent.utils.serialization import DIR_MODE, json_dump, json_load
+from advent.utils.viz_segmask import colorize_mask, save_png
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+PREDICTIONS_KEY = "TEST.SAVE_PREDICTIONS folder"
+
+
+# --- saved predictions ---
+
+def check_prediction_names(names):
+    """The flat prediction folder needs one file name per image (checked before any model work)."""
+    seen = {}
+    for name in names:
+        file_name = png_name(name)
+        if file_name in seen:
+            raise UserError(f"two test images share the prediction file name {file_name} "
+                            f"(list entries {seen[file_name]} and {name}); the flat prediction folder "
+                            f"cannot hold both")
+        seen[file_name] = name
+
+
+class PredictionWriter:
+    """Writes each prediction (TEST.SAVE_PREDICTIONS) as a colour PNG in color/ and an id PNG:
+    Cityscapes label ids in labelIds/ (via the class info's train2label; the names cityscapesscripts'
+    evaluation looks for), or train ids in trainIds/ when the classes have no one-to-one label id
+    (the 7-class setting); 'best' mode puts both under a subfolder named after the snapshot.
+
+    Before any model work the main process takes the lock of the folder `final` (`prepare`, held
+    until `stack` closes), removes what killed runs left beside it, refuses it when it holds
+    files the project did not write, and creates a staging folder beside it, which every process
+    then writes its own images into (`share`). `finish` lists them in a manifest and swaps the
+    staging folder in: a crash or a kill before leaves the complete earlier predictions.
+
+    `names`: every list entry of the test set, checked for clashing file names. A file-system
+    fault while writing an image stops the writing, not the evaluation: `finish` reports it."""
+
+    def __init__(self, final, info, names):
+        check_prediction_names(names)
+        self.final, self.staging, self.subfolder, self.fault = Path(final), None, "", None
+        self.palette = info.palette
+        if info.train2label is not None:
+            self.ids_name, self.lut = "labelIds", info.train2label.astype(np.uint8)
+        else:
+            self.ids_name, self.lut = "trainIds", np.arange(info.num_classes, dtype=np.uint8)
+
+    def prepare(self, stack):
+        """The main process's setup of the folder (see the class)."""
+        check_writable(self.final.parent, "the predictions")
+        stack.enter_context(exclusive_lock(self.final, "test.py"))
+        remove_leftovers(self.final)
+        check_replaceable(self.final, PREDICTIONS_KEY,
+                          advice="move it away (an earlier version's predictions/ has no manifest)")
+        self.staging = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=staging_prefix(self.final)))
+        os.chmod(self.staging, DIR_MODE)
+        stack.callback(shutil.rmtree, self.staging, ignore_errors=True)  # after a failure (else gone)
+
+    def share(self):
+        """Every process learns the main process's staging folder (after the setup)."""
+        self.staging = Path(broadcast_from_main(self.staging))
+
+    def __call__(self, preds, names):
+        if self.fault is not None:
+            return
+        folder = self.staging / self.subfolder
+        try:
+            for pred, name in zip(preds, names):
+                save_png(Image.fromarray(self.lut[pred]), folder / self.ids_name / png_name(name))
+                save_png(colorize_mask(pred, self.palette), folder / "color" / png_name(name))
+        except OSError as error:
+            if file_system_fault(error) is None:
+                raise
+            self.fault = UserError(f"cannot write the predictions: {file_system_fault(error)}")
+            log.warning("%s; the evaluation goes on without them", self.fault)
+
+    def finish(self):
+        """After the evaluation (every process has written its images): a fault of any process
+        stops all, else the main process puts the new folder in place. Returns where they are."""
+        with same_outcome("writing the predictions"):
+            if self.fault is not None:
+                raise self.fault
+        if is_main_process():
+            write_manifest(self.staging, "test.py", [p.name for p in self.staging.iterdir()])
+            replace_dir(self.staging, self.final)
+        log.info("predictions written to %s", self.final / self.subfolder)
+        return self.final / self.subfolder
+
+
+def prediction_writer(cfg, final, info, dataset, stack):
+    """With TEST.SAVE_PREDICTIONS, the PredictionWriter of the folder `final`, prepared by the
+    main process (call it in the setup, then `share`); else None."""
+    if not cfg.TEST.SAVE_PREDICTIONS:
+        return None
+    writer = PredictionWriter(final, info, dataset.img_ids)
+    if is_main_process():
+        writer.prepare(stack)
+    return writer
+
+
+# --- the snapshot cache of 'best' mode ---
+
+def _sha256_text(text):
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _sha256_array(array):
+    return hashlib.sha256(np.ascontiguousarray(array, dtype=np.int64).tobytes()).hexdigest()
+
+
+def eval_setting(cfg, dataset, info):
+    """Everything besides the snapshot file that decides its confusion matrix (the cache key)."""
+    setting = {
+        "target": cfg.TARGET,
+        "data_directory": str(Path(cfg.DATA_DIRECTORY_TARGET).resolve()),
+        "set": cfg.TEST.SET_TARGET,
+        "images": len(dataset),
+        "image_list_sha256": _sha256_text("\n".join(dataset.img_ids)),
+        "input_size": list(cfg.TEST.INPUT_SIZE_TARGET),
+        "output_size": list(cfg.TEST.OUTPUT_SIZE_TARGET),
+        # Mapillary: each label at its native size, padded (not OUTPUT_SIZE)
+        "native_labels": bool(getattr(dataset, "native_labels", False)),
+        "img_mean": [float(v) for v in cfg.TEST.IMG_MEAN],
+        "num_classes": cfg.NUM_CLASSES,
+        "class_names": list(info.names),
+        "label_lookup_sha256": _sha256_array(dataset.label_lookup),
+        "model": cfg.TEST.MODEL[0],
+        "multi_level": bool(cfg.TEST.MULTI_LEVEL[0]),
+        "amp": cfg.TEST.AMP,
+        "channels_last": bool(cfg.CHANNELS_LAST),
+    }
+    return json.loads(json.dumps(setting))  # the form it has after a round trip through the file
+
+
+class EvalCache:
+    """Confusion matrices of evaluated snapshots in a JSON file, found by (file name, SHA-256 of
+    the file, evaluation setting): a changed file or setting is never served a stale entry.
+
+    The file is saved after each snapshot. When that fails for a file-system fault (a full
+    disk), the evaluation goes on and `fault` says why, until a later save succeeds."""
+
+    def __init__(self, path, setting):
+        self.path = Path(path)
+        self.setting = setting
+        self.entries = self._read()
+        self.fault = None
+
+    def _read(self):
+        if not self.path.exists():
+            return []
+        try:
+            data = json_load(self.path)
+        except (OSError, ValueError) as error:
+            log.warning("ignoring the unreadable test cache %s (%s)", self.path, error)
+            return []
+        if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or \
+                not isinstance(data.get("entries"), list):
+            log.warning("ignoring the test cache %s: not in format %d", self.path, CACHE_FORMAT)
+            return []
+        return [e for e in data["entries"] if isinstance(e, dict)]
+
+    def lookup(self, snapshot, sha256):
+        for entry in self.entries:
+            if (entry.get("snapshot"), entry.get("sha256"), entry.get("setting")) == \
+                    (snapshot, sha256, self.setting):
+                return entry
+        return None
+
+    def store(self, snapshot, info, hist, unexpected):
+        """Record a result (replacing the entry of this file under this setting) and save the file."""
+        entry = {"snapshot": snapshot, "sha256": info.sha256, "layout": info.layout, "setting": self.setting,
+                 "confusion_matrix": np.asarray(hist).tolist(), "unexpected_label_pixels": int(unexpected)}
+        self.entries = [e for e in self.entries
+                        if (e.get("snapshot"), e.get("setting")) != (snapshot, self.setting)] + [entry]
+        try:
+            json_dump({"format": CACHE_FORMAT, "entries": self.entries}, self.path)
+            self.fault = None
+        except OSError as error:
+            if file_system_fault(error) is None:
+                raise
+            self.fault = UserError(f"cannot save the test cache: {file_system_fault(error)}")
+            log.warning("%s; the evaluation goes on, the results are shown at the end", self.fault)
+        return entry
+
+
+# --- results and run record (the main process's) ---
+
+def run_header(cfg, cfg_path, dataset, mode):
+    """What every results file starts with: the mode, the config and the evaluation setting."""
+    return {
+        "mode": mode,
+        "config": str(Path(cfg_path).resolve()) if cfg_path else None,
+        "target": cfg.TARGET,
+        "set": cfg.TEST.SET_TARGET,
+        "images": len(dataset),
+        "num_classes": cfg.NUM_CLASSES,
+        "input_size": list(cfg.TEST.INPUT_SIZE_TARGET),
+        "output_size": list(cfg.TEST.OUTPUT_SIZE_TARGET),
+        "amp": cfg.TEST.AMP,
+        "channels_last": cfg.CHANNELS_LAST,
+        "processes": get_world_size(),
+        "iou_unit": "percent",
+    }
+
+
+def write_outputs(folder, file_name, results, cfg, device, weights, argv):
+    """The results JSON and the run record of a test run in `folder` (both atomic; by the main
+    process). `weights`: the CheckpointInfo of each evaluated model file."""
+    if not is_main_process():
+        return
+    path = Path(folder) / file_name
+    json_dump(results, path)
+    record = build_run_record("test", cfg, device, weights, argv)
+    record.update(processes=get_world_size(), results_file=str(path))
+    write_run_record(folder, record)
+    log.info("results written to %s", path)
