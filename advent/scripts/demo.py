@@ -44,9 +44,7 @@ Exit code 2 with one line on a user error.
 """
 import argparse
 import logging
-import os
 import sys
-import tempfile
 import time
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
@@ -68,11 +66,9 @@ from advent.scripts import esl as esl_script
 from advent.scripts import test as test_script
 from advent.scripts import train as train_script
 from advent.utils.errors import UserError
-from advent.utils.output_dir import (
-    check_replaceable, exclusive_lock, read_manifest, remove_leftovers, replace_dir, staging_prefix, write_manifest,
-)
+from advent.utils.output_dir import check_replaceable, holding, new_staging, publish, read_manifest, write_manifest
 from advent.utils.runtime import run_main
-from advent.utils.serialization import DIR_MODE, atomic_path, json_dump, json_load, yaml_dump, yaml_load
+from advent.utils.serialization import atomic_path, json_dump, json_load, yaml_dump, yaml_load
 from advent.utils.viz_segmask import input_image, mask_image, panel_row
 
 log = logging.getLogger("demo")
@@ -146,20 +142,15 @@ def staged_out(out):
     out = Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is not a folder")
-    check_out(out)  # first: a refused folder gets no lock file beside it
-    with exclusive_lock(out, "demo.py"):
-        remove_leftovers(out)
-        check_out(out)  # again, now that no other demo can be writing it
-        work = Path(tempfile.mkdtemp(dir=out.parent, prefix=staging_prefix(out)))
-        os.chmod(work, DIR_MODE)
+    with holding(out, "demo.py", lambda: check_out(out)):
+        work = new_staging(out)
         try:
             yield work
         except BaseException:
             log.warning("demo.py stopped; %s is as it was, the unfinished run is in %s (the next demo run "
                         "into that folder removes it)", out, work)
             raise
-        write_manifest(work, "demo.py", [p.name for p in work.iterdir()])
-        replace_dir(work, out)
+        publish(work, out, "demo.py")
 
 
 # --- the configs it runs ---
