@@ -176,13 +176,16 @@ def test_test_best_two_processes_equal_one_and_reuse_the_cache(tmp_path):
     assert [s["mIoU"] for s in again["snapshots"]] == [s["mIoU"] for s in one["snapshots"]]
 
 
-def test_a_missing_checkpoint_stops_both_processes_with_one_line(tmp_path):
+def test_a_missing_checkpoint_stops_both_processes_with_one_line_before_they_connect(tmp_path):
     cfg, _ = single_cfg(tmp_path, [tmp_path / "absent.pth"])
     path = write_cfg_yaml(cfg, tmp_path / "single.yml")
     result = torchrun([SCRIPTS / "test.py", "--cfg", path], tmp_path, timeout=60)
     assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "absent.pth" in errors[0], result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert errors[:1] == [f"error: checkpoint not found: {tmp_path / 'absent.pth'}"], result.stderr[-2000:]
+    assert set(errors[1:]) <= {f"error (process 1): checkpoint not found: {tmp_path / 'absent.pth'}"}
+    assert "process 0 of 2" not in result.stderr  # the check ran before the process group was joined
+    assert "[rank" not in result.stderr  # no traceback
 
 
 # --- esl.py ---
