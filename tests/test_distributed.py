@@ -366,6 +366,7 @@ def test_a_failure_on_one_process_mid_run_ends_the_run_with_one_line_per_process
     ours = [line[line.index("error"):] for line in result.stderr.splitlines() if "error (process" in line
             or line.startswith("error:")]
     assert sorted(ours) == ["error (process 1): made-up failure",
-                            "error: stopped: another process of this run ended; its error is above"], result.stderr[-3000:]
+                            "error: stopped: another process of this run ended; its error is above"], \
+        result.stderr[-3000:]
     assert "[rank" not in result.stderr  # no traceback of either process (torchrun reports its own)
     assert train_state_iterations(cfg.TRAIN.SNAPSHOT_DIR) == [2]  # what was saved before stays

@@ -233,7 +233,8 @@ def snapshot_dir_of(cfg):
 
 def no_snapshot(cfg, folder):
     step = cfg.TEST.SNAPSHOT_STEP
-    return UserError(f"no snapshot model_<k>.pth for k = {step}, {2 * step}, ... {cfg.TEST.SNAPSHOT_MAXITER} in {folder}")
+    return UserError(f"no snapshot model_<k>.pth for k = {step}, {2 * step}, ... {cfg.TEST.SNAPSHOT_MAXITER} "
+                     f"in {folder}")
 
 
 def available_snapshots(cfg, folder):

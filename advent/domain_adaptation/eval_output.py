@@ -70,7 +70,8 @@ class PredictionWriter:
         """The main process's setup of the folder (see the class)."""
         check_writable(self.final.parent, "the predictions")
         advice = "move it away (an earlier version's predictions/ has no manifest)"
-        stack.enter_context(holding(self.final, WRITER, lambda: check_replaceable(self.final, PREDICTIONS_KEY, advice)))
+        check = lambda: check_replaceable(self.final, PREDICTIONS_KEY, advice)  # noqa: E731
+        stack.enter_context(holding(self.final, WRITER, check))
         self.staging = new_staging(self.final)
         stack.callback(shutil.rmtree, self.staging, ignore_errors=True)  # after a failure (else gone)
 

@@ -17,7 +17,6 @@ import argparse
 import logging
 import os
 import sys
-from contextlib import ExitStack
 
 from advent.config import load_config
 from advent.dataset import get_target_dataset
@@ -67,10 +66,9 @@ def main(argv=None):
     setup_logging()
     cfg = load_config(args.cfg)
     device = select_device(cfg.GPU_ID)
-    with ExitStack() as run:
-        # every check first, on every process (the output folder, locked for the whole run, before
-        # the data and the model), then the process group
-        output_dir = run.enter_context(claimed_output_dir(cfg.PSEUDO_LABEL_DIRECTORY_TARGET))
+    # every check first, on every process (the output folder, locked for the whole run, before the
+    # data and the model), then the process group
+    with claimed_output_dir(cfg.PSEUDO_LABEL_DIRECTORY_TARGET) as output_dir:
         dataset, model, checkpoint = prepare(cfg, device)
         join_process_group(device)
         record = None
