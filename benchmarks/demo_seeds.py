@@ -13,9 +13,9 @@ AdvEnt >= source-only; ESL's pseudo-labels more accurate than MPSL's).
 ground truth: all of it; on exactly ESL's kept pixels), the gaps between them per seed (label
 noise: oracle at ESL's coverage - ESL retrain; coverage: oracle all - oracle at coverage; ESL -
 MPSL retrain) and a per-class table of the IoU means. The summary goes to <out>/demo_seeds.json.
-The default demo took about 8 minutes per seed on an idle 2-core machine; --study adds four
-retraining runs of 1,000 iterations each (about as long again as the rest). --jobs 2 --threads 1
-runs two seeds at once with one torch thread each. --reuse takes the results of a seed already
+The default demo takes about 20 minutes per seed on an idle 2-core machine; --study adds three
+retraining runs of 1,000 iterations each (a seed of --study with one thread, two seeds sharing two
+cores, took 97 minutes). --jobs 2 --threads 1 runs two seeds at once with one torch thread each. --reuse takes the results of a seed already
 run into <out> with the same --quick / --study instead of running it again (a long study can be
 run a few seeds at a time).
 """

@@ -12,7 +12,7 @@ a user runs (train.py, esl.py and test.py with advent/scripts/configs/demo/*.yml
   MPSL labels     mpsl.yml          esl.py, ESL.METHOD maxprob: the baseline, same model
   ESL retrain     esl.yml           train.py with the ESL pseudo-labels + test.py
 
---study adds what tells where self-training loses (about 10 minutes more): the same retraining
+--study adds what tells where self-training loses (about 30 minutes more): the same retraining
 with the MPSL pseudo-labels, and with two oracles, target-train ground truth written as
 pseudo-labels (8-bit PNGs of train ids, 255 ignored, named by png_name):
 
@@ -109,7 +109,7 @@ PICTURE_SCALE = 2
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help=f"CI mode: every run {QUICK_SCALE:g} times as long (about 1.5 minutes)")
+                        help=f"CI mode: every run {QUICK_SCALE:g} times as long (about 3.5 minutes)")
     parser.add_argument("--study", action="store_true",
                         help="also retrain with the MPSL pseudo-labels and with target-train ground truth "
                              "(all of it; on ESL's kept pixels), with per-class IoU (four more 1,000-iteration runs)")
