@@ -1,6 +1,6 @@
 """The demo over several seeds: mean and spread of every number its table prints.
 
-    python benchmarks/demo_seeds.py [--seeds 0 1 2] [--quick] [--study] [--jobs N --threads T] [--out DIR]
+    python benchmarks/demo_seeds.py [--seeds 0 1 2] [--quick] [--study] [--jobs N --threads T] [--out DIR] [--reuse]
 
 Runs `python advent/scripts/demo.py --seed S` once per seed (each its own data, in <out>/data,
 its own output folder <out>/seedS and its console output in <out>/seedS.log), reads the
@@ -13,9 +13,11 @@ AdvEnt >= source-only; ESL's pseudo-labels more accurate than MPSL's).
 ground truth: all of it; on exactly ESL's kept pixels), the gaps between them per seed (label
 noise: oracle at ESL's coverage - ESL retrain; coverage: oracle all - oracle at coverage; ESL -
 MPSL retrain) and a per-class table of the IoU means. The summary goes to <out>/demo_seeds.json.
-The default demo took about 8 minutes per seed on an idle 2-core machine; --study adds four
-retraining runs of 1,000 iterations each (about as long again as the rest). --jobs 2 --threads 1
-runs two seeds at once with one torch thread each.
+The default demo takes about 20 minutes per seed on an idle 2-core machine; --study adds three
+retraining runs of 1,000 iterations each (a seed of --study with one thread, two seeds sharing two
+cores, took 97 minutes). --jobs 2 --threads 1 runs two seeds at once with one torch thread each. --reuse takes the results of a seed already
+run into <out> with the same --quick / --study instead of running it again (a long study can be
+run a few seeds at a time).
 """
 import argparse
 import os
@@ -46,11 +48,19 @@ def parse_args(argv=None):
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once (default 1)")
     parser.add_argument("--threads", type=int, help="torch threads of each run (default: PyTorch's)")
     parser.add_argument("--out", default=str(PROJECT_ROOT / "experiments" / "demo_seeds"))
+    parser.add_argument("--reuse", action="store_true",
+                        help="take the results of seeds already run into --out with the same --quick / --study")
     return parser.parse_args(argv)
 
 
 def run_seed(seed, args, out):
-    """Run the demo for `seed`; its results (demo_results.json)."""
+    """Run the demo for `seed` (or, --reuse, take its earlier run); its results (demo_results.json)."""
+    earlier = out / f"seed{seed}" / "demo_results.json"
+    if args.reuse and earlier.is_file():
+        results = json_load(earlier)
+        if (results.get("quick"), results.get("study")) == (args.quick, args.study):
+            print(f"seed {seed}: reusing {earlier}", flush=True)
+            return results
     command = [sys.executable, str(DEMO), "--seed", str(seed), "--out", str(out / f"seed{seed}"),
                "--data", str(out / "data")]
     command += ["--quick"] * args.quick + ["--study"] * args.study

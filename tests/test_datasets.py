@@ -1,4 +1,5 @@
 """Loaders, class info and factory against the official tables and the published preprocessing (tiny real-format files)."""
+import json
 import pickle
 import random
 
@@ -141,7 +142,7 @@ def test_class_info_tables():
     assert info19.names[9] == "terrain" and len(info19.palette) == 19
     assert info19.palette[0] == (128, 64, 128)  # Cityscapes road colour
     assert "terrain" not in info16.names and "truck" not in info16.names and "train" not in info16.names
-    assert list(info7.names) == GROUPS_7 and "terrain" in info7.note
+    assert list(info7.names) == GROUPS_7 and "terrain" in json.loads(INFO7_PATH.read_text())["note"]
     assert info19.label2train.shape == (256,) and info19.label2train.dtype == np.int64
     assert (info19.label2train[34:] == 255).all()
     np.testing.assert_array_equal(info19.train2label, [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26,
@@ -173,7 +174,7 @@ def test_synthia_maps_spec_table_19_16_7(tmp_path):
 
 def test_mapillary_grouping_covers_v12_names():
     info = load_class_info(INFO7_PATH)
-    grouped, ignored = set(info.mapillary_groups), set(info.mapillary_ignored)
+    grouped, ignored = set(info.mapillary_groups), set(json.loads(INFO7_PATH.read_text())["mapillary_ignored"])
     assert len(MAPILLARY_V12_NAMES) == 66
     assert grouped | ignored == set(MAPILLARY_V12_NAMES) and not grouped & ignored
     spot = {"construction--flat--road": "flat", "construction--flat--sidewalk": "flat",

@@ -19,7 +19,7 @@ from advent.demo.synthetic import _demo_data, write_demo_data
 from advent.scripts import demo
 from advent.utils.errors import UserError
 from advent.utils.output_dir import MANIFEST_NAME, read_manifest
-from advent.utils.serialization import json_load
+from advent.utils.serialization import json_dump, json_load
 
 pytestmark = pytest.mark.slow
 DEMO = Path(demo.__file__)
@@ -242,9 +242,30 @@ def test_demo_seeds_reports_each_gap_per_seed_with_its_spread():
     assert re.search(r"^  road .* \+11\.00 +\+2\.50 +\+0\.00$", table, flags=re.M) and "pole" not in table
 
 
+def test_demo_seeds_reuse_takes_a_finished_seed_of_the_same_kind_only(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("demo_seeds", PROJECT_ROOT / "benchmarks" / "demo_seeds.py")
+    seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds)
+    (tmp_path / "seed0").mkdir()
+    json_dump({"seed": 0, "quick": False, "study": True, "models": {}}, tmp_path / "seed0" / "demo_results.json")
+    commands = []
+
+    def fake_run(command, **kwargs):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 1)
+
+    monkeypatch.setattr(seeds.subprocess, "run", fake_run)
+    args = seeds.parse_args(["--study", "--reuse", "--out", str(tmp_path)])
+    assert seeds.run_seed(0, args, tmp_path)["seed"] == 0 and commands == []
+    for argv in (["--quick", "--study", "--reuse"], ["--study"]):  # another kind, or no --reuse: run again
+        with pytest.raises(SystemExit, match="seed 0: demo.py failed"):
+            seeds.run_seed(0, seeds.parse_args(argv + ["--out", str(tmp_path)]), tmp_path)
+    assert len(commands) == 2 and "--seed" in commands[0]
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """One `demo.py --quick` run, as CI runs it (about 1.5 minutes on 2 cores)."""
+    """One `demo.py --quick` run, as CI runs it (about 3.5 minutes on 2 cores)."""
     root = tmp_path_factory.mktemp("demo_quick")
     out = root / "out"
     result = subprocess.run([sys.executable, str(DEMO), "--quick", "--seed", "1", "--out", str(out),

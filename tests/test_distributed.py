@@ -80,11 +80,11 @@ def test_sampler_shares_one_permutation_out_and_resumes_per_process():
 def test_one_process_helpers_are_the_single_process_case():
     tensor = torch.arange(4)
     assert distributed.sum_over_processes(tensor) is tensor
-    assert distributed.max_over_processes(3) == 3 and distributed.true_everywhere(1)
+    assert distributed.max_over_processes(3) == 3
     assert distributed.broadcast_from_main({"a": 1}) == {"a": 1}
     assert distributed.get_world_size() == 1 and distributed.is_main_process()
-    with pytest.raises(UserError, match="plain"), distributed.same_outcome():
-        raise UserError("plain")
+    distributed.join_process_group(CPU)  # not under torchrun: nothing to join
+    assert not distributed.is_distributed()
 
 
 def free_port():
@@ -97,31 +97,26 @@ def _collectives_worker(rank, world_size, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    device = distributed.init_distributed()
-    results = {"device": str(device),
-               "sum": distributed.sum_over_processes(torch.tensor([rank + 1, 10])).tolist(),
-               "max": distributed.max_over_processes(rank * 5),
-               "all": distributed.true_everywhere(rank == 0),
-               "broadcast": distributed.broadcast_from_main(f"from {rank}")}
-    try:
-        with distributed.same_outcome("a check"):
-            if rank == 1:
-                raise UserError("missing file x")
-    except UserError as error:
-        results["error"] = (str(error), getattr(error, "all_processes", False))
-    distributed.cleanup()
+    device = distributed.select_device()
+    # before the group exists (where the checks run), each process knows its place from torchrun
+    results = {"before": (distributed.get_rank(), distributed.get_world_size(), distributed.is_distributed())}
+    distributed.join_process_group(device)
+    results.update(device=str(device),
+                   sum=distributed.sum_over_processes(torch.tensor([rank + 1, 10])).tolist(),
+                   max=distributed.max_over_processes(rank * 5),
+                   broadcast=distributed.broadcast_from_main(f"from {rank}"))
+    distributed.leave_process_group()
     torch.save(results, Path(out) / f"rank{rank}.pth")
 
 
-def test_collectives_and_a_shared_error_with_two_processes(tmp_path):
+def test_rank_before_the_group_and_collectives_with_two_processes(tmp_path):
     mp.spawn(_collectives_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pth") for r in (0, 1)]
     for rank, results in enumerate(ranks):
+        assert results["before"] == (rank, 2, False)
         assert results["device"] == "cpu"
-        assert results["sum"] == [3, 20] and results["max"] == 5 and results["all"] is False
+        assert results["sum"] == [3, 20] and results["max"] == 5
         assert results["broadcast"] == "from 0"
-    assert ranks[1]["error"] == ("missing file x", True)  # its own error
-    assert ranks[0]["error"] == ("process 1 failed during a check: missing file x", True)
 
 
 # --- test.py ---
@@ -181,13 +176,16 @@ def test_test_best_two_processes_equal_one_and_reuse_the_cache(tmp_path):
     assert [s["mIoU"] for s in again["snapshots"]] == [s["mIoU"] for s in one["snapshots"]]
 
 
-def test_a_missing_checkpoint_stops_both_processes_with_one_line(tmp_path):
+def test_a_missing_checkpoint_stops_both_processes_with_one_line_before_they_connect(tmp_path):
     cfg, _ = single_cfg(tmp_path, [tmp_path / "absent.pth"])
     path = write_cfg_yaml(cfg, tmp_path / "single.yml")
     result = torchrun([SCRIPTS / "test.py", "--cfg", path], tmp_path, timeout=60)
     assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "absent.pth" in errors[0], result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert errors[:1] == [f"error: checkpoint not found: {tmp_path / 'absent.pth'}"], result.stderr[-2000:]
+    assert set(errors[1:]) <= {f"error (process 1): checkpoint not found: {tmp_path / 'absent.pth'}"}
+    assert "process 0 of 2" not in result.stderr  # the check ran before the process group was joined
+    assert "[rank" not in result.stderr  # no traceback
 
 
 # --- esl.py ---
@@ -219,11 +217,12 @@ def test_esl_two_processes_write_the_labels_and_report_of_one(tmp_path, method):
 GRADIENT_RUN = """
 import sys, torch
 from advent.domain_adaptation.train_UDA import build_setup, parallel, train_step
-from advent.utils.distributed import cleanup, get_rank, init_distributed
+from advent.utils.distributed import get_rank, join_process_group, leave_process_group, select_device
 from advent.config import load_config
 torch.set_num_threads(1)
 cfg, batches, out = load_config(sys.argv[1]), torch.load(sys.argv[2]), sys.argv[3]
-device = init_distributed()
+device = select_device()
+join_process_group(device)
 torch.manual_seed(0)
 setup = parallel(build_setup(cfg, device), device)
 setup.model.train()
@@ -232,7 +231,7 @@ for i_iter, (src, trg) in enumerate(batches[get_rank()]):
 if get_rank() == 0:
     torch.save({"model": setup.model.state_dict(),
                 **{level: d.state_dict() for level, d in setup.discriminators.items()}}, out)
-cleanup()
+leave_process_group()
 """
 
 
@@ -339,3 +338,35 @@ def test_two_process_training_snapshots_once_stops_together_and_resumes_exactly(
     for key in ("model", "d_aux", "d_main", "optimizer", "optimizer_d_aux", "optimizer_d_main", "rng",
                 "data"):
         assert_same_tensors(ours[key], theirs[key], key)
+
+
+FAILING_RUN = """
+import sys
+import advent.domain_adaptation.train_UDA as T
+from advent.utils.distributed import get_rank
+from advent.utils.errors import UserError
+original = T.train_step
+def failing_step(setup, source, target, cfg, i_iter):
+    if i_iter == 2 and get_rank() == 1:
+        raise UserError("made-up failure")
+    return original(setup, source, target, cfg, i_iter)
+T.train_step = failing_step
+from advent.scripts.train import main
+from advent.utils.runtime import run_main
+run_main(main, sys.argv[1:])
+"""
+
+
+def test_a_failure_on_one_process_mid_run_ends_the_run_with_one_line_per_process(tmp_path):
+    cfg = two_process_cfg(tmp_path / "run")
+    path = write_cfg_yaml(cfg, tmp_path / "run.yml")
+    (tmp_path / "failing.py").write_text(FAILING_RUN)
+    result = torchrun([tmp_path / "failing.py", "--cfg", path], tmp_path, timeout=120)
+    assert result.returncode != 0
+    ours = [line[line.index("error"):] for line in result.stderr.splitlines() if "error (process" in line
+            or line.startswith("error:")]
+    assert sorted(ours) == ["error (process 1): made-up failure",
+                            "error: stopped: another process of this run ended; its error is above"], \
+        result.stderr[-3000:]
+    assert "[rank" not in result.stderr  # no traceback of either process (torchrun reports its own)
+    assert train_state_iterations(cfg.TRAIN.SNAPSHOT_DIR) == [2]  # what was saved before stays

@@ -171,11 +171,7 @@ class BaseDataset(data.Dataset):
         paths = {n: (image, label) for n, image, label in zip(unique, images, labels)}
         self.files = [(*paths[name], name) for name in self.img_ids]
 
-    # --- layout (subclasses) ---
-    def get_metadata(self, name):
-        """(image path, ground-truth label path) of list entry `name`."""
-        raise NotImplementedError
-
+    # --- layout (subclasses define get_metadata(name): (image path, ground-truth label path)) ---
     @property
     def label_lookup(self):
         """256-entry int64 table: raw label id -> train id."""

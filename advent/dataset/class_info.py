@@ -4,8 +4,8 @@ An info json (cityscapes_list/info.json, info16.json, info7.json; the original A
 info.json reads too) holds:
   "classes": C, "label": [C names], "palette": [C [r, g, b]],
   "label2train": [[label id, train id], ...]  (Cityscapes label ids; unlisted ids -> 255),
-and optionally "mapillary_groups": {class name: [Mapillary v1.2 class names]} with
-"mapillary_ignored": [names deliberately ignored] (the 7-class setting).
+and optionally "mapillary_groups": {class name: [Mapillary v1.2 class names]} (the 7-class
+setting; "mapillary_ignored" lists the names deliberately left out, and "note" says why).
 """
 import json
 from dataclasses import dataclass, field
@@ -37,8 +37,6 @@ class ClassInfo:
     label2train: np.ndarray
     train2label: object = None
     mapillary_groups: dict = field(default_factory=dict)
-    mapillary_ignored: tuple = ()
-    note: str = ""
 
     @property
     def num_classes(self):
@@ -61,8 +59,6 @@ def load_class_info(path, num_classes=None):
         label2train=label2train,
         train2label=_train2label(label2train, len(names)),
         mapillary_groups=_mapillary_groups(groups, names, path),
-        mapillary_ignored=tuple(data.get("mapillary_ignored", ())),
-        note=str(data.get("note", "")),
     )
 
 

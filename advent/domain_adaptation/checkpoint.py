@@ -34,7 +34,7 @@ from advent.config import cfg_to_dict, flat_items
 from advent.domain_adaptation.train_data import rng_state, set_rng_state
 from advent.model import load_checkpoint
 from advent.model.weights import CheckpointInfo, file_sha256, read_checkpoint
-from advent.utils.distributed import get_world_size, is_main_process, same_outcome
+from advent.utils.distributed import get_world_size, is_main_process
 from advent.utils.errors import UserError, file_system_fault
 from advent.utils.output_dir import check_writable, exclusive_lock, remove_temporary_files
 from advent.utils.run_record import build_run_record, write_run_record
@@ -259,32 +259,31 @@ def load_train_state(path, cfg):
 
 class Checkpointer:
     """The run's folder: held for the run (`holding`), the decision fresh / resume / restart
-    (`find`), restoring or initialising what `setup` trains (`resume_or_start`), and `save`.
+    (`find`), restoring or initialising what `setup` trains (`restore`, `start`), and `save`.
     Only the main process writes files (elsewhere `save` just names them)."""
 
     def __init__(self, cfg):
         self.cfg, self.folder = cfg, Path(cfg.TRAIN.SNAPSHOT_DIR)
         self.saved = self.info = self.last_saved = None  # the train state resumed from; the newest one
-        self.setup = self.streams = None  # the networks and data orders saved (resume_or_start)
+        self.setup = self.streams = self.weights = None  # what is saved (restore, start); the weights loaded
 
     @contextmanager
     def holding(self, tensorboard=False):
         """For the block, in the main process: the folder (and TensorBoard's) checked writable, its
         exclusive lock held (a second run into it stops with one line naming the holder), and the
-        temporary files of killed runs in it removed. A failure on one process stops all."""
+        temporary files of killed runs in it removed."""
         folder = self.cfg.TRAIN.SNAPSHOT_DIR  # as given: the messages name it so
         with ExitStack() as held:
-            with same_outcome("setup"):
-                if is_main_process():
-                    check_writable(folder, "the snapshots (TRAIN.SNAPSHOT_DIR)")
-                    if tensorboard:
-                        check_writable(self.cfg.TRAIN.TENSORBOARD_LOGDIR,
-                                       "the TensorBoard events (TRAIN.TENSORBOARD_LOGDIR)")
-                    held.enter_context(exclusive_lock(folder, "train.py"))
-                    removed = remove_temporary_files(folder)
-                    if removed:
-                        log.info("removed %d temporary file(s) a killed run left in %s (%s)", len(removed),
-                                 folder, ", ".join(removed))
+            if is_main_process():
+                check_writable(folder, "the snapshots (TRAIN.SNAPSHOT_DIR)")
+                if tensorboard:
+                    check_writable(self.cfg.TRAIN.TENSORBOARD_LOGDIR,
+                                   "the TensorBoard events (TRAIN.TENSORBOARD_LOGDIR)")
+                held.enter_context(exclusive_lock(folder, "train.py"))
+                removed = remove_temporary_files(folder)
+                if removed:
+                    log.info("removed %d temporary file(s) a killed run left in %s (%s)", len(removed),
+                             folder, ", ".join(removed))
             yield
 
     def find(self, resume):
@@ -306,27 +305,32 @@ class Checkpointer:
                  min(self.cfg.TRAIN.EARLY_STOP, self.cfg.TRAIN.MAX_ITERS))
         return self.saved["iteration"]
 
-    def resume_or_start(self, setup, datasets, data_seed, device):
-        """Fresh: the segmenter from TRAIN.RESTORE_FROM and new data orders from `data_seed`;
-        resumed: networks, optimisers, data positions and RNG states from the train state. Then
-        config.yml and a run record (main process). Returns the iteration to start from."""
+    def restore(self, setup):
+        """Load what `setup` trains: resumed, networks and optimisers from the train state; fresh,
+        the segmenter from TRAIN.RESTORE_FROM (ImageNet init, torchvision, a released or own model)."""
         self.setup = setup
+        if self.saved is not None:
+            restore(setup, self.saved, self.info.path)
+            self.weights = [self.info]
+            return
+        restore_from = self.cfg.TRAIN.RESTORE_FROM
+        if not restore_from:
+            log.warning("TRAIN.RESTORE_FROM is empty: the segmenter starts from random weights "
+                        "(the papers start from the ImageNet init)")
+        self.weights = [load_checkpoint(setup.model, restore_from)] if restore_from else []
+
+    def start(self, datasets, data_seed, device):
+        """The data orders (new from `data_seed`, or the train state's) and, resumed, the RNG
+        states; then config.yml and a run record (main process). Returns the iteration to start from."""
         if self.saved is None:
-            restore_from = self.cfg.TRAIN.RESTORE_FROM  # ImageNet init, torchvision, a released or own model
-            if not restore_from:
-                log.warning("TRAIN.RESTORE_FROM is empty: the segmenter starts from random weights "
-                            "(the papers start from the ImageNet init)")
-            weights = [load_checkpoint(setup.model, restore_from)] if restore_from else []
             self.streams = data_streams(self.cfg, datasets, seed=data_seed)
         else:
-            restore(setup, self.saved, self.info.path)
             self.streams = data_streams(self.cfg, datasets, saved=self.saved["data"], path=self.info.path)
             set_rng_state(self.saved["rng"])
-            weights = [self.info]
         if is_main_process():
             with writing(self.folder / "config.yml"):
                 yaml_dump(cfg_to_dict(self.cfg), self.folder / "config.yml")
-            record = {**build_run_record("train", self.cfg, device, weights), "processes": get_world_size()}
+            record = {**build_run_record("train", self.cfg, device, self.weights), "processes": get_world_size()}
             with writing(self.folder):
                 write_run_record(self.folder, record)
         return 0 if self.saved is None else self.saved["iteration"]

@@ -25,7 +25,6 @@ staging folder in (after all have finished).
 import logging
 import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,14 +41,12 @@ from advent.domain_adaptation.pseudo_labels import (
 )
 from advent.model.inference import main_logits, nonfinite_images, to_model
 from advent.utils.distributed import (
-    barrier, broadcast_from_main, get_rank, is_main_process, same_outcome, shard_batches, sum_over_processes,
+    barrier, broadcast_from_main, get_rank, is_main_process, shard_batches, sum_over_processes,
 )
 from advent.utils.errors import UserError
-from advent.utils.output_dir import (
-    check_replaceable, exclusive_lock, remove_leftovers, replace_dir, staging_prefix, write_manifest,
-)
+from advent.utils.output_dir import check_replaceable, holding, new_staging, publish
 from advent.utils.run_record import write_run_record
-from advent.utils.serialization import DIR_MODE, json_dump
+from advent.utils.serialization import json_dump
 from advent.utils.viz_segmask import save_png
 
 log = logging.getLogger(__name__)
@@ -81,18 +78,14 @@ def check_output_dir(output_dir):
 
 @contextmanager
 def claimed_output_dir(output_dir):
-    """The checked pseudo-label folder, held for the block: its lock taken and the leftovers of
-    killed runs beside it removed (main process; the others only check it). Yields the folder.
-
-    The ownership check comes first, so that a refused folder (a dataset, say) gets no lock
-    file beside it; `staged_output` checks again just before the swap."""
+    """The checked pseudo-label folder, held for the block by the main process (output_dir.holding:
+    refused when it holds files the project did not write, locked, leftovers removed; the other
+    processes only check it). Yields the folder."""
     final = check_output_dir(output_dir)
     if not is_main_process():
         yield final
         return
-    check_replaceable(final, OUTPUT_KEY)
-    with exclusive_lock(final, WRITER):
-        remove_leftovers(final)
+    with holding(final, WRITER, lambda: check_replaceable(final, OUTPUT_KEY)):
         yield final
 
 
@@ -101,24 +94,16 @@ def staged_output(output_dir):
     """Yield a fresh staging folder beside `output_dir` that replaces it once the block succeeds.
 
     Under torchrun the main process creates it and tells the others its name; once every process
-    has left the block, the main process writes the manifest of everything in it and swaps it in
-    (or, after an error, removes it). A folder that came to hold foreign files meanwhile is
-    refused, not replaced."""
-    final = check_output_dir(output_dir)
-    staging = None
-    with same_outcome("creating the staging folder"):
-        if is_main_process():
-            final.parent.mkdir(parents=True, exist_ok=True)
-            staging = tempfile.mkdtemp(dir=final.parent, prefix=staging_prefix(final))
-            os.chmod(staging, DIR_MODE)
-    staging = Path(broadcast_from_main(staging))
+    has left the block, the main process swaps it in (or, after an error, removes it). A folder
+    that came to hold foreign files meanwhile is refused, not replaced."""
+    final = Path(output_dir).resolve()
+    staging = Path(broadcast_from_main(new_staging(final) if is_main_process() else None))
     try:
         yield staging
         barrier()  # every process has written its labels
         if is_main_process():
-            write_manifest(staging, WRITER, [p.name for p in staging.iterdir()])
             check_replaceable(final, OUTPUT_KEY)
-            replace_dir(staging, final)
+            publish(staging, final, WRITER)
     finally:
         if is_main_process():
             shutil.rmtree(staging, ignore_errors=True)
@@ -184,9 +169,8 @@ def generate_pseudo_labels(model, dataset, cfg, output_dir, device, record=None)
             spill_folder = staging / f".spill-{get_rank()}"  # each process its own
             names, spill, thresholds = _threshold_group(model, dataset, range(start, stop), spill_folder,
                                                         cfg, device)
-            with same_outcome("writing the pseudo-labels"):
-                _write_group(names, spill, thresholds, esl.METHOD, staging, stats, dataset.has_labels)
-                shutil.rmtree(spill.folder)
+            _write_group(names, spill, thresholds, esl.METHOD, staging, stats, dataset.has_labels)
+            shutil.rmtree(spill.folder)
             groups.append({"images": [start, stop], "thresholds": thresholds.tolist()})
         stats.reduce_from_all_processes()
         report = build_report(cfg, stats, groups, dataset.has_labels, len(dataset))
@@ -208,26 +192,24 @@ def _threshold_group(model, dataset, indices, spill_folder, cfg, device):
     loader = DataLoader(dataset, batch_sampler=shard_batches(indices, esl.BATCH_SIZE_TARGET),
                         num_workers=cfg.NUM_WORKERS, pin_memory=device.type == "cuda")
     desc = f"ESL images {indices.start}-{indices.stop} (model)"
-    with same_outcome("the ESL model pass"):
-        spill = MapSpill(spill_folder)
-        for image, gt, _, batch_names in tqdm(loader, desc=desc, disable=not is_main_process()):
-            logits = main_logits(model, to_model(image, device, cfg.CHANNELS_LAST), esl.AMP)
-            if nonfinite_images(logits):
-                raise UserError("the model produced non-finite logits (NaN or inf): check ESL.RESTORE_FROM"
-                                + ("; or try ESL.AMP 'bf16' or 'none'" if esl.AMP == "fp16" else ""))
-            label, score = predict_with_confidence(logits, esl.OUTPUT_SIZE_TARGET, esl.METHOD)
-            label, score = label.to(torch.uint8).cpu(), score.cpu()
-            selector.count_high(label, score)
-            for i, name in enumerate(batch_names):
-                gt_map = gt[i].numpy().astype(np.uint8) if dataset.has_labels else np.zeros(0, np.uint8)
-                spill.put(len(names), label[i].numpy(), score[i].numpy(), gt_map)
-                names.append(name)
+    spill = MapSpill(spill_folder)
+    for image, gt, _, batch_names in tqdm(loader, desc=desc, disable=not is_main_process()):
+        logits = main_logits(model, to_model(image, device, cfg.CHANNELS_LAST), esl.AMP)
+        if nonfinite_images(logits):
+            raise UserError("the model produced non-finite logits (NaN or inf): check ESL.RESTORE_FROM"
+                            + ("; or try ESL.AMP 'bf16' or 'none'" if esl.AMP == "fp16" else ""))
+        label, score = predict_with_confidence(logits, esl.OUTPUT_SIZE_TARGET, esl.METHOD)
+        label, score = label.to(torch.uint8).cpu(), score.cpu()
+        selector.count_high(label, score)
+        for i, name in enumerate(batch_names):
+            gt_map = gt[i].numpy().astype(np.uint8) if dataset.has_labels else np.zeros(0, np.uint8)
+            spill.put(len(names), label[i].numpy(), score[i].numpy(), gt_map)
+            names.append(name)
     selector.high_counts = sum_over_processes(selector.high_counts)
     selector.choose_bins()
-    with same_outcome("the ESL threshold pass"):
-        for index in tqdm(range(len(names)), desc="ESL thresholds", disable=not is_main_process()):
-            label, score, _ = spill.get(index)
-            selector.count_low(torch.from_numpy(label), torch.from_numpy(score))
+    for index in tqdm(range(len(names)), desc="ESL thresholds", disable=not is_main_process()):
+        label, score, _ = spill.get(index)
+        selector.count_low(torch.from_numpy(label), torch.from_numpy(score))
     selector.low_counts = sum_over_processes(selector.low_counts)
     return names, spill, finish_thresholds(selector.kth_values(), selector.counts(), esl.METHOD,
                                            floor=esl.THRESHOLD, cap=esl.MAXPROB_THRESHOLD)

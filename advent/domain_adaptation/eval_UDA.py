@@ -44,8 +44,7 @@ from advent.model import load_checkpoint
 from advent.model.inference import load_segmenter, main_logits, nonfinite_images, to_model, upsample
 from advent.model.weights import CheckpointInfo, file_sha256
 from advent.utils.distributed import (
-    broadcast_from_main, is_main_process, same_outcome, shard_batches, shared_error, sum_over_processes,
-    true_everywhere,
+    broadcast_from_main, is_main_process, join_process_group, shard_batches, sum_over_processes,
 )
 from advent.utils.errors import UserError
 from advent.utils.output_dir import check_writable
@@ -188,9 +187,9 @@ def eval_single(cfg, device, cfg_path="", argv=None):
     """Evaluate the model (or the ensemble) of TEST.RESTORE_FROM; return the results dict."""
     folder = single_results_dir(cfg, cfg_path)
     with contextlib.ExitStack() as stack:  # the predictions folder's lock, while it is written
-        with same_outcome("setup"):
-            dataset, loader, info, writer = setup(cfg, device, folder, "the results", stack)
-            models, infos = load_models(cfg, device)
+        dataset, loader, info, writer = setup(cfg, device, folder, "the results", stack)
+        models, infos = load_models(cfg, device)
+        join_process_group(device)  # every check done
         if writer:
             writer.share()
         if len(models) > 1:
@@ -219,27 +218,35 @@ def eval_single(cfg, device, cfg_path="", argv=None):
 # --- 'best' mode ---
 
 def snapshot_dir_of(cfg):
+    """TEST.SNAPSHOT_DIR[0], checked to hold a snapshot to evaluate (or, TEST.WAIT_MODEL, to exist)."""
     folder = Path(cfg.TEST.SNAPSHOT_DIR[0])
     if not folder.is_dir():
         raise UserError(f"snapshot folder {folder} not found (TEST.SNAPSHOT_DIR)")
     if len(cfg.TEST.MODEL) != 1:
         raise UserError(f"'best' mode evaluates one model per snapshot, but TEST.MODEL lists "
                         f"{len(cfg.TEST.MODEL)}; use 'single' mode for an ensemble")
+    expected = expected_snapshots(cfg.TEST.SNAPSHOT_STEP, cfg.TEST.SNAPSHOT_MAXITER)
+    if not cfg.TEST.WAIT_MODEL and not any(model_snapshot_path(folder, n).exists() for n in expected):
+        raise no_snapshot(cfg, folder)
     return folder
+
+
+def no_snapshot(cfg, folder):
+    step = cfg.TEST.SNAPSHOT_STEP
+    return UserError(f"no snapshot model_<k>.pth for k = {step}, {2 * step}, ... {cfg.TEST.SNAPSHOT_MAXITER} "
+                     f"in {folder}")
 
 
 def available_snapshots(cfg, folder):
     """Yield (iteration, path) of the snapshots to evaluate, in order: waiting for each (WAIT_MODEL)
-    or skipping the missing ones with a note; a UserError when none exists. Under torchrun every
-    process waits (no collective meanwhile), then they agree; a snapshot is taken when every
-    process sees it."""
+    or skipping the missing ones with a note. Under torchrun every process waits (no collective
+    meanwhile); without waiting, the main process's view of which exist is taken by all."""
     found, skipped = 0, []
     for n_iter in expected_snapshots(cfg.TEST.SNAPSHOT_STEP, cfg.TEST.SNAPSHOT_MAXITER):
         path = model_snapshot_path(folder, n_iter)
         if cfg.TEST.WAIT_MODEL:
-            with same_outcome(f"the wait for {path.name}"):
-                wait_for_file(path, cfg.TEST.WAIT_TIMEOUT, "TEST")
-        elif not true_everywhere(path.exists()):
+            wait_for_file(path, cfg.TEST.WAIT_TIMEOUT, "TEST")
+        elif not broadcast_from_main(path.exists()):
             skipped.append(path.name)
             continue
         found += 1
@@ -247,10 +254,8 @@ def available_snapshots(cfg, folder):
     if skipped:
         log.info("skipped %d missing snapshot(s) (TEST.WAIT_MODEL is False): %s",
                  len(skipped), ", ".join(skipped))
-    if not found:
-        step = cfg.TEST.SNAPSHOT_STEP
-        raise shared_error(UserError(f"no snapshot model_<k>.pth for k = {step}, {2 * step}, ... "
-                                     f"{cfg.TEST.SNAPSHOT_MAXITER} in {folder}"))
+    if not found:  # removed since snapshot_dir_of looked
+        raise no_snapshot(cfg, folder)
 
 
 def evaluate_snapshot(model, path, cache, loader, cfg, device):
@@ -260,8 +265,7 @@ def evaluate_snapshot(model, path, cache, loader, cfg, device):
     entry = broadcast_from_main(cache.lookup(path.name, file_sha256(path)) if is_main_process() else None)
     if entry is not None:
         return entry, True
-    with same_outcome(f"loading {path.name}"):
-        info = load_checkpoint(model, path)
+    info = load_checkpoint(model, path)
     confmat = evaluate([model], loader, cfg.NUM_CLASSES, device, cfg.TEST.OUTPUT_SIZE_TARGET,
                        amp=cfg.TEST.AMP, desc=path.stem, channels_last=cfg.CHANNELS_LAST)
     hist, unexpected = confmat.hist(), confmat.unexpected_labels()  # summed over the processes
@@ -278,14 +282,14 @@ def pick_best(results):
 def eval_best(cfg, device, cfg_path="", argv=None):
     """Evaluate every expected snapshot of TEST.SNAPSHOT_DIR[0]; report the last and the best."""
     with contextlib.ExitStack() as stack:  # the predictions folder's lock, for the whole run
-        with same_outcome("setup"):
-            folder = snapshot_dir_of(cfg)
-            dataset, loader, info, writer = setup(cfg, device, folder, "the test cache and results", stack)
-            model, _ = load_segmenter(cfg.TEST.MODEL[0], cfg.NUM_CLASSES, cfg.TEST.MULTI_LEVEL[0], None,
-                                      device, cfg.CHANNELS_LAST)  # each snapshot's weights loaded in turn
-            cache = None
-            if is_main_process():
-                cache = EvalCache(folder / CACHE_NAME, eval_setting(cfg, dataset, info))
+        folder = snapshot_dir_of(cfg)
+        dataset, loader, info, writer = setup(cfg, device, folder, "the test cache and results", stack)
+        model, _ = load_segmenter(cfg.TEST.MODEL[0], cfg.NUM_CLASSES, cfg.TEST.MULTI_LEVEL[0], None,
+                                  device, cfg.CHANNELS_LAST)  # each snapshot's weights loaded in turn
+        cache = None
+        if is_main_process():
+            cache = EvalCache(folder / CACHE_NAME, eval_setting(cfg, dataset, info))
+        join_process_group(device)  # every check done
         if writer:
             writer.share()
         results, weights = [], []
@@ -301,9 +305,8 @@ def eval_best(cfg, device, cfg_path="", argv=None):
                      " (cached)" if cached else "", best["snapshot"], format_miou(best))
         last, best = results[-1], pick_best(results)
         report_best(last, best, cfg)  # shown before any failed write is reported
-        with same_outcome("saving the test cache"):
-            if cache is not None and cache.fault is not None:
-                raise cache.fault
+        if cache is not None and cache.fault is not None:
+            raise cache.fault
         output = run_header(cfg, cfg_path, dataset, "best")
         output.update(snapshot_dir=str(folder), snapshots=results, last=last["snapshot"],
                       best=best["snapshot"], predictions=None,
@@ -328,8 +331,7 @@ def report_best(last, best, cfg):
 def save_best_predictions(model, best, loader, writer, cfg, device):
     """One more pass of the best snapshot over `loader`, writing its predictions to
     predictions/<snapshot>/ (`writer`'s folder is predictions/); returns where they are."""
-    with same_outcome("loading the best snapshot"):
-        load_checkpoint(model, best["path"])
+    load_checkpoint(model, best["path"])
     writer.subfolder = best["snapshot"]
     evaluate([model], loader, cfg.NUM_CLASSES, device, cfg.TEST.OUTPUT_SIZE_TARGET, amp=cfg.TEST.AMP,
              on_prediction=writer, desc=f"{best['snapshot']} (saving predictions)",

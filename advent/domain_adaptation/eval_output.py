@@ -7,29 +7,25 @@ first, then the failed write is reported in one line; the cache keeps every snap
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from advent.dataset import png_name
-from advent.utils.distributed import broadcast_from_main, get_world_size, is_main_process, same_outcome
+from advent.utils.distributed import barrier, broadcast_from_main, get_world_size, is_main_process
 from advent.utils.errors import UserError, file_system_fault
-from advent.utils.output_dir import (
-    check_replaceable, check_writable, exclusive_lock, remove_leftovers, replace_dir, staging_prefix,
-    write_manifest,
-)
+from advent.utils.output_dir import check_replaceable, check_writable, holding, new_staging, publish
 from advent.utils.run_record import build_run_record, write_run_record
-from advent.utils.serialization import DIR_MODE, json_dump, json_load
+from advent.utils.serialization import json_dump, json_load
 from advent.utils.viz_segmask import colorize_mask, save_png
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 PREDICTIONS_KEY = "TEST.SAVE_PREDICTIONS folder"
+WRITER = "test.py"
 
 
 # --- saved predictions ---
@@ -73,12 +69,10 @@ class PredictionWriter:
     def prepare(self, stack):
         """The main process's setup of the folder (see the class)."""
         check_writable(self.final.parent, "the predictions")
-        stack.enter_context(exclusive_lock(self.final, "test.py"))
-        remove_leftovers(self.final)
-        check_replaceable(self.final, PREDICTIONS_KEY,
-                          advice="move it away (an earlier version's predictions/ has no manifest)")
-        self.staging = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=staging_prefix(self.final)))
-        os.chmod(self.staging, DIR_MODE)
+        advice = "move it away (an earlier version's predictions/ has no manifest)"
+        check = lambda: check_replaceable(self.final, PREDICTIONS_KEY, advice)  # noqa: E731
+        stack.enter_context(holding(self.final, WRITER, check))
+        self.staging = new_staging(self.final)
         stack.callback(shutil.rmtree, self.staging, ignore_errors=True)  # after a failure (else gone)
 
     def share(self):
@@ -100,14 +94,14 @@ class PredictionWriter:
             log.warning("%s; the evaluation goes on without them", self.fault)
 
     def finish(self):
-        """After the evaluation (every process has written its images): a fault of any process
-        stops all, else the main process puts the new folder in place. Returns where they are."""
-        with same_outcome("writing the predictions"):
-            if self.fault is not None:
-                raise self.fault
+        """After the evaluation: this process's write fault, if any, ends it (and torchrun the
+        others, so that no partial folder is put in place); else, once every process has written
+        its images, the main process puts the new folder in place. Returns where they are."""
+        if self.fault is not None:
+            raise self.fault
+        barrier()
         if is_main_process():
-            write_manifest(self.staging, "test.py", [p.name for p in self.staging.iterdir()])
-            replace_dir(self.staging, self.final)
+            publish(self.staging, self.final, WRITER)
         log.info("predictions written to %s", self.final / self.subfolder)
         return self.final / self.subfolder
 

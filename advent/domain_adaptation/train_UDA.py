@@ -19,8 +19,9 @@ SIGINT / SIGTERM stop the loop after the current iteration with a saved train st
 (TrainingInterrupted); a non-finite loss stops it before the optimisers step (UserError).
 
 Under torchrun each process trains on its own share of the data order, DistributedDataParallel
-averages the gradients of the segmenter and of each discriminator, and the processes agree every
-iteration on a stop signal and on non-finite losses (so all stop at the same iteration).
+averages the gradients of the segmenter and of each discriminator, and the processes learn every
+iteration of a stop signal and of non-finite losses on any of them (so all stop at the same
+iteration); any other failure ends its process, and torchrun the others.
 """
 import logging
 import math
@@ -43,7 +44,7 @@ from advent.model import build_segmenter, discriminator_optimizer, get_fc_discri
 from advent.model.inference import autocast, upsample
 from advent.utils.distributed import (
     barrier, broadcast_from_main, data_parallel, get_world_size, is_distributed, is_main_process,
-    max_over_processes, no_sync, same_outcome, sum_over_processes,
+    join_process_group, max_over_processes, no_sync, sum_over_processes,
 )
 from advent.utils.errors import UserError
 from advent.utils.func import adjust_learning_rate, adjust_learning_rate_discriminator, bce_loss, prob_2_entropy
@@ -364,26 +365,25 @@ def train_domain_adaptation(cfg, device, resume=False, tensorboard=False, seeded
     """Train as `cfg` says, fresh or (`resume`) from the newest train state in TRAIN.SNAPSHOT_DIR;
     return the number of completed iterations. `seeded`: seed every generator from
     TRAIN.RANDOM_SEED (False: --random-train; the data order is still recorded, so a resume stays
-    exact). Under torchrun every process calls it; checks that can fail run on every process
-    before any collective, and a failure on one stops all (same_outcome)."""
+    exact). Under torchrun every process calls it and runs the checks (folder, train state, data
+    lists, weights) before it joins the process group."""
     total = total_iterations(cfg)
     checkpointer = Checkpointer(cfg)
     with checkpointer.holding(tensorboard):
-        with same_outcome("setup"):
-            done = checkpointer.find(resume)  # None: a fresh run
-            finished = done is not None and done >= total
-            datasets = None if finished else training_datasets(cfg)  # missing data fails before any model
-        if finished:
+        done = checkpointer.find(resume)  # None: a fresh run
+        if done is not None and done >= total:
             log.info("%s: training already finished (%d iterations done, %d asked for by TRAIN.EARLY_STOP / "
                      "MAX_ITERS)", cfg.EXP_NAME, done, total)
             return done
+        datasets = training_datasets(cfg)  # missing data fails before any model
+        if seeded:
+            seed_everything(cfg.TRAIN.RANDOM_SEED)
+        setup = build_setup(cfg, device)
+        checkpointer.restore(setup)
+        join_process_group(device)
         # one data order for all processes (drawn at random with --random-train)
         data_seed = broadcast_from_main(cfg.TRAIN.RANDOM_SEED if seeded else random.SystemRandom().randrange(2 ** 31))
-        with same_outcome("setup"):  # no collective inside: a failure on one process must not hang the others
-            if seeded:
-                seed_everything(cfg.TRAIN.RANDOM_SEED)
-            setup = build_setup(cfg, device)
-            start = checkpointer.resume_or_start(setup, datasets, data_seed, device)
+        start = checkpointer.start(datasets, data_seed, device)
         parallel(setup, device)
         for module in (setup.model, *setup.discriminators.values()):
             module.train()

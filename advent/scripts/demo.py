@@ -12,7 +12,7 @@ a user runs (train.py, esl.py and test.py with advent/scripts/configs/demo/*.yml
   MPSL labels     mpsl.yml          esl.py, ESL.METHOD maxprob: the baseline, same model
   ESL retrain     esl.yml           train.py with the ESL pseudo-labels + test.py
 
---study adds what tells where self-training loses (about 10 minutes more): the same retraining
+--study adds what tells where self-training loses (about 30 minutes more): the same retraining
 with the MPSL pseudo-labels, and with two oracles, target-train ground truth written as
 pseudo-labels (8-bit PNGs of train ids, 255 ignored, named by png_name):
 
@@ -44,9 +44,7 @@ Exit code 2 with one line on a user error.
 """
 import argparse
 import logging
-import os
 import sys
-import tempfile
 import time
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
@@ -68,11 +66,9 @@ from advent.scripts import esl as esl_script
 from advent.scripts import test as test_script
 from advent.scripts import train as train_script
 from advent.utils.errors import UserError
-from advent.utils.output_dir import (
-    check_replaceable, exclusive_lock, read_manifest, remove_leftovers, replace_dir, staging_prefix, write_manifest,
-)
+from advent.utils.output_dir import check_replaceable, holding, new_staging, publish, read_manifest, write_manifest
 from advent.utils.runtime import run_main
-from advent.utils.serialization import DIR_MODE, atomic_path, json_dump, json_load, yaml_dump, yaml_load
+from advent.utils.serialization import atomic_path, json_dump, json_load, yaml_dump, yaml_load
 from advent.utils.viz_segmask import input_image, mask_image, panel_row
 
 log = logging.getLogger("demo")
@@ -113,7 +109,7 @@ PICTURE_SCALE = 2
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help=f"CI mode: every run {QUICK_SCALE:g} times as long (about 1.5 minutes)")
+                        help=f"CI mode: every run {QUICK_SCALE:g} times as long (about 3.5 minutes)")
     parser.add_argument("--study", action="store_true",
                         help="also retrain with the MPSL pseudo-labels and with target-train ground truth "
                              "(all of it; on ESL's kept pixels), with per-class IoU (four more 1,000-iteration runs)")
@@ -146,20 +142,15 @@ def staged_out(out):
     out = Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is not a folder")
-    check_out(out)  # first: a refused folder gets no lock file beside it
-    with exclusive_lock(out, "demo.py"):
-        remove_leftovers(out)
-        check_out(out)  # again, now that no other demo can be writing it
-        work = Path(tempfile.mkdtemp(dir=out.parent, prefix=staging_prefix(out)))
-        os.chmod(work, DIR_MODE)
+    with holding(out, "demo.py", lambda: check_out(out)):
+        work = new_staging(out)
         try:
             yield work
         except BaseException:
             log.warning("demo.py stopped; %s is as it was, the unfinished run is in %s (the next demo run "
                         "into that folder removes it)", out, work)
             raise
-        write_manifest(work, "demo.py", [p.name for p in work.iterdir()])
-        replace_dir(work, out)
+        publish(work, out, "demo.py")
 
 
 # --- the configs it runs ---

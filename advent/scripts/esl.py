@@ -17,14 +17,15 @@ import argparse
 import logging
 import os
 import sys
-from contextlib import ExitStack
 
 from advent.config import load_config
 from advent.dataset import get_target_dataset
 from advent.domain_adaptation.checkpoint import wait_for_file
 from advent.domain_adaptation.esl_UDA import claimed_output_dir, format_report, generate_pseudo_labels
 from advent.model.inference import load_segmenter
-from advent.utils.distributed import get_world_size, is_main_process, process_group, same_outcome
+from advent.utils.distributed import (
+    get_world_size, is_main_process, join_process_group, leave_process_group, select_device,
+)
 from advent.utils.errors import UserError
 from advent.utils.run_record import build_run_record
 from advent.utils.runtime import run_main, setup_logging
@@ -64,11 +65,12 @@ def main(argv=None):
     args = parse_args(argv)
     setup_logging()
     cfg = load_config(args.cfg)
-    with process_group(cfg.GPU_ID) as device, ExitStack() as run:
-        with same_outcome("setup"):  # every process checks; a failure on one stops all
-            # the output folder first (locked for the whole run), the model work last
-            output_dir = run.enter_context(claimed_output_dir(cfg.PSEUDO_LABEL_DIRECTORY_TARGET))
-            dataset, model, checkpoint = prepare(cfg, device)
+    device = select_device(cfg.GPU_ID)
+    # every check first, on every process (the output folder, locked for the whole run, before the
+    # data and the model), then the process group
+    with claimed_output_dir(cfg.PSEUDO_LABEL_DIRECTORY_TARGET) as output_dir:
+        dataset, model, checkpoint = prepare(cfg, device)
+        join_process_group(device)
         record = None
         if is_main_process():
             record = build_run_record("esl", cfg, device, [checkpoint])
@@ -78,6 +80,7 @@ def main(argv=None):
         report = generate_pseudo_labels(model, dataset, cfg, output_dir, device, record)
         if is_main_process():
             print(format_report(report))
+    leave_process_group()
     return 0
 
 

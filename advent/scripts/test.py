@@ -17,7 +17,7 @@ import sys
 
 from advent.config import load_config
 from advent.domain_adaptation.eval_UDA import evaluate_domain_adaptation
-from advent.utils.distributed import process_group
+from advent.utils.distributed import leave_process_group, select_device
 from advent.utils.runtime import run_main, setup_logging
 
 
@@ -34,8 +34,8 @@ def main(argv=None):
     setup_logging()
     cfg = load_config(args.cfg, args.exp_suffix)
     command = None if argv is None else [__file__] + list(argv)
-    with process_group(cfg.GPU_ID) as device:
-        evaluate_domain_adaptation(cfg, device, cfg_path=args.cfg, argv=command)
+    evaluate_domain_adaptation(cfg, select_device(cfg.GPU_ID), cfg_path=args.cfg, argv=command)
+    leave_process_group()
     return 0
 
 

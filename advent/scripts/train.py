@@ -24,7 +24,7 @@ import sys
 from advent.config import load_config
 from advent.domain_adaptation.train_UDA import TrainingInterrupted, total_iterations, train_domain_adaptation
 from advent.utils.distributed import (
-    get_world_size, is_main_process, launched_by_torchrun, leave_together, process_group,
+    get_world_size, is_main_process, launched_by_torchrun, leave_process_group, select_device,
 )
 from advent.utils.errors import UserError
 from advent.utils.runtime import run_main, setup_logging
@@ -78,25 +78,24 @@ def main(argv=None):
     cfg = load_config(args.cfg, args.exp_suffix, viz_rate)
     if args.viz_every_iter is not None and args.viz_every_iter <= 0:
         raise UserError(f"--viz-every-iter must be positive, got {args.viz_every_iter}")
-    # cudnn.benchmark on CUDA, as the original: fixed input sizes (distributed.init_distributed)
-    with process_group(cfg.GPU_ID) as device:
-        processes = f" x {get_world_size()} processes" if get_world_size() > 1 else ""
-        log.info("%s on %s%s; full config: %s/config.yml", describe(cfg), device, processes,
-                 cfg.TRAIN.SNAPSHOT_DIR)
-        try:
-            train_domain_adaptation(cfg, device, resume=args.resume, tensorboard=args.tensorboard,
-                                    seeded=not args.random_train)
-        except TrainingInterrupted as stop:
-            if is_main_process():
-                print(f"{signal.Signals(stop.signum).name}: stopped after {stop.n_iter} iterations, train "
-                      f"state saved to {stop.path}; resume with: {resume_command(args)}", file=sys.stderr,
-                      flush=True)
-            leave_together()
-            sys.exit(128 + stop.signum)
-        except KeyboardInterrupt:
-            print(f"aborted without saving; the newest train state in {cfg.TRAIN.SNAPSHOT_DIR} is kept",
-                  file=sys.stderr)
-            sys.exit(128 + signal.SIGINT)
+    device = select_device(cfg.GPU_ID)  # cudnn.benchmark on CUDA, as the original: fixed input sizes
+    processes = f" x {get_world_size()} processes" if get_world_size() > 1 else ""
+    log.info("%s on %s%s; full config: %s/config.yml", describe(cfg), device, processes, cfg.TRAIN.SNAPSHOT_DIR)
+    try:
+        train_domain_adaptation(cfg, device, resume=args.resume, tensorboard=args.tensorboard,
+                                seeded=not args.random_train)
+    except TrainingInterrupted as stop:
+        if is_main_process():
+            print(f"{signal.Signals(stop.signum).name}: stopped after {stop.n_iter} iterations, train "
+                  f"state saved to {stop.path}; resume with: {resume_command(args)}", file=sys.stderr,
+                  flush=True)
+        leave_process_group()
+        sys.exit(128 + stop.signum)
+    except KeyboardInterrupt:
+        print(f"aborted without saving; the newest train state in {cfg.TRAIN.SNAPSHOT_DIR} is kept",
+              file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    leave_process_group()
     return 0
 
 

@@ -1,22 +1,21 @@
-"""Several processes for train / esl / test: torchrun's process group, and the few collectives used.
+"""Several processes for train / esl / test under torchrun: the process group and the few collectives used.
 
     torchrun --nproc_per_node=N advent/scripts/train.py --cfg FILE      (also esl.py, test.py)
 
-Launched by torchrun with WORLD_SIZE > 1, a script joins the process group torchrun describes
-in its environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT): backend NCCL with
-one GPU per process (cuda:LOCAL_RANK), gloo on the CPU. Started plainly, it stays one process on
+A thin layer, as torchvision's reference scripts: each stage runs every check that can fail
+(config, data lists, checkpoints, output folders) before it joins the process group
+(`join_process_group`), identically on every process, and after that any process that fails
+simply ends: torchrun then stops the others. Started plainly, a script stays one process on
 cuda:GPU_ID (or the CPU) and every helper below reduces to the single-process case.
 
-Who does what: each process takes its own share of the images (`shard_batches`: whole batches,
-no padding and no image twice), counts are summed over the processes (`sum_over_processes`), and
-only the main process (rank 0) writes results, caches, snapshots and run records. A UserError
-(or any exception) inside `same_outcome()` on one process is raised on every process, so none is
-left waiting in a collective the failed one never reaches.
+Each process takes its own share of the images (`shard_batches`: whole batches, no padding, no
+image twice), counts are summed over the processes (`sum_over_processes`), and only the main
+process (rank 0) writes results, caches, snapshots and run records.
 """
 import inspect
 import logging
 import os
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 
 import torch
 import torch.distributed as dist
@@ -38,56 +37,56 @@ def is_distributed():
 
 
 def get_rank():
-    return dist.get_rank() if is_distributed() else 0
+    """This process's rank; before the process group exists, torchrun's RANK."""
+    if is_distributed():
+        return dist.get_rank()
+    return int(os.environ["RANK"]) if launched_by_torchrun() else 0
 
 
 def get_world_size():
-    return dist.get_world_size() if is_distributed() else 1
-
-
-def select_device(gpu_id=0):
-    """cuda:GPU_ID when CUDA is available, else the CPU (a single-process run)."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", gpu_id)
-    return torch.device("cpu")
+    """The number of processes; before the process group exists, torchrun's WORLD_SIZE."""
+    if is_distributed():
+        return dist.get_world_size()
+    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
 
 
 def is_main_process():
-    """Rank 0, or the only process; also before the process group exists (from RANK)."""
-    if is_distributed():
-        return dist.get_rank() == 0
-    return int(os.environ.get("RANK", "0")) == 0
+    """Rank 0, or the only process."""
+    return get_rank() == 0
 
 
 # --- starting and ending ---
 
-def init_distributed(gpu_id=0):
-    """Join torchrun's process group when launched by it; return this process's device.
-
-    Under torchrun: cuda:LOCAL_RANK with NCCL (GPU_ID is ignored), or the CPU with gloo.
-    Otherwise: select_device(GPU_ID), no process group. cuDNN autotuning is switched on for
-    CUDA (every stage feeds fixed input sizes).
-    """
-    if not launched_by_torchrun():
-        device = select_device(gpu_id)
-    elif torch.cuda.is_available():
-        local_rank = int(os.environ["LOCAL_RANK"])
-        if local_rank >= torch.cuda.device_count():
-            raise UserError(f"torchrun started process {local_rank} on this machine, which sees "
+def select_device(gpu_id=0):
+    """This process's device, before any process group: under torchrun cuda:LOCAL_RANK (GPU_ID
+    is ignored) or the CPU; otherwise cuda:GPU_ID when CUDA is available, else the CPU. cuDNN
+    autotuning is switched on for CUDA (every stage feeds fixed input sizes)."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    if launched_by_torchrun():
+        per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+        if per_machine > torch.cuda.device_count():
+            raise UserError(f"torchrun started {per_machine} processes on this machine, which sees "
                             f"{torch.cuda.device_count()} GPU(s): --nproc_per_node must not exceed them")
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
+        gpu_id = int(os.environ["LOCAL_RANK"])
+    device = torch.device("cuda", gpu_id)
+    torch.cuda.set_device(device)
+    torch.backends.cudnn.benchmark = True
+    return device
+
+
+def join_process_group(device):
+    """Under torchrun, join its process group (once): NCCL for a GPU, gloo on the CPU. A stage
+    calls it after its checks; without torchrun it does nothing."""
+    if not launched_by_torchrun() or is_distributed():
+        return
+    if device.type == "cuda":
         # binding the group to this GPU (torch >= 2.3) tells every collective, barriers included, its device
         bind = {"device_id": device} if _accepts(dist.init_process_group, "device_id") else {}
         dist.init_process_group("nccl", **bind)
     else:
-        device = torch.device("cpu")
         dist.init_process_group("gloo")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    if is_distributed():
-        log.info("process %d of %d on %s", get_rank(), get_world_size(), device)
-    return device
+    log.info("process %d of %d on %s", get_rank(), get_world_size(), device)
 
 
 def _accepts(function, name):
@@ -95,28 +94,22 @@ def _accepts(function, name):
     return name in inspect.signature(function).parameters
 
 
-def cleanup():
+def leave_process_group():
+    """Leave the process group (when joined); every process waits for the others first, so
+    that none ends (and makes torchrun stop the rest) before the main process is done."""
     if is_distributed():
+        barrier()
         dist.destroy_process_group()
 
 
-def leave_together():
-    """After an outcome every process shares (an agreed error, a stop signal): wait for all, so
-    that none ends (and makes torchrun stop the others) before the main process has said why,
-    then leave the group."""
-    if is_distributed():
-        barrier()
-        cleanup()
-
-
-@contextmanager
-def process_group(gpu_id=0):
-    """init_distributed(gpu_id) for the block (yields the device); leaves the group when the
-    block ends normally. After an error the process just ends: `run_main` leaves together after
-    an error all processes share (leave_together), and torchrun stops the others after any other."""
-    device = init_distributed(gpu_id)
-    yield device
-    cleanup()
+def lost_another_process(error):
+    """Whether `error` is the process group's report that another process ended (gloo: its
+    connection closed; NCCL: a backend error), which torchrun answers by stopping the rest."""
+    if not is_distributed():
+        return False
+    text = str(error)
+    return (isinstance(error, getattr(dist, "DistBackendError", ())) or "closed by peer" in text
+            or "reset by peer" in text)
 
 
 def barrier():
@@ -156,11 +149,6 @@ def max_over_processes(value):
     return int(flag.item())
 
 
-def true_everywhere(flag):
-    """True when `flag` is true on every process (e.g. every process sees a file)."""
-    return -max_over_processes(-int(bool(flag))) == 1
-
-
 def broadcast_from_main(obj):
     """The main process's `obj` (any picklable object), on every process."""
     if not is_distributed():
@@ -168,44 +156,6 @@ def broadcast_from_main(obj):
     holder = [obj]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
-
-
-@contextmanager
-def same_outcome(what="setup"):
-    """Run the block on every process and agree on how it ended: when it raises on any process,
-    every process raises (the failing one its own exception, the others a UserError naming the
-    failing process and its message), instead of waiting for it in the next collective.
-    One exchange of a short message per use; nothing when there is one process."""
-    error = None
-    try:
-        yield
-    except Exception as raised:  # any: shared with the other processes, then raised again
-        if not is_distributed():
-            raise
-        error = raised
-    if not is_distributed():
-        return
-    messages = [None] * get_world_size()
-    dist.all_gather_object(messages, None if error is None else _one_line(error))
-    failed = [(rank, message) for rank, message in enumerate(messages) if message is not None]
-    if not failed:
-        return
-    if error is not None:
-        raise shared_error(error)
-    rank, message = failed[0]
-    raise shared_error(UserError(f"process {rank} failed during {what}: {message}"))
-
-
-def shared_error(error):
-    """Mark `error` as raised by every process at the same point (`run_main` prints it once)."""
-    error.all_processes = True
-    return error
-
-
-def _one_line(error):
-    text = str(error).strip().splitlines()
-    text = text[-1] if text else ""
-    return text if isinstance(error, UserError) else f"{type(error).__name__}: {text}"
 
 
 # --- sharing the work ---

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from advent.utils.errors import UserError
-from advent.utils.serialization import json_dump
+from advent.utils.serialization import DIR_MODE, json_dump
 
 MANIFEST_NAME = ".advent-manifest.json"
 # atomic_path's temporary files: ".<name>.<8 random characters>.tmp" (tempfile.mkstemp)
@@ -161,6 +161,35 @@ def check_replaceable(folder, key, advice="choose a new or empty folder"):
 
 
 # --- replacing a folder ---
+
+@contextlib.contextmanager
+def holding(final, writer, check):
+    """For a script (`writer`) that replaces the folder `final` as a whole: `check()` (which raises
+    when it may not be replaced), then for the block its lock held, the leftovers of killed runs
+    removed and `check()` again, now that no other run can be writing it. Checking first means a
+    refused folder (a dataset, say) gets no lock file beside it."""
+    check()
+    with exclusive_lock(final, writer):
+        remove_leftovers(final)
+        check()
+        yield
+
+
+def new_staging(final):
+    """A fresh, empty staging folder beside `final`, where its replacement is built."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=staging_prefix(final)))
+    os.chmod(staging, DIR_MODE)
+    return staging
+
+
+def publish(staging, final, writer):
+    """List everything in the complete folder `staging` in its manifest, then put it in place of
+    `final` (replace_dir)."""
+    write_manifest(staging, writer, [p.name for p in Path(staging).iterdir()])
+    replace_dir(staging, final)
+
 
 def staging_prefix(final):
     return f".{Path(final).name}.partial-"

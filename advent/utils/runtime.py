@@ -1,13 +1,12 @@
 """What the scripts share: `run_main` (a user error ends as one line), logging, seeding, memory format."""
 import logging
-import os
 import random
 import sys
 
 import numpy as np
 import torch
 
-from advent.utils.distributed import is_main_process, leave_together
+from advent.utils.distributed import get_rank, is_main_process, leave_process_group, lost_another_process
 from advent.utils.errors import UserError, file_system_fault
 
 
@@ -24,33 +23,41 @@ def seed_everything(seed):
 
 
 def setup_logging():
-    """INFO messages on the console; under torchrun from the main process (RANK 0) only, the
-    others log errors only (they would repeat its messages)."""
-    main = int(os.environ.get("RANK", "0")) == 0
-    logging.basicConfig(level=logging.INFO if main else logging.ERROR, format="%(message)s")
+    """INFO messages on the console; under torchrun from the main process only, the others log
+    errors only (they would repeat its messages)."""
+    logging.basicConfig(level=logging.INFO if is_main_process() else logging.ERROR, format="%(message)s")
 
 
 def run_main(main, argv=None):
     """Run a script's `main(argv)`; turn a UserError (or a file-system fault: `file_system_fault`)
     into one line on stderr and exit code 2, and Ctrl-C into one line and exit code 130.
 
-    Under torchrun, an error that every process raised together (`all_processes`) is printed by
-    the main process only, and the processes end together after it; each exits with code 2."""
+    Under torchrun each failing process says why in one line (the main process as "error: ...",
+    the others naming their rank) and torchrun stops the rest; a process that loses contact with
+    one that failed says so in one line (exit code 1). An error every process raised together
+    (`all_processes`, e.g. a diverged loss averaged over them) is said by the main process alone."""
     try:
         return main(argv)
-    except UserError as error:
-        shared = getattr(error, "all_processes", False)
-        if is_main_process() or not shared:
-            print(f"error: {error}", file=sys.stderr, flush=True)
-        if shared:
-            leave_together()
-        sys.exit(2)
-    except OSError as error:
-        line = file_system_fault(error)
+    except (UserError, OSError) as error:
+        line = str(error) if isinstance(error, UserError) else file_system_fault(error)
         if line is None:
             raise
-        print(f"error: {line}", file=sys.stderr, flush=True)
+        shared = getattr(error, "all_processes", False)
+        if is_main_process() or not shared:
+            _say(line)
+        if shared:
+            leave_process_group()
         sys.exit(2)
+    except RuntimeError as error:
+        if not lost_another_process(error):
+            raise
+        _say("stopped: another process of this run ended; its error is above")
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted (Ctrl-C); what was complete before is kept", file=sys.stderr, flush=True)
         sys.exit(130)
+
+
+def _say(line):
+    where = "" if is_main_process() else f" (process {get_rank()})"
+    print(f"error{where}: {line}", file=sys.stderr, flush=True)
