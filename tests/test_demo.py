@@ -219,10 +219,16 @@ def seed_results(mious, esl_accuracy, mpsl_accuracy):
     return {"models": models, "pseudo_labels": labels}
 
 
-def test_demo_seeds_reports_each_gap_per_seed_with_its_spread():
+def load_demo_seeds():
+    """benchmarks/demo_seeds.py as a module (benchmarks/ is no package)."""
     spec = importlib.util.spec_from_file_location("demo_seeds", PROJECT_ROOT / "benchmarks" / "demo_seeds.py")
     seeds = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(seeds)
+    return seeds
+
+
+def test_demo_seeds_reports_each_gap_per_seed_with_its_spread():
+    seeds = load_demo_seeds()
     runs = [seed_results({"source_only": 29, "advent": 36, "esl": 34, "mpsl": 33, "oracle_all": 46,
                           "oracle_coverage": 44}, 0.96, 0.95),
             seed_results({"source_only": 30, "advent": 35, "esl": 31, "mpsl": 32, "oracle_all": 46,
@@ -243,9 +249,7 @@ def test_demo_seeds_reports_each_gap_per_seed_with_its_spread():
 
 
 def test_demo_seeds_reuse_takes_a_finished_seed_of_the_same_kind_only(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("demo_seeds", PROJECT_ROOT / "benchmarks" / "demo_seeds.py")
-    seeds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seeds)
+    seeds = load_demo_seeds()
     (tmp_path / "seed0").mkdir()
     json_dump({"seed": 0, "quick": False, "study": True, "models": {}}, tmp_path / "seed0" / "demo_results.json")
     commands = []

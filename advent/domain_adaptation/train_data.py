@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from advent.dataset import get_source_dataset, get_target_dataset
+from advent.model.inference import to_model
 from advent.utils.distributed import get_rank, get_world_size
-from advent.utils.runtime import memory_format
 
 
 def uses_target(cfg):
@@ -70,8 +70,7 @@ def make_loader(dataset, stream, num_workers, device):
 def batches(loader, device, channels_last=False):
     """(images, labels) on `device`; the images in the NHWC memory format with `channels_last`."""
     for images, labels, _, _ in loader:
-        images = images.to(device, non_blocking=True, memory_format=memory_format(channels_last))
-        yield images, labels.to(device, non_blocking=True)
+        yield to_model(images, device, channels_last), labels.to(device, non_blocking=True)
 
 
 def rng_state():
