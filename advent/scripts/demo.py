@@ -68,8 +68,8 @@ from advent.scripts import train as train_script
 from advent.utils.errors import UserError
 from advent.utils.output_dir import check_replaceable, holding, new_staging, publish, read_manifest, write_manifest
 from advent.utils.runtime import run_main
-from advent.utils.serialization import atomic_path, json_dump, json_load, yaml_dump, yaml_load
-from advent.utils.viz_segmask import input_image, mask_image, panel_row
+from advent.utils.serialization import json_dump, json_load, yaml_dump, yaml_load
+from advent.utils.viz_segmask import input_image, mask_image, panel_row, save_png
 
 log = logging.getLogger("demo")
 
@@ -222,11 +222,6 @@ def oracle_labels(gt, kept):
     return gt, np.where(np.asarray(kept) != IGNORE_LABEL, gt, IGNORE_LABEL).astype(np.uint8)
 
 
-def write_label(label, path):
-    with atomic_path(path) as tmp:
-        Image.fromarray(label).save(tmp, format="PNG")
-
-
 def write_oracle_labels(dataset, kept_dir, all_dir, coverage_dir):
     """For every image of `dataset` (the target split with its ground truth at the pseudo-labels'
     size): its ground truth as a pseudo-label in `all_dir`, and the ground truth on the pixels the
@@ -244,7 +239,7 @@ def write_oracle_labels(dataset, kept_dir, all_dir, coverage_dir):
             raise UserError(f"pseudo-label {png_name(name)} in {kept_dir} is {kept.shape[::-1]}, "
                             f"the ground truth {gt.shape[::-1]}")
         for i, (folder, label) in enumerate(zip(folders, oracle_labels(gt, kept))):
-            write_label(label, folder / png_name(name))
+            save_png(Image.fromarray(label), folder / png_name(name))
             labelled[i] += np.count_nonzero(label != IGNORE_LABEL)
         pixels += gt.size
         names.append(png_name(name))
