@@ -120,7 +120,7 @@ def build_setup(cfg, device):
                                     train.REPEAT_BACKBONE_UPDATES)
     discriminators = {}
     if train.DA_METHOD == "AdvEnt":
-        discriminators = {level: get_fc_discriminator(cfg.NUM_CLASSES).to(device)
+        discriminators = {level: get_fc_discriminator(cfg.NUM_CLASSES, train.DISCRIMINATOR_WIDTH).to(device)
                           for level in level_weights(cfg, "ADV")}
     optimizers_d = {level: discriminator_optimizer(d, train.LEARNING_RATE_D)
                     for level, d in discriminators.items()}
