@@ -61,7 +61,7 @@ from advent.dataset.class_info import IGNORE_LABEL
 from advent.demo.synthetic import write_demo_data
 from advent.domain_adaptation.esl_UDA import REPORT_NAME
 from advent.domain_adaptation.eval_UDA import RESULTS_BEST
-from advent.domain_adaptation.checkpoint import model_snapshot_path
+from advent.domain_adaptation.checkpoint import model_snapshot_path, total_iterations
 from advent.scripts import esl as esl_script
 from advent.scripts import test as test_script
 from advent.scripts import train as train_script
@@ -164,7 +164,7 @@ def set_key(data, key, value):
 
 def final_snapshot(cfg):
     """The model file a run of `cfg` ends with."""
-    return model_snapshot_path(cfg.TRAIN.SNAPSHOT_DIR, min(cfg.TRAIN.EARLY_STOP, cfg.TRAIN.MAX_ITERS))
+    return model_snapshot_path(cfg.TRAIN.SNAPSHOT_DIR, total_iterations(cfg))
 
 
 def shipped_name(name):
