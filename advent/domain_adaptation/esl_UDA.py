@@ -55,11 +55,6 @@ OUTPUT_KEY = "PSEUDO_LABEL_DIRECTORY_TARGET"
 WRITER = "esl.py"
 
 
-def group_bounds(num_images, group_size):
-    """Consecutive [start, stop) ranges of at most `group_size` images; the last may be shorter."""
-    return [(start, min(start + group_size, num_images)) for start in range(0, num_images, group_size)]
-
-
 def check_output_dir(output_dir):
     """Fail with one line, before any model work, when the pseudo-label folder cannot be written:
     the new set is built beside it, so its parent must be writable."""
@@ -157,11 +152,10 @@ def generate_pseudo_labels(model, dataset, cfg, output_dir, device, record=None)
     """Write the pseudo-labels of every image of `dataset` into `output_dir`, with the report and
     (when given, on the main process) the run `record`; return the report."""
     esl = cfg.ESL
-    num_classes = cfg.NUM_CLASSES
-    stats = QualityStats(num_classes)
-    groups = []
+    stats, groups = QualityStats(cfg.NUM_CLASSES), []
     with staged_output(output_dir) as staging:
-        for start, stop in group_bounds(len(dataset), esl.MAX_MEDIAN_BATCH):
+        for start in range(0, len(dataset), esl.MAX_MEDIAN_BATCH):  # groups of images
+            stop = min(start + esl.MAX_MEDIAN_BATCH, len(dataset))
             spill_folder = staging / f".spill-{get_rank()}"  # each process its own
             names, spill, thresholds = _threshold_group(model, dataset, range(start, stop), spill_folder,
                                                         cfg, device)
