@@ -109,7 +109,7 @@ PICTURE_SCALE = 2
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help=f"CI mode: every run {QUICK_SCALE:g} times as long (about 3.5 minutes)")
+                        help=f"CI mode: every run {QUICK_SCALE:g} times as long (about 2 minutes)")
     parser.add_argument("--study", action="store_true",
                         help="also retrain with the MPSL pseudo-labels and with target-train ground truth "
                              "(all of it; on ESL's kept pixels), with per-class IoU (three more 500-iteration runs)")
