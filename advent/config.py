@@ -217,8 +217,7 @@ def cfg_from_file(filename, config=None):
         where = f"{filename}:{mark.line + 1}" if mark is not None else str(filename)
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise UserError(f"{where}: YAML syntax error: {problem}") from None
-    if data is None:
-        data = {}
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise UserError(f"{filename}: the top level must be a mapping of keys, got {type_name(data)}")
     _merge(data, config, filename, prefix="")
@@ -271,8 +270,6 @@ def _coerce(value, default, key, filename):
                                 f"got {len(value)}")
             items = [_coerce(v, float(default[0]), f"{key}[{i}]", filename) for i, v in enumerate(value)]
             return np.array(items, dtype=default.dtype)
-        if len(default) == 0:
-            return tuple(value)
         return tuple(_coerce(v, default[0], f"{key}[{i}]", filename) for i, v in enumerate(value))
     expected = type(default)  # bool, int, float or str; a bool is no number here
     accepted = {bool: bool, int: int, float: (int, float), str: str}[expected]

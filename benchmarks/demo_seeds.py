@@ -13,11 +13,12 @@ AdvEnt >= source-only; ESL's pseudo-labels more accurate than MPSL's).
 ground truth: all of it; on exactly ESL's kept pixels), the gaps between them per seed (label
 noise: oracle at ESL's coverage - ESL retrain; coverage: oracle all - oracle at coverage; ESL -
 MPSL retrain) and a per-class table of the IoU means. The summary goes to <out>/demo_seeds.json.
-The default demo takes about 20 minutes per seed on an idle 2-core machine; --study adds three
-retraining runs of 1,000 iterations each (a seed of --study with one thread, two seeds sharing two
-cores, took 97 minutes). --jobs 2 --threads 1 runs two seeds at once with one torch thread each. --reuse takes the results of a seed already
-run into <out> with the same --quick / --study instead of running it again (a long study can be
-run a few seeds at a time).
+The default demo takes about 9 minutes per seed on an idle 2-core machine; --study adds three
+retraining runs of 500 iterations each (--study over seeds 0 1 2 with --jobs 3 --threads 1, the
+three seeds sharing two cores, took 43 minutes). --jobs N --threads T runs N seeds at once with T
+torch threads each; the thread count changes the last digits, so compare runs with the same T.
+--reuse takes the results of a seed already run into <out> with the same --quick / --study
+instead of running it again (a long study can be run a few seeds at a time).
 """
 import argparse
 import os

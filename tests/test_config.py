@@ -20,6 +20,7 @@ PUBLISHED_DEFAULTS = {
     "TRAIN.RESTORE_FROM": "", "TRAIN.LEARNING_RATE": 2.5e-4, "TRAIN.MOMENTUM": 0.9,
     "TRAIN.WEIGHT_DECAY": 5e-4, "TRAIN.POWER": 0.9, "TRAIN.LAMBDA_SEG_MAIN": 1.0,
     "TRAIN.LAMBDA_SEG_AUX": 0.1, "TRAIN.DA_METHOD": "AdvEnt", "TRAIN.LEARNING_RATE_D": 1e-4,
+    "TRAIN.DISCRIMINATOR_WIDTH": 64,
     "TRAIN.LAMBDA_ADV_MAIN": 1e-3, "TRAIN.LAMBDA_ADV_AUX": 2e-4, "TRAIN.LAMBDA_ENT_MAIN": 1e-3,
     "TRAIN.LAMBDA_ENT_AUX": 2e-4, "TRAIN.MAX_ITERS": 250000, "TRAIN.EARLY_STOP": 120000,
     "TRAIN.SAVE_PRED_EVERY": 2000, "TRAIN.SNAPSHOT_DIR": "", "TRAIN.RANDOM_SEED": 1234,
@@ -121,6 +122,7 @@ def test_invalid_choices_and_sizes(tmp_path):
     assert "TEST.MODEL[0]" in _error(tmp_path, "TEST:\n  MODEL: [ResNet]\n")
     assert "[width, height]" in _error(tmp_path, "TEST:\n  OUTPUT_SIZE_TARGET: [2048]\n")
     assert "one entry per model" in _error(tmp_path, "TEST:\n  RESTORE_FROM: [a.pth, b.pth]\n")
+    assert "TRAIN.DISCRIMINATOR_WIDTH" in _error(tmp_path, "TRAIN:\n  DISCRIMINATOR_WIDTH: 0\n")
 
 
 def test_missing_file_and_non_mapping(tmp_path):

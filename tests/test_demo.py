@@ -269,7 +269,7 @@ def test_demo_seeds_reuse_takes_a_finished_seed_of_the_same_kind_only(tmp_path, 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """One `demo.py --quick` run, as CI runs it (about 3.5 minutes on 2 cores)."""
+    """One `demo.py --quick` run, as CI runs it (about 2 minutes on 2 cores)."""
     root = tmp_path_factory.mktemp("demo_quick")
     out = root / "out"
     result = subprocess.run([sys.executable, str(DEMO), "--quick", "--seed", "1", "--out", str(out),

@@ -216,7 +216,7 @@ def test_output_folder_problems_fail_before_model_work(tmp_path):
         esl_script.main(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "a.yml"))])
     (tmp_path / "a_file").write_text("x")
     cfg.PSEUDO_LABEL_DIRECTORY_TARGET = str(tmp_path / "a_file" / "labels")
-    with pytest.raises(UserError, match="is not a folder"):
+    with pytest.raises(UserError, match="a_file is a file, not a folder"):
         esl_script.main(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "b.yml"))])
 
 

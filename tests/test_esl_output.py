@@ -202,4 +202,5 @@ def test_an_unwritable_parent_is_one_line_before_model_work(tmp_path, capsys, ex
     finally:
         parent.chmod(0o755)
     assert code == 2
-    assert lines == [f"error: cannot write pseudo-labels to {parent / 'labels'}: permission denied on {parent}"]
+    assert lines == [f"error: cannot write the pseudo-labels (PSEUDO_LABEL_DIRECTORY_TARGET {parent / 'labels'}) "
+                     f"to {parent}: Permission denied"]

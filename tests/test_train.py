@@ -98,6 +98,15 @@ def test_each_method_runs_and_writes_snapshots(tmp_path, method, multi_level, ps
     assert set(state["data"]) == ({"source", "target"} if method != "SourceOnly" or pseudo else {"source"})
 
 
+def test_discriminator_width_is_the_configured_one(tmp_path):
+    cfg, _ = tiny_cfg(tmp_path, "AdvEnt", iters=1, save_every=1, multi_level=False)
+    cfg.TRAIN.DISCRIMINATOR_WIDTH = 8
+    train_domain_adaptation(cfg, CPU)
+    state = torch.load(Path(cfg.TRAIN.SNAPSHOT_DIR) / "model_1_D_main.pth", weights_only=True)
+    assert state["0.weight"].shape[0] == 8 and state["6.weight"].shape[0] == 64
+    get_fc_discriminator(19, ndf=8).load_state_dict(state)  # strict
+
+
 def test_source_only_needs_no_target_images(tmp_path):
     cfg, written = tiny_cfg(tmp_path, "SourceOnly", iters=2)
     for path in written["train"].image_paths:

@@ -140,8 +140,6 @@ class BaseDataset(data.Dataset):
     `check_files=False` skips the presence checks (check_data counts files itself).
     `has_labels` says which case holds.
     """
-    DATASET = "dataset"
-    LAYOUT = ""
     SET = "all"  # the default split
     INFO_PATH = INFO_PATH
     RAW_LABEL_IDS = tuple(range(34))  # the Cityscapes label ids
@@ -227,15 +225,14 @@ class BaseDataset(data.Dataset):
     def __getitem__(self, index):
         img_file, label_file, name = self.files[index]
         image = self.get_image(img_file)
-        label = self.get_label(label_file) if self.has_labels else self.empty_label()
+        if not self.has_labels:
+            label = np.full(self.labels_size[::-1], IGNORE_LABEL, dtype=np.int64)
+        else:
+            label = (self.get_pseudo_label if self.pseudo_label_dir else self.get_label)(label_file)
         return image, label, np.array(image.shape), name
 
     def get_image(self, path):
         return preprocess(rgb_pixels(open_image(path), self.image_size), self.mean)
-
-    def empty_label(self):
-        width, height = self.labels_size
-        return np.full((height, width), IGNORE_LABEL, dtype=np.int64)
 
     def open_label(self, path):
         """The raw ids of a label file as an 8-bit PIL image ('L' or 'P')."""
@@ -253,8 +250,7 @@ class BaseDataset(data.Dataset):
         return self.RAW_LABEL_IDS, self.RAW_LABEL_DESCRIPTION
 
     def get_label(self, path):
-        if self.pseudo_label_dir:
-            return self.get_pseudo_label(path)
+        """The ground truth as train ids."""
         return self.label_lookup[resize_ids(self.open_label(path), self.labels_size)]
 
     def get_pseudo_label(self, path):

@@ -64,11 +64,10 @@ def target_list_template(cfg):
 
 def get_source_dataset(cfg, max_iters=None, check_files=True):
     """The labelled source training set."""
-    dataset_class = SOURCES[cfg.SOURCE]
-    return dataset_class(cfg.DATA_DIRECTORY_SOURCE, source_list_template(cfg), set=cfg.TRAIN.SET_SOURCE,
-                         max_iters=max_iters, crop_size=cfg.TRAIN.INPUT_SIZE_SOURCE,
-                         mean=cfg.TRAIN.IMG_MEAN, info_path=source_info_path(cfg),
-                         num_classes=cfg.NUM_CLASSES, check_files=check_files)
+    return SOURCES[cfg.SOURCE](
+        cfg.DATA_DIRECTORY_SOURCE, source_list_template(cfg), set=cfg.TRAIN.SET_SOURCE, max_iters=max_iters,
+        crop_size=cfg.TRAIN.INPUT_SIZE_SOURCE, mean=cfg.TRAIN.IMG_MEAN, info_path=source_info_path(cfg),
+        num_classes=cfg.NUM_CLASSES, check_files=check_files)
 
 
 def get_target_dataset(cfg, stage, max_iters=None, check_files=True):
@@ -88,12 +87,11 @@ def get_target_dataset(cfg, stage, max_iters=None, check_files=True):
         options["native_labels"] = stage == "test"
         if stage != "test":
             _warn_aspect(section.INPUT_SIZE_TARGET, labels_size, stage)
-    dataset_class = TARGETS[cfg.TARGET]
-    return dataset_class(cfg.DATA_DIRECTORY_TARGET, target_list_template(cfg), set=section.SET_TARGET,
-                         max_iters=max_iters, crop_size=section.INPUT_SIZE_TARGET, mean=section.IMG_MEAN,
-                         load_labels=load_labels, info_path=section.INFO_TARGET, labels_size=labels_size,
-                         pseudo_label_dir=pseudo_dir, num_classes=cfg.NUM_CLASSES,
-                         check_files=check_files, **options)
+    return TARGETS[cfg.TARGET](
+        cfg.DATA_DIRECTORY_TARGET, target_list_template(cfg), set=section.SET_TARGET, max_iters=max_iters,
+        crop_size=section.INPUT_SIZE_TARGET, mean=section.IMG_MEAN, load_labels=load_labels,
+        info_path=section.INFO_TARGET, labels_size=labels_size, pseudo_label_dir=pseudo_dir,
+        num_classes=cfg.NUM_CLASSES, check_files=check_files, **options)
 
 
 def _warn_aspect(input_size, labels_size, stage):

@@ -138,8 +138,6 @@ class MapillaryDataSet(BaseDataset):
         return preprocess(pad_to(pixels, self.image_size, 0.0), self.mean)  # black, then minus mean
 
     def get_label(self, path):
-        if self.pseudo_label_dir:
-            return self.get_pseudo_label(path)
         image = self.open_label(path)
         if self.native_labels:
             ids, size = np.asarray(image, dtype=np.uint8), padded_size(image.size, self.image_size)

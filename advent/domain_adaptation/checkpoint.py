@@ -61,6 +61,10 @@ RESUME_MAY_CHANGE = {
 }
 
 
+def total_iterations(cfg):
+    return min(cfg.TRAIN.EARLY_STOP, cfg.TRAIN.MAX_ITERS)
+
+
 # --- file names ---
 
 def model_snapshot_path(snapshot_dir, n_iter):
@@ -140,17 +144,8 @@ def cpu_state_dict(module):
     return {key: value.detach().cpu().contiguous() for key, value in module.state_dict().items()}
 
 
-def save_snapshot(snapshot_dir, n_iter, model, discriminators):
-    """model_{n}.pth and model_{n}_D_{level}.pth: plain state dicts, on the CPU."""
-    torch_save_atomic(cpu_state_dict(model), model_snapshot_path(snapshot_dir, n_iter))
-    for level, discriminator in discriminators.items():
-        torch_save_atomic(cpu_state_dict(discriminator), discriminator_snapshot_path(snapshot_dir, n_iter, level))
-    log.info("saved snapshot %s", model_snapshot_path(snapshot_dir, n_iter))
-
-
 def save_train_state(snapshot_dir, n_iter, state):
     """Write train_state_{n}.pth, then delete the older train states; return its path."""
-    assert all(key in state for key in COMMON_KEYS), sorted(set(COMMON_KEYS) - set(state))
     path = train_state_path(snapshot_dir, n_iter)
     torch_save_atomic(state, path)
     for older in train_state_iterations(snapshot_dir):
@@ -164,21 +159,6 @@ def save_train_state(snapshot_dir, n_iter, state):
 def data_stream(seed, num_samples, position=0):
     """What the train state records of one loader: its order's seed, length and position."""
     return {"seed": int(seed), "num_samples": int(num_samples), "position": int(position)}
-
-
-def data_streams(cfg, datasets, seed=None, saved=None, path=None):
-    """Each loader's order (seed, length, position), batch size (per process) and number of
-    processes: new from `seed`, or `saved` in the train state at `path` (its lengths checked)."""
-    streams = {}
-    for offset, (name, dataset) in enumerate(datasets.items()):
-        stream = data_stream(seed + offset, len(dataset)) if saved is None else saved[name]
-        if saved is not None and stream["num_samples"] != len(dataset):
-            raise UserError(f"--resume: the {name} dataset, repeated for TRAIN.MAX_ITERS iterations, has "
-                            f"{len(dataset)} samples but had {stream['num_samples']} when the run started "
-                            f"({path}); the data list changed")
-        streams[name] = {**stream, "batch_size": cfg.TRAIN[f"BATCH_SIZE_{name.upper()}"],
-                         "world_size": get_world_size()}
-    return streams
 
 
 # --- checks before a run starts or resumes ---
@@ -302,7 +282,7 @@ class Checkpointer:
         self.saved, self.info = load_train_state(path, self.cfg)
         self.last_saved = path
         log.info("resuming from %s (%d of %d iterations done)", path, self.saved["iteration"],
-                 min(self.cfg.TRAIN.EARLY_STOP, self.cfg.TRAIN.MAX_ITERS))
+                 total_iterations(self.cfg))
         return self.saved["iteration"]
 
     def restore(self, setup):
@@ -310,7 +290,7 @@ class Checkpointer:
         the segmenter from TRAIN.RESTORE_FROM (ImageNet init, torchvision, a released or own model)."""
         self.setup = setup
         if self.saved is not None:
-            restore(setup, self.saved, self.info.path)
+            self.restore_train_state()
             self.weights = [self.info]
             return
         restore_from = self.cfg.TRAIN.RESTORE_FROM
@@ -320,12 +300,19 @@ class Checkpointer:
         self.weights = [load_checkpoint(setup.model, restore_from)] if restore_from else []
 
     def start(self, datasets, data_seed, device):
-        """The data orders (new from `data_seed`, or the train state's) and, resumed, the RNG
-        states; then config.yml and a run record (main process). Returns the iteration to start from."""
-        if self.saved is None:
-            self.streams = data_streams(self.cfg, datasets, seed=data_seed)
-        else:
-            self.streams = data_streams(self.cfg, datasets, saved=self.saved["data"], path=self.info.path)
+        """Each loader's order (seed, length, position: new from `data_seed`, or the train state's,
+        its lengths checked) and batch size, and, resumed, the RNG states; then config.yml and a
+        run record (main process). Returns the iteration to start from."""
+        saved = None if self.saved is None else self.saved["data"]
+        self.streams = {}
+        for offset, (name, dataset) in enumerate(datasets.items()):
+            stream = data_stream(data_seed + offset, len(dataset)) if saved is None else saved[name]
+            if stream["num_samples"] != len(dataset):
+                raise UserError(f"--resume: the {name} dataset, repeated for TRAIN.MAX_ITERS iterations, has "
+                                f"{len(dataset)} samples but had {stream['num_samples']} when the run started "
+                                f"({self.info.path}); the data list changed")
+            self.streams[name] = {**stream, "batch_size": self.cfg.TRAIN[f"BATCH_SIZE_{name.upper()}"]}
+        if self.saved is not None:
             set_rng_state(self.saved["rng"])
         if is_main_process():
             with writing(self.folder / "config.yml"):
@@ -340,8 +327,12 @@ class Checkpointer:
         file-system fault (a full disk) is a UserError, and the files written before stay."""
         if is_main_process():
             try:
-                if snapshot:
-                    save_snapshot(self.folder, n_iter, self.setup.model, self.setup.discriminators)
+                if snapshot:  # model_{n}.pth and model_{n}_D_{level}.pth: plain state dicts
+                    torch_save_atomic(cpu_state_dict(self.setup.model), model_snapshot_path(self.folder, n_iter))
+                    for level, discriminator in self.setup.discriminators.items():
+                        torch_save_atomic(cpu_state_dict(discriminator),
+                                          discriminator_snapshot_path(self.folder, n_iter, level))
+                    log.info("saved snapshot %s", model_snapshot_path(self.folder, n_iter))
                 save_train_state(self.folder, n_iter, self.train_state(n_iter))
             except OSError as error:
                 fault = file_system_fault(error)
@@ -354,9 +345,23 @@ class Checkpointer:
 
     def state_at(self, n_iter):
         """The train state after `n_iter` iterations: the one just saved, or a new one."""
-        if self.last_saved is not None and self.last_saved.name == train_state_path("", n_iter).name:
-            return self.last_saved
-        return self.save(n_iter, snapshot=False)
+        path = train_state_path(self.folder, n_iter)
+        return path if self.last_saved == path else self.save(n_iter, snapshot=False)
+
+    def restore_train_state(self):
+        """Networks, optimisers and scaler from the train state resumed from (strictly)."""
+        setup, state = self.setup, self.saved
+        missing = [key for level in setup.discriminators for key in (f"d_{level}", f"optimizer_d_{level}")
+                   if key not in state]
+        if missing:
+            raise UserError(f"{self.info.path}: train state lacks {', '.join(missing)}")
+        setup.model.load_state_dict(state["model"])
+        setup.optimizer.load_state_dict(state["optimizer"])
+        for level, discriminator in setup.discriminators.items():
+            discriminator.load_state_dict(state[f"d_{level}"])
+            setup.optimizers_d[level].load_state_dict(state[f"optimizer_d_{level}"])
+        if setup.scaler is not None and state["scaler"]:
+            setup.scaler.load_state_dict(state["scaler"])
 
     def train_state(self, n_iter):
         """The resumable state after `n_iter` completed iterations (the module docstring)."""
@@ -369,27 +374,12 @@ class Checkpointer:
             "scaler": setup.scaler.state_dict() if setup.scaler is not None else {},
             "rng": rng_state(),
             # every process takes batch_size samples per iteration (ResumableSampler)
-            "data": {name: data_stream(s["seed"], s["num_samples"], n_iter * s["batch_size"] * s["world_size"])
+            "data": {name: data_stream(s["seed"], s["num_samples"], n_iter * s["batch_size"] * get_world_size())
                      for name, s in streams.items()},
             "config": cfg_to_dict(self.cfg),
-            "world_size": next(iter(streams.values()))["world_size"],
+            "world_size": get_world_size(),
         }
         for level, discriminator in setup.discriminators.items():
             state[f"d_{level}"] = cpu_state_dict(discriminator)
             state[f"optimizer_d_{level}"] = setup.optimizers_d[level].state_dict()
         return state
-
-
-def restore(setup, state, path):
-    """Load networks, optimisers and scaler from a train state (strictly)."""
-    missing = [key for level in setup.discriminators for key in (f"d_{level}", f"optimizer_d_{level}")
-               if key not in state]
-    if missing:
-        raise UserError(f"{path}: train state lacks {', '.join(missing)}")
-    setup.model.load_state_dict(state["model"])
-    setup.optimizer.load_state_dict(state["optimizer"])
-    for level, discriminator in setup.discriminators.items():
-        discriminator.load_state_dict(state[f"d_{level}"])
-        setup.optimizers_d[level].load_state_dict(state[f"optimizer_d_{level}"])
-    if setup.scaler is not None and state["scaler"]:
-        setup.scaler.load_state_dict(state["scaler"])

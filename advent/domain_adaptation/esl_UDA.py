@@ -44,7 +44,7 @@ from advent.utils.distributed import (
     barrier, broadcast_from_main, get_rank, is_main_process, shard_batches, sum_over_processes,
 )
 from advent.utils.errors import UserError
-from advent.utils.output_dir import check_replaceable, holding, new_staging, publish
+from advent.utils.output_dir import check_replaceable, check_writable, holding, new_staging, publish
 from advent.utils.run_record import write_run_record
 from advent.utils.serialization import json_dump
 from advent.utils.viz_segmask import save_png
@@ -55,24 +55,15 @@ OUTPUT_KEY = "PSEUDO_LABEL_DIRECTORY_TARGET"
 WRITER = "esl.py"
 
 
-def group_bounds(num_images, group_size):
-    """Consecutive [start, stop) ranges of at most `group_size` images; the last may be shorter."""
-    return [(start, min(start + group_size, num_images)) for start in range(0, num_images, group_size)]
-
-
 def check_output_dir(output_dir):
-    """Fail with one line, before any model work, when the pseudo-label folder cannot be written."""
+    """Fail with one line, before any model work, when the pseudo-label folder cannot be written:
+    the new set is built beside it, so its parent must be writable."""
     if not str(output_dir):
         raise UserError(f"{OUTPUT_KEY} is empty: set it to the folder for the pseudo-labels")
     final = Path(output_dir).resolve()
     if final.exists() and not final.is_dir():
         raise UserError(f"{OUTPUT_KEY} {output_dir} exists and is not a folder")
-    # the new set is built beside the folder: its parent (or the folder that will hold it) must be writable
-    existing = next((p for p in final.parents if p.exists()), final)
-    if not existing.is_dir():
-        raise UserError(f"cannot write pseudo-labels to {output_dir}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write pseudo-labels to {output_dir}: permission denied on {existing}")
+    check_writable(final.parent, f"the pseudo-labels ({OUTPUT_KEY} {output_dir})")
     return final
 
 
@@ -161,11 +152,10 @@ def generate_pseudo_labels(model, dataset, cfg, output_dir, device, record=None)
     """Write the pseudo-labels of every image of `dataset` into `output_dir`, with the report and
     (when given, on the main process) the run `record`; return the report."""
     esl = cfg.ESL
-    num_classes = cfg.NUM_CLASSES
-    stats = QualityStats(num_classes)
-    groups = []
+    stats, groups = QualityStats(cfg.NUM_CLASSES), []
     with staged_output(output_dir) as staging:
-        for start, stop in group_bounds(len(dataset), esl.MAX_MEDIAN_BATCH):
+        for start in range(0, len(dataset), esl.MAX_MEDIAN_BATCH):  # groups of images
+            stop = min(start + esl.MAX_MEDIAN_BATCH, len(dataset))
             spill_folder = staging / f".spill-{get_rank()}"  # each process its own
             names, spill, thresholds = _threshold_group(model, dataset, range(start, stop), spill_folder,
                                                         cfg, device)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from advent.dataset import get_class_info, get_target_dataset
 from advent.domain_adaptation.checkpoint import expected_snapshots, model_snapshot_path, wait_for_file
 from advent.domain_adaptation.eval_output import (
-    EvalCache, eval_setting, prediction_writer, run_header, write_outputs,
+    EvalCache, PredictionWriter, eval_setting, run_header, write_outputs,
 )
 from advent.domain_adaptation.metrics import (
     ConfusionMatrix, format_miou, format_summary, summarize, warn_if_suspicious,
@@ -159,7 +159,10 @@ def setup(cfg, device, folder, what, stack):
         check_writable(folder, what)
     dataset, loader = build_test_loader(cfg, device)
     info = get_class_info(cfg, "test")
-    return dataset, loader, info, prediction_writer(cfg, Path(folder) / "predictions", info, dataset, stack)
+    writer = None
+    if cfg.TEST.SAVE_PREDICTIONS:  # call its `share` once every check is done
+        writer = PredictionWriter(Path(folder) / "predictions", info, dataset.img_ids, stack)
+    return dataset, loader, info, writer
 
 
 # --- 'single' mode ---
@@ -177,15 +180,10 @@ def load_models(cfg, device):
     return models, infos
 
 
-def single_results_dir(cfg, cfg_path):
-    """EXP_ROOT_LOGS/test/<config file name without .yml> (EXP_NAME without a config file)."""
-    name = Path(cfg_path).stem if cfg_path else cfg.EXP_NAME
-    return Path(cfg.EXP_ROOT_LOGS) / "test" / name
-
-
 def eval_single(cfg, device, cfg_path="", argv=None):
-    """Evaluate the model (or the ensemble) of TEST.RESTORE_FROM; return the results dict."""
-    folder = single_results_dir(cfg, cfg_path)
+    """Evaluate the model (or the ensemble) of TEST.RESTORE_FROM; return the results dict. The
+    results go to EXP_ROOT_LOGS/test/<config file name without .yml> (EXP_NAME without one)."""
+    folder = Path(cfg.EXP_ROOT_LOGS) / "test" / (Path(cfg_path).stem if cfg_path else cfg.EXP_NAME)
     with contextlib.ExitStack() as stack:  # the predictions folder's lock, while it is written
         dataset, loader, info, writer = setup(cfg, device, folder, "the results", stack)
         models, infos = load_models(cfg, device)

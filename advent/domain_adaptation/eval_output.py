@@ -16,7 +16,7 @@ from PIL import Image
 from advent.dataset import png_name
 from advent.utils.distributed import barrier, broadcast_from_main, get_world_size, is_main_process
 from advent.utils.errors import UserError, file_system_fault
-from advent.utils.output_dir import check_replaceable, check_writable, holding, new_staging, publish
+from advent.utils.output_dir import check_replaceable, holding, new_staging, publish
 from advent.utils.run_record import build_run_record, write_run_record
 from advent.utils.serialization import json_dump, json_load
 from advent.utils.viz_segmask import colorize_mask, save_png
@@ -48,7 +48,7 @@ class PredictionWriter:
     evaluation looks for), or train ids in trainIds/ when the classes have no one-to-one label id
     (the 7-class setting); 'best' mode puts both under a subfolder named after the snapshot.
 
-    Before any model work the main process takes the lock of the folder `final` (`prepare`, held
+    Built before any model work: the main process takes the lock of the folder `final` (held
     until `stack` closes), removes what killed runs left beside it, refuses it when it holds
     files the project did not write, and creates a staging folder beside it, which every process
     then writes its own images into (`share`). `finish` lists them in a manifest and swaps the
@@ -57,7 +57,7 @@ class PredictionWriter:
     `names`: every list entry of the test set, checked for clashing file names. A file-system
     fault while writing an image stops the writing, not the evaluation: `finish` reports it."""
 
-    def __init__(self, final, info, names):
+    def __init__(self, final, info, names, stack):
         check_prediction_names(names)
         self.final, self.staging, self.subfolder, self.fault = Path(final), None, "", None
         self.palette = info.palette
@@ -65,15 +65,12 @@ class PredictionWriter:
             self.ids_name, self.lut = "labelIds", info.train2label.astype(np.uint8)
         else:
             self.ids_name, self.lut = "trainIds", np.arange(info.num_classes, dtype=np.uint8)
-
-    def prepare(self, stack):
-        """The main process's setup of the folder (see the class)."""
-        check_writable(self.final.parent, "the predictions")
-        advice = "move it away (an earlier version's predictions/ has no manifest)"
-        check = lambda: check_replaceable(self.final, PREDICTIONS_KEY, advice)  # noqa: E731
-        stack.enter_context(holding(self.final, WRITER, check))
-        self.staging = new_staging(self.final)
-        stack.callback(shutil.rmtree, self.staging, ignore_errors=True)  # after a failure (else gone)
+        if is_main_process():  # its parent was checked writable by the caller
+            advice = "move it away (an earlier version's predictions/ has no manifest)"
+            check = lambda: check_replaceable(self.final, PREDICTIONS_KEY, advice)  # noqa: E731
+            stack.enter_context(holding(self.final, WRITER, check))
+            self.staging = new_staging(self.final)
+            stack.callback(shutil.rmtree, self.staging, ignore_errors=True)  # after a failure (else gone)
 
     def share(self):
         """Every process learns the main process's staging folder (after the setup)."""
@@ -106,26 +103,7 @@ class PredictionWriter:
         return self.final / self.subfolder
 
 
-def prediction_writer(cfg, final, info, dataset, stack):
-    """With TEST.SAVE_PREDICTIONS, the PredictionWriter of the folder `final`, prepared by the
-    main process (call it in the setup, then `share`); else None."""
-    if not cfg.TEST.SAVE_PREDICTIONS:
-        return None
-    writer = PredictionWriter(final, info, dataset.img_ids)
-    if is_main_process():
-        writer.prepare(stack)
-    return writer
-
-
 # --- the snapshot cache of 'best' mode ---
-
-def _sha256_text(text):
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _sha256_array(array):
-    return hashlib.sha256(np.ascontiguousarray(array, dtype=np.int64).tobytes()).hexdigest()
-
 
 def eval_setting(cfg, dataset, info):
     """Everything besides the snapshot file that decides its confusion matrix (the cache key)."""
@@ -134,7 +112,7 @@ def eval_setting(cfg, dataset, info):
         "data_directory": str(Path(cfg.DATA_DIRECTORY_TARGET).resolve()),
         "set": cfg.TEST.SET_TARGET,
         "images": len(dataset),
-        "image_list_sha256": _sha256_text("\n".join(dataset.img_ids)),
+        "image_list_sha256": hashlib.sha256("\n".join(dataset.img_ids).encode()).hexdigest(),
         "input_size": list(cfg.TEST.INPUT_SIZE_TARGET),
         "output_size": list(cfg.TEST.OUTPUT_SIZE_TARGET),
         # Mapillary: each label at its native size, padded (not OUTPUT_SIZE)
@@ -142,7 +120,8 @@ def eval_setting(cfg, dataset, info):
         "img_mean": [float(v) for v in cfg.TEST.IMG_MEAN],
         "num_classes": cfg.NUM_CLASSES,
         "class_names": list(info.names),
-        "label_lookup_sha256": _sha256_array(dataset.label_lookup),
+        "label_lookup_sha256": hashlib.sha256(
+            np.ascontiguousarray(dataset.label_lookup, dtype=np.int64).tobytes()).hexdigest(),
         "model": cfg.TEST.MODEL[0],
         "multi_level": bool(cfg.TEST.MULTI_LEVEL[0]),
         "amp": cfg.TEST.AMP,

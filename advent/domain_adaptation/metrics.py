@@ -26,28 +26,23 @@ LOW_MIOU_PERCENT = 5.0  # below this, an evaluation more likely has a label-mapp
 class ConfusionMatrix:
     """C x C pixel counts (rows: ground truth, columns: prediction) accumulated on `device`.
 
-    Ground-truth values outside [0, C) are not counted; those that are not `ignore_label`
+    Ground-truth values outside [0, C) are not counted; those that are not IGNORE_LABEL (255)
     either (e.g. raw label ids that were never mapped to train ids) are counted separately,
     in `unexpected_labels()`, so a wrong label mapping can be reported.
     """
 
-    def __init__(self, num_classes, device="cpu", ignore_label=IGNORE_LABEL):
-        assert 2 <= num_classes <= 256 and 0 <= ignore_label <= 255, (num_classes, ignore_label)
-        self.num_classes = num_classes
-        self.ignore_label = ignore_label
-        self.mat = torch.zeros((num_classes, num_classes), dtype=torch.int64, device=device)
+    def __init__(self, num_classes, device="cpu"):
+        assert 2 <= num_classes <= 256, num_classes
+        n = self.num_classes = num_classes
+        self.mat = torch.zeros((n, n), dtype=torch.int64, device=device)
         self.unexpected = torch.zeros((), dtype=torch.int64, device=device)
-        self._bins = self._bin_table(num_classes, ignore_label, device)
-
-    @staticmethod
-    def _bin_table(n, ignore_label, device):
-        """Label value v in -1..256 (index v + 1) -> first bin of its row: v * n for a train id,
-        n * n for the ignore label, n * n + n for any other value. Adding the prediction then
-        gives one bin per (label, prediction) pair, the two extra rows included."""
+        # label value v in -1..256 (index v + 1) -> first bin of its row: v * n for a train id,
+        # n * n for the ignore label, n * n + n for any other value. Adding the prediction then
+        # gives one bin per (label, prediction) pair, the two extra rows included.
         table = torch.full((258,), n * n + n, dtype=torch.int32)
         table[1:n + 1] = torch.arange(n, dtype=torch.int32) * n
-        table[ignore_label + 1] = n * n
-        return table.to(device)
+        table[IGNORE_LABEL + 1] = n * n
+        self._bins = table.to(device)
 
     def update(self, label, pred):
         """Count one batch: `label` (ground truth) and `pred` (class ids) integer tensors of one shape."""

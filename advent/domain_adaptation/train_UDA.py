@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from advent.domain_adaptation.checkpoint import Checkpointer
+from advent.domain_adaptation.checkpoint import Checkpointer, total_iterations
 from advent.domain_adaptation.train_data import batches, make_loader, training_datasets
 from advent.domain_adaptation.train_viz import Monitor
 from advent.model import build_segmenter, discriminator_optimizer, get_fc_discriminator, segmenter_optimizer
@@ -73,10 +73,6 @@ class NonFiniteLoss(UserError):
 
 # --- the configuration's view of a run ---
 
-def total_iterations(cfg):
-    return min(cfg.TRAIN.EARLY_STOP, cfg.TRAIN.MAX_ITERS)
-
-
 def level_weights(cfg, kind):
     """{level: TRAIN.LAMBDA_{kind}_{LEVEL}} for kind 'SEG', 'ADV' or 'ENT'; 'aux' only if multi-level."""
     levels = LEVELS if cfg.TRAIN.MULTI_LEVEL else ("main",)
@@ -101,13 +97,6 @@ class TrainingSetup:
     def optimizers(self):
         return [self.optimizer, *self.optimizers_d.values()]
 
-    def segmenter(self):
-        """The module to train the segmenter through: its DDP wrapper under torchrun."""
-        return self.ddp_model if self.ddp_model is not None else self.model
-
-    def trained_discriminators(self):
-        """{level: the module to train each discriminator through} (DDP wrappers under torchrun)."""
-        return {level: self.ddp_discriminators.get(level, d) for level, d in self.discriminators.items()}
 
 
 def build_setup(cfg, device):
@@ -118,10 +107,9 @@ def build_setup(cfg, device):
     model = model.to(device, memory_format=memory_format(cfg.CHANNELS_LAST))
     optimizer = segmenter_optimizer(model, train.LEARNING_RATE, train.MOMENTUM, train.WEIGHT_DECAY,
                                     train.REPEAT_BACKBONE_UPDATES)
-    discriminators = {}
-    if train.DA_METHOD == "AdvEnt":
-        discriminators = {level: get_fc_discriminator(cfg.NUM_CLASSES, train.DISCRIMINATOR_WIDTH).to(device)
-                          for level in level_weights(cfg, "ADV")}
+    levels = level_weights(cfg, "ADV") if train.DA_METHOD == "AdvEnt" else {}
+    discriminators = {level: get_fc_discriminator(cfg.NUM_CLASSES, train.DISCRIMINATOR_WIDTH).to(device)
+                      for level in levels}
     optimizers_d = {level: discriminator_optimizer(d, train.LEARNING_RATE_D)
                     for level, d in discriminators.items()}
     scaler = torch.amp.GradScaler(device.type) if train.AMP == "fp16" else None
@@ -186,7 +174,8 @@ def backward(setup, loss):
 
 def train_discriminators(setup, pred_src, pred_trg, metrics, amp):
     """Step (3): each discriminator learns source (label 0) from target (label 1), each loss halved."""
-    discriminators = setup.trained_discriminators()
+    # the modules to train through: the DDP wrappers under torchrun
+    discriminators = {level: setup.ddp_discriminators.get(level, d) for level, d in setup.discriminators.items()}
     for domain, preds, label in (("src", pred_src, SOURCE_LABEL), ("trg", pred_trg, TARGET_LABEL)):
         loss_sum = 0.0
         # under torchrun: the source gradients are averaged together with the target ones
@@ -247,7 +236,7 @@ def train_step(setup, batch_src, batch_trg, cfg, i_iter):
     for optimizer in setup.optimizers():
         optimizer.zero_grad()
     metrics = {}
-    segmenter = setup.segmenter()
+    segmenter = setup.ddp_model if setup.ddp_model is not None else setup.model  # DDP under torchrun
     # (1) supervised loss on the source; under torchrun its gradients are averaged over the
     # processes together with the target ones when a target pass follows (one exchange)
     images_src, labels_src = batch_src
@@ -389,5 +378,5 @@ def train_domain_adaptation(cfg, device, resume=False, tensorboard=False, seeded
             module.train()
         loaders = {name: make_loader(datasets[name], stream, cfg.NUM_WORKERS, device)
                    for name, stream in checkpointer.streams.items()}
-        with Monitor(cfg, tensorboard and is_main_process(), start) as monitor:
+        with closing(Monitor(cfg, tensorboard and is_main_process(), start)) as monitor:
             return train_loop(cfg, device, setup, loaders, checkpointer, monitor, start)

@@ -14,11 +14,6 @@ from advent.model.inference import to_model
 from advent.utils.distributed import get_rank, get_world_size
 
 
-def uses_target(cfg):
-    """The target images are needed unless the run is source-only without pseudo-labels."""
-    return cfg.TRAIN.DA_METHOD != "SourceOnly" or bool(cfg.PSEUDO_LABEL_DIRECTORY_TARGET)
-
-
 def training_datasets(cfg):
     """{'source': ..., 'target': ...} (target only when used), each long enough for TRAIN.MAX_ITERS
     iterations of every process: the data order does not depend on EARLY_STOP, so a run extended
@@ -26,7 +21,7 @@ def training_datasets(cfg):
     whose lists covered MAX_ITERS). At the defaults, a list of 250,000 x batch names per process."""
     samples = cfg.TRAIN.MAX_ITERS * get_world_size()
     datasets = {"source": get_source_dataset(cfg, max_iters=samples * cfg.TRAIN.BATCH_SIZE_SOURCE)}
-    if uses_target(cfg):
+    if cfg.TRAIN.DA_METHOD != "SourceOnly" or cfg.PSEUDO_LABEL_DIRECTORY_TARGET:
         datasets["target"] = get_target_dataset(cfg, "train", max_iters=samples * cfg.TRAIN.BATCH_SIZE_TARGET)
     return datasets
 
@@ -57,11 +52,11 @@ def seed_worker(worker_id):
 
 
 def make_loader(dataset, stream, num_workers, device):
-    """A loader in the stream's order (seed, num_samples, position, batch_size, world_size) from
+    """A loader in the stream's order (seed, num_samples, position, batch_size) from
     its position on, this process's share of it under torchrun; its own generator leaves the
     global RNG alone. Pinned memory on CUDA, so the copies to the GPU overlap the computation."""
     sampler = ResumableSampler(stream["num_samples"], stream["seed"], stream["position"], get_rank(),
-                               stream["world_size"])
+                               get_world_size())
     return DataLoader(dataset, batch_size=stream["batch_size"], sampler=sampler, num_workers=num_workers,
                       pin_memory=device.type == "cuda", worker_init_fn=seed_worker,
                       generator=torch.Generator().manual_seed(stream["seed"]))

@@ -10,27 +10,20 @@ from advent.dataset import get_class_info
 from advent.utils.viz_segmask import entropy_image, input_image, prediction_image
 
 
-def tensorboard_writer(logdir, purge_step=None):
-    """A SummaryWriter in `logdir`; `purge_step` (a resumed run's first step) drops later events
-    left by the interrupted run, so the curves continue without a fold."""
-    from tensorboardX import SummaryWriter  # imported here: only --tensorboard runs need it
-
-    return SummaryWriter(logdir=str(logdir), purge_step=purge_step)
-
-
 class Monitor:
     """Reports each iteration; writes TensorBoard events when `tensorboard` (main process only)."""
 
     def __init__(self, cfg, tensorboard, start):
         self.cfg, self.writer, self.palette = cfg, None, None
         if tensorboard:
-            self.writer = tensorboard_writer(cfg.TRAIN.TENSORBOARD_LOGDIR, purge_step=start or None)
+            from tensorboardX import SummaryWriter  # imported here: only --tensorboard runs need it
+
+            # purge_step (a resumed run's first step) drops the later events the interrupted run
+            # left, so the curves continue without a fold
+            self.writer = SummaryWriter(logdir=str(cfg.TRAIN.TENSORBOARD_LOGDIR), purge_step=start or None)
             self.palette = get_class_info(cfg, "train").palette
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
+    def close(self):
         if self.writer is not None:
             self.writer.close()
 
@@ -43,12 +36,8 @@ class Monitor:
         for name, value in metrics.items():
             self.writer.add_scalar(f"train/{name}", value, n_iter)
         if n_iter % self.cfg.TRAIN.TENSORBOARD_VIZRATE == 0:
-            for domain, logits in outputs.items():
-                log_images(self.writer, n_iter, domain, batch[domain][0], logits, self.palette,
-                           self.cfg.TRAIN.IMG_MEAN)
-
-
-def log_images(writer, n_iter, domain, image, logits, palette, mean):
-    """One grid for `domain` ('source' / 'target') of the first image of a batch."""
-    panels = [input_image(image[0], mean), prediction_image(logits[0], palette), entropy_image(logits[0])]
-    writer.add_image(f"{domain}/image_prediction_entropy", make_grid(panels, nrow=3, padding=2), n_iter)
+            for domain, logits in outputs.items():  # the first image of each batch
+                panels = [input_image(batch[domain][0][0], self.cfg.TRAIN.IMG_MEAN),
+                          prediction_image(logits[0], self.palette), entropy_image(logits[0])]
+                self.writer.add_image(f"{domain}/image_prediction_entropy", make_grid(panels, nrow=3, padding=2),
+                                      n_iter)

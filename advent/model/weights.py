@@ -113,13 +113,12 @@ def _recognise(obj, path, state_key, model):
     if not _is_state_dict(obj):
         raise UserError(f"{path}: unrecognised checkpoint layout ({_describe(obj, state_key)})")
     state = _strip_prefix(obj, "module.")
-    model_keys = set(model.state_dict())
     if all(key.startswith("Scale.") for key in state):
         state = _strip_prefix(state, "Scale.")
         return "imagenet", {k: v for k, v in state.items() if not k.startswith("layer5.")}
     if "fc.weight" in state and not any(k.startswith(CLASSIFIER_PREFIXES) for k in state):
         return "torchvision", {k: v for k, v in state.items() if not k.startswith("fc.")}
-    if model_keys & set(state):
+    if set(model.state_dict()) & set(state):
         return "state_dict", state
     raise UserError(f"{path}: unrecognised checkpoint layout (first keys: {_first_keys(state)})")
 
@@ -138,21 +137,12 @@ def _first_keys(keys, count=5):
     return ", ".join(keys[:count]) + more
 
 
-def _is_classifier(key):
-    return key.startswith(CLASSIFIER_PREFIXES)
-
-
-def _optional(key):
-    return key.endswith("num_batches_tracked")
-
-
 def _load(model, state, path, backbone_only):
     """Check `state` against the model (all of it, or the backbone only), then load it strictly."""
     _check_architecture(model, state, path)
     current = model.state_dict()
-    expected = {k: v for k, v in current.items() if not (backbone_only and _is_classifier(k))}
-    _check_keys(expected, state, path, required=[k for k in expected if not _optional(k)],
-                what="backbone " if backbone_only else "")
+    expected = {k: v for k, v in current.items() if not (backbone_only and k.startswith(CLASSIFIER_PREFIXES))}
+    _check_keys(expected, state, path, "backbone " if backbone_only else "")
     current.update(state)  # what the file lacks (classifiers, num_batches_tracked) stays as it is
     model.load_state_dict(current)
 
@@ -188,8 +178,8 @@ def _blocks_in(state):
     return tuple(counts)
 
 
-def _check_keys(expected, state, path, required, what=""):
-    missing = [k for k in required if k not in state]
+def _check_keys(expected, state, path, what):
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     if missing:
         raise UserError(f"{path}: missing {len(missing)} {what}keys ({_first_keys(missing, 3)})")
     unexpected = [k for k in state if k not in expected]

@@ -22,7 +22,8 @@ import signal
 import sys
 
 from advent.config import load_config
-from advent.domain_adaptation.train_UDA import TrainingInterrupted, total_iterations, train_domain_adaptation
+from advent.domain_adaptation.checkpoint import total_iterations
+from advent.domain_adaptation.train_UDA import TrainingInterrupted, train_domain_adaptation
 from advent.utils.distributed import (
     get_world_size, is_main_process, launched_by_torchrun, leave_process_group, select_device,
 )

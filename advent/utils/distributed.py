@@ -113,12 +113,8 @@ def lost_another_process(error):
 
 
 def barrier():
-    if not is_distributed():
-        return
-    if dist.get_backend() == "nccl":
-        dist.barrier(device_ids=[torch.cuda.current_device()])  # on this process's GPU
-    else:
-        dist.barrier()
+    if is_distributed():  # NCCL: on this process's GPU
+        dist.barrier(device_ids=[torch.cuda.current_device()] if dist.get_backend() == "nccl" else None)
 
 
 # --- collectives ---

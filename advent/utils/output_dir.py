@@ -42,10 +42,8 @@ def _drop_locks_in_child():
     """A forked child (a DataLoader worker) must not keep its parent's locks alive after the
     parent dies: close its copies of their descriptors (the parent's lock stays held)."""
     for fd in _HELD_LOCKS:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
     _HELD_LOCKS.clear()
 
 
@@ -126,9 +124,7 @@ def read_manifest(folder):
     try:
         with open(Path(folder) / MANIFEST_NAME) as f:
             return set(json.load(f)["files"])
-    except FileNotFoundError:
-        return None
-    except (ValueError, KeyError, TypeError):
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
 
 
@@ -227,7 +223,7 @@ def replace_dir(staging, final):
     """Put the complete folder `staging` in place of `final` and delete the old content.
 
     With an old `final`, the two are exchanged atomically; where the system cannot, the old
-    folder is first renamed to .<name>.old-<pid> (which `recover_interrupted_swap` puts back if
+    folder is first renamed to .<name>.old-<pid> (which `remove_leftovers` puts back if
     the process dies before the new one is in place)."""
     staging, final = Path(staging), Path(final)
     if not final.exists():
@@ -242,23 +238,16 @@ def replace_dir(staging, final):
     shutil.rmtree(old)
 
 
-def recover_interrupted_swap(final):
-    """After a run died between the two renames of a non-atomic swap: put the old folder back."""
-    final = Path(final)
-    if final.exists() or not final.parent.is_dir():
-        return
-    olds = sorted(p for p in final.parent.iterdir() if p.name.startswith(_old_prefix(final)))
-    if olds:
-        os.rename(olds[-1], final)
-
-
 def remove_leftovers(final):
     """Remove what killed runs left beside `final`: staging folders and old folders of a swap
     (the project's own, by name). Call it holding `final`'s lock."""
     final = Path(final)
-    recover_interrupted_swap(final)
     if not final.parent.is_dir():
         return []
+    if not final.exists():  # a run died between the two renames of a fallback swap: put the old one back
+        olds = sorted(p for p in final.parent.iterdir() if p.name.startswith(_old_prefix(final)))
+        if olds:
+            os.rename(olds[-1], final)
     prefixes = (staging_prefix(final), _old_prefix(final))
     removed = [p for p in final.parent.iterdir() if p.name.startswith(prefixes)]
     for path in removed:

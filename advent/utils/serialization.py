@@ -8,15 +8,11 @@ from pathlib import Path
 import yaml
 
 
-def _current_umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
+_UMASK = os.umask(0)  # the umask can only be read by setting it: set it back at once
+os.umask(_UMASK)
 # mkstemp/mkdtemp create private (0600/0700) entries; finished outputs get the usual permissions.
-FILE_MODE = 0o666 & ~_current_umask()
-DIR_MODE = 0o777 & ~_current_umask()
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
 
 @contextmanager
 def atomic_path(path):
@@ -46,10 +42,9 @@ def json_load(path):
 
 def json_dump(data, path):
     """Write `data` as indented JSON, atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
 
 
 def yaml_load(path):
@@ -59,6 +54,5 @@ def yaml_load(path):
 
 def yaml_dump(data, path):
     """Write `data` (plain dicts, lists and scalars) as YAML, atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            yaml.safe_dump(data, f, sort_keys=False, default_flow_style=None)
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False, default_flow_style=None)

@@ -21,9 +21,8 @@ CITYSCAPES_PALETTE = [
 ]
 
 
-def colorize_mask(mask, palette=None):
+def colorize_mask(mask, palette=CITYSCAPES_PALETTE):
     """Return a palette ('P') PIL image of `mask`; classes beyond the palette (255 = ignore) are black."""
-    palette = CITYSCAPES_PALETTE if palette is None else palette
     flat = [value for colour in palette for value in colour]
     flat += [0] * (768 - len(flat))
     image = Image.fromarray(np.asarray(mask).astype(np.uint8), mode="P")
