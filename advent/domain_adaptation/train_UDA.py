@@ -98,7 +98,6 @@ class TrainingSetup:
         return [self.optimizer, *self.optimizers_d.values()]
 
 
-
 def build_setup(cfg, device):
     """Segmenter, discriminators (AdvEnt, one per level) and their optimisers on `device`
     (the segmenter in the NHWC memory format with CHANNELS_LAST)."""

@@ -14,6 +14,7 @@ os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
 DIR_MODE = 0o777 & ~_UMASK
 
+
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`.
