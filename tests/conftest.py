@@ -1,5 +1,6 @@
 """Shared fixtures: tiny datasets in the real on-disk formats (see fake_data.py), one per test;
-the `slow` marker (`-m "not slow"` runs the fast subset)."""
+the `slow` marker (`-m "not slow"` runs the fast subset) and the `cuda` marker (`-m cuda`: the tests
+that need a GPU, skipped without one)."""
 import pytest
 import torch
 
@@ -9,6 +10,7 @@ from fake_data import make_fake_cfg, write_cityscapes, write_gta5, write_mapilla
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: the demo, torchrun, benchmark, ResNet-101 and long subprocess "
                                        "or training tests (left out by -m 'not slow')")
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one; -m cuda runs only these)")
 
 
 @pytest.fixture

@@ -97,7 +97,7 @@ def _collectives_worker(rank, world_size, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    device = distributed.select_device()
+    device = distributed.select_device(-1)  # the CPU (gloo), also where CUDA is visible
     # before the group exists (where the checks run), each process knows its place from torchrun
     results = {"before": (distributed.get_rank(), distributed.get_world_size(), distributed.is_distributed())}
     distributed.join_process_group(device)
@@ -221,7 +221,7 @@ from advent.utils.distributed import get_rank, join_process_group, leave_process
 from advent.config import load_config
 torch.set_num_threads(1)
 cfg, batches, out = load_config(sys.argv[1]), torch.load(sys.argv[2]), sys.argv[3]
-device = select_device()
+device = select_device(cfg.GPU_ID)
 join_process_group(device)
 torch.manual_seed(0)
 setup = parallel(build_setup(cfg, device), device)

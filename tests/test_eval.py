@@ -291,6 +291,7 @@ def test_batches_and_amp_autocast_only_the_forward(tmp_path):
     assert np.array_equal(amp, reference_hist([model], [1.0], cfg, amp_dtype=torch.bfloat16))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_counts_on_the_device_as_fast_hist_on_the_cpu():
     torch.manual_seed(2)

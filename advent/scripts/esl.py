@@ -65,7 +65,7 @@ def main(argv=None):
     args = parse_args(argv)
     setup_logging()
     cfg = load_config(args.cfg)
-    device = select_device(cfg.GPU_ID)
+    device = select_device(cfg.GPU_ID, cfg.TF32, cfg.CUDNN_BENCHMARK)
     # every check first, on every process (the output folder, locked for the whole run, before the
     # data and the model), then the process group
     with claimed_output_dir(cfg.PSEUDO_LABEL_DIRECTORY_TARGET) as output_dir:

@@ -79,7 +79,7 @@ def main(argv=None):
     cfg = load_config(args.cfg, args.exp_suffix, viz_rate)
     if args.viz_every_iter is not None and args.viz_every_iter <= 0:
         raise UserError(f"--viz-every-iter must be positive, got {args.viz_every_iter}")
-    device = select_device(cfg.GPU_ID)  # cudnn.benchmark on CUDA, as the original: fixed input sizes
+    device = select_device(cfg.GPU_ID, cfg.TF32, cfg.CUDNN_BENCHMARK)
     processes = f" x {get_world_size()} processes" if get_world_size() > 1 else ""
     log.info("%s on %s%s; full config: %s/config.yml", describe(cfg), device, processes, cfg.TRAIN.SNAPSHOT_DIR)
     try:

@@ -112,7 +112,7 @@ def main(argv=None):
     indices = chosen_indices(dataset, args.names, args.num_images)
     out = check_writable(args.out or Path(cfg.EXP_ROOT_LOGS) / "viz" / cfg.EXP_NAME, "the panels")
     claim_files(out, [png_name(dataset.img_ids[i]) for i in indices])
-    device = select_device(cfg.GPU_ID)
+    device = select_device(cfg.GPU_ID, cfg.TF32, cfg.CUDNN_BENCHMARK)
     model, _ = load_segmenter(name, cfg.NUM_CLASSES, multi_level, checkpoint, device)
     palette = get_class_info(cfg, args.stage).palette
     section = cfg.ESL if args.stage == "esl" else cfg.TEST

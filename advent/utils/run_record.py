@@ -15,6 +15,7 @@ import torch
 
 from advent import PROJECT_ROOT
 from advent.config import cfg_to_dict
+from advent.utils.cuda_flags import cuda_flags
 from advent.utils.serialization import json_dump
 
 
@@ -30,7 +31,8 @@ def git_revision(folder=PROJECT_ROOT):
 
 
 def environment(device):
-    """Versions and the device, as plain strings."""
+    """Versions, the device and the CUDA numerics in force (TF32, the cuDNN autotuner: they apply
+    to CUDA kernels only), as plain values."""
     device = torch.device(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {
@@ -42,6 +44,7 @@ def environment(device):
         "device": str(device),
         "device_name": name,
         "host": platform.node(),
+        **cuda_flags(),
     }
 
 
