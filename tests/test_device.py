@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from advent.config import cfg_from_file
+from advent.config import cfg_from_file, cfg_to_dict, get_default_cfg
+from advent.domain_adaptation.checkpoint import check_resume_config
 from advent.domain_adaptation.eval_UDA import RESULTS_SINGLE
 from advent.scripts import esl as esl_script
 from advent.scripts import test as test_script
@@ -66,6 +67,14 @@ def test_the_suites_script_runs_stay_on_the_cpu_where_cuda_is_visible(cuda_seen,
     assert esl_script.main(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "esl.yml"))]) == 0
     record = json_load(next(Path(cfg.PSEUDO_LABEL_DIRECTORY_TARGET).glob("run_esl_*.json")))
     assert record["environment"]["device"] == "cpu"
+
+
+def test_a_resumed_run_may_change_the_autotuner_but_not_tf32():
+    cfg = get_default_cfg()
+    saved = {**cfg_to_dict(cfg), "CUDNN_BENCHMARK": True}
+    check_resume_config(saved, cfg, "run/train_state_2.pth")  # accepted: the same computation
+    with pytest.raises(UserError, match=r"^--resume: TF32 was False when the run started"):
+        check_resume_config({**saved, "TF32": False}, cfg, "run/train_state_2.pth")
 
 
 def test_the_tf32_flags_are_set_and_read_without_a_warning(restore_cuda_flags):
