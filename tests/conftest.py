@@ -1,5 +1,10 @@
 """Shared fixtures: tiny datasets in the real on-disk formats (see fake_data.py), one per test;
-the `slow` marker (`-m "not slow"` runs the fast subset)."""
+the `slow` marker (`-m "not slow"` runs the fast subset); `deny_writes`, a folder without write
+permission also for root."""
+import errno
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -52,3 +57,35 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def deny_writes(monkeypatch):
+    """deny(folder): from then on, creating a file or a folder directly in `folder` fails with
+    EACCES, as the kernel refuses it in a folder without write permission (chmod 555). Unlike
+    chmod, this also holds for root, whom permission bits do not stop (CI runs as root). It
+    acts at os.open / os.mkdir, below tempfile and pathlib, so the project's own code meets the
+    error as it would meet the kernel's."""
+    denied = set()
+    original_open, original_mkdir = os.open, os.mkdir
+
+    def refused(path):
+        path = Path(os.path.abspath(os.fsdecode(path)))
+        return path.parent in denied and not path.exists()
+
+    def fail(path):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+
+    def open_denied(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and refused(path):
+            fail(path)
+        return original_open(path, flags, *args, **kwargs)
+
+    def mkdir_denied(path, *args, **kwargs):
+        if refused(path):
+            fail(path)
+        return original_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_denied)
+    monkeypatch.setattr(os, "mkdir", mkdir_denied)
+    return lambda folder: denied.add(Path(folder).absolute())

@@ -204,3 +204,20 @@ def test_an_unwritable_parent_is_one_line_before_model_work(tmp_path, capsys, ex
     assert code == 2
     assert lines == [f"error: cannot write the pseudo-labels (PSEUDO_LABEL_DIRECTORY_TARGET {parent / 'labels'}) "
                      f"to {parent}: Permission denied"]
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_permission_denied_is_one_line_before_model_work_also_as_root(tmp_path, capsys, deny_writes, exists):
+    cfg, _ = esl_config(tmp_path / "run")
+    parent = tmp_path / "out"
+    parent.mkdir()
+    if exists:
+        (parent / "labels").mkdir()
+    cfg.PSEUDO_LABEL_DIRECTORY_TARGET = str(parent / "labels")
+    cfg.ESL.RESTORE_FROM = str(tmp_path / "absent.pth")  # would fail later, if it got there
+    deny_writes(parent)  # the new set is built beside the folder: in `parent`
+    code, lines = esl_exit(cfg, tmp_path / "esl.yml", capsys)
+    assert code == 2
+    assert lines == [f"error: cannot write the pseudo-labels (PSEUDO_LABEL_DIRECTORY_TARGET {parent / 'labels'}) "
+                     f"to {parent}: Permission denied"]
+    assert sorted(p.name for p in parent.iterdir()) == (["labels"] if exists else [])

@@ -217,6 +217,26 @@ def test_a_read_only_exp_root_is_one_line_before_any_work(tmp_path, capsys, monk
         root.chmod(0o755)
 
 
+@pytest.mark.parametrize("denied", ["EXP_ROOT", "TRAIN.SNAPSHOT_DIR"])
+def test_permission_denied_is_one_line_before_any_work_also_as_root(tmp_path, capsys, monkeypatch, deny_writes,
+                                                                     denied):
+    cfg, _ = tiny_cfg(tmp_path, "AdvEnt")
+    root, folder = Path(cfg.EXP_ROOT), Path(cfg.TRAIN.SNAPSHOT_DIR)
+    path = write_cfg_yaml(cfg, tmp_path / "run.yml")
+    no_model_work(monkeypatch)
+    if denied == "EXP_ROOT":  # creating the snapshots folder under it fails
+        root.mkdir(parents=True)
+        deny_writes(root)
+        cause = f"Permission denied ({root / 'snapshots'})"
+    else:  # the folder exists; the file written to try it fails
+        folder.mkdir(parents=True)
+        deny_writes(folder)
+        cause = "Permission denied"
+    assert train_py(["--cfg", str(path)], capsys) == (2, [
+        f"error: cannot write the snapshots (TRAIN.SNAPSHOT_DIR) to {folder}: {cause}"])
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+
 # --- a full disk ---
 
 class FullDisk(io.FileIO):
