@@ -478,10 +478,29 @@ def test_random_train_differs_from_seeded(tmp_path):
 
 
 @pytest.mark.slow
-def test_bf16_autocast_runs(tmp_path):
+def test_bf16_autocast_runs(tmp_path, monkeypatch):
     cfg, _ = tiny_cfg(tmp_path, "AdvEnt", iters=2, save_every=2)
     cfg.TRAIN.AMP = "bf16"
+    seen = {"segmenter": [], "discriminator": []}  # per forward: autocast on, its dtype, the output's dtype
+    original = train_UDA.build_setup
+
+    def record(name):
+        return lambda module, inputs, output: seen[name].append(
+            (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
+             (output[1] if name == "segmenter" else output).dtype))
+
+    def build_setup_with_hooks(cfg, device):
+        setup = original(cfg, device)
+        setup.model.register_forward_hook(record("segmenter"))
+        for discriminator in setup.discriminators.values():
+            discriminator.register_forward_hook(record("discriminator"))
+        return setup
+
+    monkeypatch.setattr(train_UDA, "build_setup", build_setup_with_hooks)
     assert train_domain_adaptation(cfg, CPU) == 2
+    bf16 = (True, torch.bfloat16, torch.bfloat16)
+    assert seen["segmenter"] == [bf16] * 2 * 2  # source and target, 2 iterations
+    assert seen["discriminator"] == [bf16] * 2 * 2 * 3  # 2 levels: adversarial, source, target
     state = torch.load(Path(cfg.TRAIN.SNAPSHOT_DIR) / "model_2.pth", weights_only=True)
     assert all(v.dtype != torch.bfloat16 for v in state.values())
 
