@@ -213,3 +213,4 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         make_synthetic_data.run_main(make_synthetic_data.main, ["--out", str(out), "--shift", "2"])
     assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: --shift must be in [0, 1], got 2.0\n"
