@@ -153,13 +153,16 @@ def test_confident_model_labels_follow_the_published_order(tmp_path, method):
 
 
 def test_labels_load_back_through_the_pseudo_label_loader(tmp_path):
-    cfg, _ = esl_config(tmp_path, output_size=(64, 32))
+    cfg, written = esl_config(tmp_path, output_size=(64, 32))
     run_esl(cfg, tmp_path)
     expected, _ = reference(cfg)
     train = get_target_dataset(cfg, "train")  # pseudo-label mode: PSEUDO_LABEL_DIRECTORY_TARGET is set
     assert train.has_labels
+    loaded = []
     for _, label, _, name in train:
         np.testing.assert_array_equal(label, expected[name][0])
+        loaded.append(name)
+    assert len(loaded) == 6 and loaded == written["train"].names  # every image of the split, in list order
 
 
 def test_one_group_when_max_median_batch_exceeds_dataset(tmp_path):
