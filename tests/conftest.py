@@ -1,6 +1,6 @@
 """Shared fixtures: tiny datasets in the real on-disk formats (see fake_data.py), one per test;
-the `slow` marker (`-m "not slow"` runs the fast subset); `deny_writes`, a folder without write
-permission also for root."""
+the `slow` marker (`-m "not slow"` runs the fast subset); `unwritable`, a folder without write
+permission, also for root."""
 import errno
 import os
 from pathlib import Path
@@ -60,32 +60,41 @@ def one_torch_thread():
 
 
 @pytest.fixture
-def deny_writes(monkeypatch):
-    """deny(folder): from then on, creating a file or a folder directly in `folder` fails with
-    EACCES, as the kernel refuses it in a folder without write permission (chmod 555). Unlike
-    chmod, this also holds for root, whom permission bits do not stop (CI runs as root). It
-    acts at os.open / os.mkdir, below tempfile and pathlib, so the project's own code meets the
-    error as it would meet the kernel's."""
-    denied = set()
+def unwritable(monkeypatch):
+    """unwritable(folder, how): creating a file or a folder directly in `folder` fails with EACCES
+    (Permission denied) until the test ends. how='chmod': the kernel refuses it (mode 555; the
+    test is skipped as root, whom permission bits do not stop). how='deny': os.open and os.mkdir
+    refuse it as the kernel would, also for root (CI runs as root); below tempfile and pathlib,
+    so the project's code meets the error where it would meet the kernel's."""
+    denied, chmodded = set(), []
     original_open, original_mkdir = os.open, os.mkdir
 
-    def refused(path):
+    def check(path):
         path = Path(os.path.abspath(os.fsdecode(path)))
-        return path.parent in denied and not path.exists()
-
-    def fail(path):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        if path.parent in denied and not path.exists():
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
     def open_denied(path, flags, *args, **kwargs):
-        if flags & os.O_CREAT and refused(path):
-            fail(path)
+        if flags & os.O_CREAT:
+            check(path)
         return original_open(path, flags, *args, **kwargs)
 
     def mkdir_denied(path, *args, **kwargs):
-        if refused(path):
-            fail(path)
+        check(path)
         return original_mkdir(path, *args, **kwargs)
+
+    def make(folder, how):
+        folder = Path(folder).absolute()
+        if how == "deny":
+            denied.add(folder)
+            return
+        if os.geteuid() == 0:
+            pytest.skip("root ignores permission bits")
+        folder.chmod(0o555)
+        chmodded.append(folder)
 
     monkeypatch.setattr(os, "open", open_denied)
     monkeypatch.setattr(os, "mkdir", mkdir_denied)
-    return lambda folder: denied.add(Path(folder).absolute())
+    yield make
+    for folder in chmodded:
+        folder.chmod(0o755)

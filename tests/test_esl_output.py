@@ -186,9 +186,9 @@ def test_files_that_appear_during_the_run_are_kept_and_the_swap_refused(tmp_path
 
 # --- file-system faults ---
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+@pytest.mark.parametrize("how", ["chmod", "deny"])
 @pytest.mark.parametrize("exists", [False, True])
-def test_an_unwritable_parent_is_one_line_before_model_work(tmp_path, capsys, exists):
+def test_an_unwritable_parent_is_one_line_before_model_work(tmp_path, capsys, unwritable, exists, how):
     cfg, _ = esl_config(tmp_path / "run")
     parent = tmp_path / "out"
     parent.mkdir()
@@ -196,26 +196,7 @@ def test_an_unwritable_parent_is_one_line_before_model_work(tmp_path, capsys, ex
         (parent / "labels").mkdir()
     cfg.PSEUDO_LABEL_DIRECTORY_TARGET = str(parent / "labels")
     cfg.ESL.RESTORE_FROM = str(tmp_path / "absent.pth")  # would fail later, if it got there
-    parent.chmod(0o555)
-    try:
-        code, lines = esl_exit(cfg, tmp_path / "esl.yml", capsys)
-    finally:
-        parent.chmod(0o755)
-    assert code == 2
-    assert lines == [f"error: cannot write the pseudo-labels (PSEUDO_LABEL_DIRECTORY_TARGET {parent / 'labels'}) "
-                     f"to {parent}: Permission denied"]
-
-
-@pytest.mark.parametrize("exists", [False, True])
-def test_permission_denied_is_one_line_before_model_work_also_as_root(tmp_path, capsys, deny_writes, exists):
-    cfg, _ = esl_config(tmp_path / "run")
-    parent = tmp_path / "out"
-    parent.mkdir()
-    if exists:
-        (parent / "labels").mkdir()
-    cfg.PSEUDO_LABEL_DIRECTORY_TARGET = str(parent / "labels")
-    cfg.ESL.RESTORE_FROM = str(tmp_path / "absent.pth")  # would fail later, if it got there
-    deny_writes(parent)  # the new set is built beside the folder: in `parent`
+    unwritable(parent, how)  # the new set is built beside the folder: in `parent`
     code, lines = esl_exit(cfg, tmp_path / "esl.yml", capsys)
     assert code == 2
     assert lines == [f"error: cannot write the pseudo-labels (PSEUDO_LABEL_DIRECTORY_TARGET {parent / 'labels'}) "
