@@ -102,10 +102,10 @@ def test_test_script_with_channels_last_and_bf16(tmp_path):
     hist = np.array(results["confusion_matrix"])
     bf16 = reference_hist([tiny_model(7)], [1.0], cfg, amp_dtype=torch.bfloat16)  # the default layout
     assert hist.sum() == bf16.sum() > 0
-    # A pixel that moves adds 2 to the absolute difference. The NHWC kernels sum in another order,
-    # so a bf16 conv output (8 significant bits) may round to the neighbouring value and flip a
-    # pixel whose two best logits are that close: at most 0.2 % of the pixels (9 of the 4,498 here) may
-    # move. Measured on an x86 CPU with native bf16: none move; without autocast, 41 move.
+    # Tolerance: the NHWC kernels sum in another order, so a bf16 conv output (8 significant
+    # bits) may round to the neighbouring value and flip a pixel whose two best logits are that
+    # close; at most 0.2 % of the pixels (9 of the 4,498 here) may move, each adding 2 to the
+    # difference. Measured on an x86 CPU with native bf16: none move; without autocast, 41 do.
     assert np.abs(hist - bf16).sum() <= 2 * 0.002 * hist.sum()
 
 
