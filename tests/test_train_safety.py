@@ -8,6 +8,7 @@ import os
 import resource
 import signal
 import subprocess
+import socket
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from advent.domain_adaptation.train_UDA import train_domain_adaptation
 from advent.model.weights import file_sha256, read_checkpoint
 from advent.scripts import train as train_script
 from advent.utils.errors import UserError
-from advent.utils.output_dir import MANIFEST_NAME, lock_path
+from advent.utils.output_dir import MANIFEST_NAME, _start_time, lock_path, updating_manifest
 from advent.utils.runtime import run_main
 from fake_data import write_cfg_yaml
 from test_train import assert_same_tensors, files_in, slow_train_script, tiny_cfg
@@ -42,7 +43,9 @@ def train_py(args, capsys):
 
 
 def digests(folder):
-    return {p.name: file_sha256(p) for p in sorted(Path(folder).iterdir()) if p.is_file()}
+    """{name: SHA-256} of the files in `folder`, but the output layer's manifest (which records what
+    runs write and remove, so it changes when they start and end)."""
+    return {p.name: file_sha256(p) for p in sorted(Path(folder).iterdir()) if p.is_file() and p.name != MANIFEST_NAME}
 
 
 # --- one run per snapshot folder ---
@@ -71,8 +74,11 @@ def test_a_second_run_into_a_busy_folder_stops_and_touches_nothing(tmp_path, cap
                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_training(folder, first.pid, first)
-        # as a temporary file of the first run: the second must not remove it
-        in_flight = folder / ".train_state_10.pth.abcd1234.tmp"
+        # as a temporary file of the first run (recorded as its own): the second must not remove it
+        in_flight = folder / f".train_state_10.pth.{first.pid}-abcd1234.tmp"
+        with updating_manifest(folder) as manifest:
+            manifest.temporary[in_flight.name] = {"host": socket.gethostname(), "pid": first.pid,
+                                                  "start": _start_time(first.pid)}
         in_flight.write_bytes(b"being written")
         for args in (["--cfg", str(path)], ["--cfg", str(path), "--resume"]):
             code, errors = train_py(args, capsys)
@@ -96,11 +102,11 @@ def test_a_second_run_into_a_busy_folder_stops_and_touches_nothing(tmp_path, cap
 KILLED_IN_FIRST_TRAIN_STATE = """
 import os, signal, sys
 import advent.domain_adaptation.checkpoint as S
-from advent.utils.serialization import atomic_path
+from advent.utils.output_dir import atomic_path
 save = S.torch_save_atomic
 def killed_while_writing(obj, path):
     if path.name.startswith("train_state_"):
-        with atomic_path(path) as tmp:
+        with atomic_path(path, S.WRITER) as tmp:
             tmp.write_bytes(b"half a train state")
             os.kill(os.getpid(), signal.SIGKILL)
     save(obj, path)
