@@ -17,7 +17,7 @@ from advent.domain_adaptation import checkpoint as snapshots, esl_UDA
 from advent.model import build_segmenter
 from advent.scripts import esl as esl_script
 from advent.utils.errors import UserError
-from advent.utils.output_dir import MANIFEST_NAME, lock_path
+from advent.utils.output_dir import MANIFEST_NAME, lock_path, read_manifest
 from advent.utils.serialization import json_load
 from fake_data import make_fake_cfg, write_cfg_yaml
 
@@ -183,9 +183,11 @@ def test_unlabelled_target_split(tmp_path):
 def test_no_temporary_files_are_left(tmp_path):
     cfg, _ = esl_config(tmp_path)
     run_esl(cfg, tmp_path)
-    # beside: only the lock file (it stays; the kernel releases the lock); inside: only the manifest
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [
-        lock_path(tmp_path / "labels").name]
+    # beside: only the lock file (it stays; the kernel releases the lock) and the manifest recording
+    # it and the label folder; inside: only the manifest
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted([
+        MANIFEST_NAME, lock_path(tmp_path / "labels").name])
+    assert read_manifest(tmp_path).temporary == {}
     assert [p.name for p in (tmp_path / "labels").glob(".*")] == [MANIFEST_NAME]
 
 

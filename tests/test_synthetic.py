@@ -47,7 +47,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path, demo):
     again = write_demo_data(tmp_path / "again", seed=3, **SMALL)
     other = write_demo_data(tmp_path / "other", seed=4, **SMALL)
     first, second, third = all_files(demo.root), all_files(again.root), all_files(other.root)
-    assert len(first) == 4 * 2 + 2 * 2 + 4 * 2 + 3 * 2 + 4 + 1  # pairs, four lists, manifest
+    assert len(first) == 4 * 2 + 2 * 2 + 4 * 2 + 3 * 2 + 4 + 2  # pairs, four lists, its manifest, output_dir's
     assert first == second
     images = [path for path in first if path.suffix == ".png"]
     assert all(first[path] != third[path] for path in images)
