@@ -93,7 +93,7 @@ def _write_manifest(folder, manifest):
     tmp = Path(folder) / _MANIFEST_TMP
     data = {"format": MANIFEST_FORMAT, "owner": manifest.owner, "complete": manifest.complete,
             "files": dict(sorted(manifest.files.items())), "temporary": manifest.temporary}
-    with open(tmp, "w") as f:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         json.dump(data, f, indent=1)
         f.write("\n")
         f.flush()
