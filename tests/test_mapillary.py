@@ -1,6 +1,7 @@
 """Mapillary as published: test labels at their native resolution padded to the input's aspect
-ratio, images padded with black before the mean, logits upsampled to each label's size
-(tiny files in the real formats: config.json, .jpg images, palette .png labels)."""
+ratio, images fitted with the published floating-point size and padded with black before the
+mean, logits upsampled to each label's size; input and output sizes of different aspect ratios
+refused (tiny files in the real formats: config.json, .jpg images, palette .png labels)."""
 import itertools
 import math
 from fractions import Fraction
@@ -229,8 +230,7 @@ def test_default_sizes_share_one_aspect_ratio_and_are_accepted(tmp_path):
 @pytest.mark.parametrize("script", ["test", "esl"])
 def test_sizes_of_different_aspect_ratios_are_refused_in_one_line(tmp_path, capsys, script):
     cfg, _ = mapillary_cfg(tmp_path)
-    section = cfg.TEST if script == "test" else cfg.ESL
-    section.OUTPUT_SIZE_TARGET = (64, 48)
+    stage_section(cfg, script).OUTPUT_SIZE_TARGET = (64, 48)
     missing = str(tmp_path / "missing.pth")  # model work first would fail on this instead
     cfg.TEST.MODE, cfg.TEST.RESTORE_FROM, cfg.ESL.RESTORE_FROM = "single", (missing,), missing
     cfg.ESL.WAIT_MODEL = False  # refused at once, not after a wait for it
