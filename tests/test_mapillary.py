@@ -18,6 +18,7 @@ from advent.dataset import get_target_dataset
 from advent.dataset.class_info import INFO7_PATH, load_class_info
 from advent.dataset.factory import check_mapillary_aspect, stage_section
 from advent.dataset.mapillary import MapillaryDataSet, fit_size
+from advent.domain_adaptation.eval_output import eval_setting
 from advent.domain_adaptation.eval_UDA import build_test_loader, evaluate
 from advent.model import build_segmenter
 from advent.scripts.esl import main as esl_main
@@ -246,3 +247,14 @@ def test_sizes_of_different_aspect_ratios_are_refused_in_one_line(tmp_path, caps
     cityscapes, _ = make_fake_cfg(tmp_path / "c")  # Cityscapes labels are resized, not padded: accepted
     stage_section(cityscapes, script).OUTPUT_SIZE_TARGET = (64, 48)
     assert get_target_dataset(cityscapes, script).has_labels
+
+
+def test_the_cache_key_of_a_mapillary_evaluation_names_the_published_fit(tmp_path):
+    """'best' mode's cache must not serve a Mapillary result computed with the earlier exact fit."""
+    cfg, _ = mapillary_cfg(tmp_path)
+    dataset = get_target_dataset(cfg, "test")
+    setting = eval_setting(cfg, dataset, load_class_info(INFO7_PATH))
+    assert setting["native_labels"] and setting["image_fit"] == "floor(side * float scale), as published"
+    cityscapes, _ = make_fake_cfg(tmp_path / "cityscapes")
+    assert "image_fit" not in eval_setting(cityscapes, get_target_dataset(cityscapes, "test"),
+                                           load_class_info(cityscapes.TEST.INFO_TARGET))

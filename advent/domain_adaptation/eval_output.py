@@ -124,6 +124,8 @@ def eval_setting(cfg, dataset, info):
         "amp": cfg.TEST.AMP,
         "channels_last": bool(cfg.CHANNELS_LAST),
     }
+    if setting["native_labels"]:  # Mapillary entries of before the published float fit are stale
+        setting["image_fit"] = "floor(side * float scale), as published"
     return json.loads(json.dumps(setting))  # the form it has after a round trip through the file
 
 
