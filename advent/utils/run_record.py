@@ -65,13 +65,14 @@ def build_run_record(kind, cfg, device, weights=(), argv=None):
     }
 
 
-def write_run_record(folder, record):
-    """Write `record` as run_{kind}_{time}.json in `folder` (atomic; earlier records are kept)."""
+def write_run_record(folder, record, writer=None):
+    """Write `record` as run_{kind}_{time}.json in `folder` (atomic; earlier records are kept; with
+    `writer`, recorded in the folder's manifest as that script's)."""
     stamp = record["started"].replace(":", "").replace("-", "")[:15]
     path = Path(folder) / f"run_{record['kind']}_{stamp}.json"
     counter = 1
     while path.exists():
         path = Path(folder) / f"run_{record['kind']}_{stamp}_{counter}.json"
         counter += 1
-    json_dump(record, path)
+    json_dump(record, path, writer)
     return path
