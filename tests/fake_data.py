@@ -255,8 +255,8 @@ def make_fake_cfg(tmp_path, source="GTA", target="Cityscapes", num_classes=19, s
 
     Source: `count` GTA5 or SYNTHIA images. Target: Cityscapes train (labelled unless
     train_labels=False) and val, or Mapillary training/validation. All input sizes are `size`;
-    TEST.OUTPUT_SIZE_TARGET is `output_size`. GPU_ID -1: the scripts run on the CPU. Returns (cfg, {'source': FakeSplit, 'train': ...,
-    'val': ...}) so a test can compare with the arrays written.
+    TEST.OUTPUT_SIZE_TARGET is `output_size`; GPU_ID -1 (the CPU). Returns (cfg, {'source':
+    FakeSplit, 'train': ..., 'val': ...}) so a test can compare with the arrays written.
     """
     from advent.config import get_default_cfg  # only the cfg helper needs advent
     from advent.dataset.class_info import INFO16_PATH, INFO7_PATH, INFO_PATH
