@@ -118,25 +118,9 @@ def wait_for_file(path, timeout, section):
 
 def torch_save_atomic(obj, path):
     """torch.save through a temporary file + fsync + rename (atomic_path); a failed write raises
-    the OSError behind it, naming `path` (`writing`)."""
-    with writing(path), atomic_path(path) as tmp, open(tmp, "wb") as f:
+    the OSError behind it, naming `path`."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
-
-
-@contextmanager
-def writing(path):
-    """For a block that writes `path`: a file-system failure (a full disk) raises the OSError behind
-    it, naming `path` (torch.save raises a RuntimeError with the OSError only as its context, and
-    a failed write or flush of an open file names no file)."""
-    try:
-        yield
-    except (OSError, RuntimeError) as error:
-        cause = error
-        while cause is not None and not (isinstance(cause, OSError) and cause.errno):
-            cause = cause.__cause__ or cause.__context__
-        if cause is None:
-            raise
-        raise OSError(cause.errno, cause.strerror, str(path)) from error
 
 
 def cpu_state_dict(module):
@@ -315,11 +299,9 @@ class Checkpointer:
         if self.saved is not None:
             set_rng_state(self.saved["rng"])
         if is_main_process():
-            with writing(self.folder / "config.yml"):
-                yaml_dump(cfg_to_dict(self.cfg), self.folder / "config.yml")
+            yaml_dump(cfg_to_dict(self.cfg), self.folder / "config.yml")
             record = {**build_run_record("train", self.cfg, device, self.weights), "processes": get_world_size()}
-            with writing(self.folder):
-                write_run_record(self.folder, record)
+            write_run_record(self.folder, record)
         return 0 if self.saved is None else self.saved["iteration"]
 
     def save(self, n_iter, snapshot=True):

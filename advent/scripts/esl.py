@@ -11,7 +11,8 @@ Then train on them with train.py and the same config.
 
 PSEUDO_LABEL_DIRECTORY_TARGET is replaced as a whole, so it must be a new or empty folder or
 an earlier output of esl.py; a folder holding anything else is refused. A second esl.py run
-into the same folder stops while the first holds it. Ctrl-C or a kill keeps the previous labels.
+into the same folder stops while the first holds it. Ctrl-C or a kill keeps the previous labels;
+so does a full disk, which stops the run with one line naming the file (exit code 2).
 """
 import argparse
 import logging

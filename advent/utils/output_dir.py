@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from advent.utils.errors import UserError
-from advent.utils.serialization import DIR_MODE, json_dump
+from advent.utils.serialization import DIR_MODE, json_dump, writing
 
 MANIFEST_NAME = ".advent-manifest.json"
 # atomic_path's temporary files: ".<name>.<8 random characters>.tmp" (tempfile.mkstemp)
@@ -78,8 +78,9 @@ def exclusive_lock(folder, what):
                             f"finish or write to another folder") from None
         holder = {"what": what, "pid": os.getpid(), "host": socket.gethostname(),
                   "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        with writing(path):  # a full disk: one line naming the lock file
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
         _HELD_LOCKS.add(fd)
         yield
     finally:
