@@ -9,6 +9,7 @@ labels against which need them (training: none; test: required; esl: optional, f
 quality report only). Exit code 0: all well; 1: problems found (listed last); 2: a user
 error such as a bad config file.
 """
+import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
 import argparse
 import sys
 from dataclasses import dataclass, field

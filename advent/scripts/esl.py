@@ -14,6 +14,7 @@ an earlier output of esl.py; a folder holding anything else is refused. A second
 into the same folder stops while the first holds it. Ctrl-C or a kill keeps the previous labels;
 so does a full disk, which stops the run with one line naming the file (exit code 2).
 """
+import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
 import argparse
 import logging
 import os
