@@ -98,9 +98,10 @@ def expected_snapshots(step, max_iter):
 
 
 def wait_for_file(path, timeout, section):
-    """Return once `path` exists, saying once that we wait; a UserError after `timeout` seconds.
-    `section` ('TEST' or 'ESL') names the WAIT_MODEL / WAIT_TIMEOUT keys in the messages. An
-    existing snapshot is complete: the trainer renames a finished temporary file into place."""
+    """Return once `path` (a file or a folder) exists, saying once that we wait; a UserError after
+    `timeout` seconds. `section` ('TEST' or 'ESL') names the WAIT_MODEL / WAIT_TIMEOUT keys in the
+    messages. An existing snapshot is complete: the trainer renames a finished temporary file
+    into place."""
     path = Path(path)
     if path.exists():
         return
