@@ -587,6 +587,21 @@ def test_missing_snapshot_folder_is_one_line_exit_2_from_the_script(tmp_path):
     assert errors == [f"error: snapshot folder {tmp_path / 'nowhere'} not found (TEST.SNAPSHOT_DIR)"]
 
 
+def test_a_label_with_a_foreign_id_or_of_the_wrong_size_is_one_line_naming_it(tmp_path, capsys):
+    checkpoint = save_tiny(tmp_path / "model.pth", seed=5)
+    cfg, written = single_cfg(tmp_path, [checkpoint])
+    path = write_cfg_yaml(cfg, tmp_path / "single.yml")
+    val = written["val"]
+    ids = val.labels[1].astype(np.uint8)
+    ids[0, 0] = 200  # no Cityscapes label id
+    Image.fromarray(ids).save(val.label_paths[1])
+    lines = user_error(["--cfg", str(path)], capsys)
+    assert lines == [f"error: label {val.label_paths[1]} holds values [200] outside Cityscapes label ids 0..33"]
+    Image.fromarray(val.labels[1].astype(np.uint8)[:16]).save(val.label_paths[1])
+    lines = user_error(["--cfg", str(path)], capsys)
+    assert lines == [f"error: label {val.label_paths[1]} is 64x16 pixels, its image 64x32"]
+
+
 def test_missing_checkpoint_wrong_class_count_and_empty_list_are_one_line_errors(tmp_path, capsys):
     cfg, _ = single_cfg(tmp_path, [tmp_path / "absent.pth"])
     lines = user_error(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "a.yml"))], capsys)
