@@ -7,7 +7,7 @@ An item is `(image, label, shape, name)`, as in the original ADVENT loaders:
   label  int64 H x W of train ids (255 = ignored): resized with PIL nearest to the
          label size BEFORE the ids are mapped; all 255 when the dataset has no labels;
          a ground-truth file must hold only the dataset's ids (`expected_label_ids`) and be
-         its image's size (`label_size_differs`), else a UserError naming it;
+         its image's size (unless LABEL_SIZE_MAY_DIFFER), else a UserError naming it;
   shape  np.array(image.shape);
   name   the list entry.
 User mistakes (missing root, list or files, undecodable files) raise a one-line UserError.
@@ -266,10 +266,6 @@ class BaseDataset(data.Dataset):
         counts = np.asarray(label.histogram()[:256])
         return np.flatnonzero((counts > 0) & ~self.allowed_label_ids)
 
-    def label_size_differs(self, image_size, label_size):
-        """Whether a label of `label_size` does not fit an image of `image_size` (both (W, H))."""
-        return tuple(image_size) != tuple(label_size) and not self.LABEL_SIZE_MAY_DIFFER
-
     def checked_label(self, path, image_size):
         """The ground-truth label file at `path` opened (open_label), holding only the dataset's ids
         and fitting its image's size `image_size`; else a UserError naming it (check_data.py
@@ -279,7 +275,7 @@ class BaseDataset(data.Dataset):
         if outside.size:
             raise UserError(f"label {path} holds values {outside[:8].tolist()} outside "
                             f"{self.expected_label_ids()[1]}")
-        if self.label_size_differs(image_size, label.size):
+        if label.size != tuple(image_size) and not self.LABEL_SIZE_MAY_DIFFER:
             raise UserError(f"label {path} is {label.size[0]}x{label.size[1]} pixels, its image "
                             f"{image_size[0]}x{image_size[1]}")
         return label
