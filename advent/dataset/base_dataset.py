@@ -262,7 +262,7 @@ class BaseDataset(data.Dataset):
 
     def unexpected_label_ids(self, label):
         """The values of `label` (an opened 8-bit label image) outside `expected_label_ids`,
-        ascending; from PIL's histogram, far cheaper than decoding the file."""
+        ascending (from PIL's histogram: no copy of the pixels)."""
         counts = np.asarray(label.histogram()[:256])
         return np.flatnonzero((counts > 0) & ~self.allowed_label_ids)
 

@@ -5,9 +5,9 @@ single  the models of TEST.RESTORE_FROM; several make an ensemble whose output i
 best    every snapshot model_{k}.pth in TEST.SNAPSHOT_DIR[0], k = SNAPSHOT_STEP, 2 * SNAPSHOT_STEP,
         ... up to and including SNAPSHOT_MAXITER (checkpoint.expected_snapshots). TEST.WAIT_MODEL
         waits for the snapshot folder and the snapshots the trainer has not written yet (at most
-        TEST.WAIT_TIMEOUT seconds each); otherwise missing ones are skipped. Each snapshot's confusion matrix is cached in
-        <snapshot dir>/test_cache.json under its SHA-256 and every evaluation setting, so a
-        re-run evaluates only what changed. Both the last snapshot and the best one are
+        TEST.WAIT_TIMEOUT seconds each); otherwise missing ones are skipped. Each snapshot's
+        confusion matrix is cached in <snapshot dir>/test_cache.json under its SHA-256 and every
+        evaluation setting, so a re-run evaluates only what changed. Both the last snapshot and the best one are
         reported: picking the best on the validation set is an oracle selection (as the papers).
 
 Per image, on the model's device (advent.model.inference): main logits of the INPUT_SIZE image
