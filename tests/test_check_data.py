@@ -85,7 +85,7 @@ def test_the_loaders_stop_at_exactly_the_labels_check_data_calls_a_problem(tmp_p
     assert code == 1 and "2 problem(s) found" in out
     assert f"first: {written['source'].label_paths[1]} ([40])" in out
     assert f"first: {written['val'].names[2]} (image 64x32, label 32x16)" in out
-    source[0]
+    source[0]  # the harmless size difference loads
     for dataset, index, path in ((source, 1, written["source"].label_paths[1]),
                                  (val, 2, written["val"].label_paths[2])):
         with pytest.raises(UserError, match=f"^label {re.escape(str(path))} "):
