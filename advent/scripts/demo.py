@@ -42,6 +42,7 @@ records and logs name the staging folder the run was built in. A folder holding 
 project did not write is refused; two demos into one folder at once, too (the second stops).
 Exit code 2 with one line on a user error.
 """
+import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
 import argparse
 import logging
 import sys
