@@ -279,11 +279,12 @@ def atomic_path(path, writer=None):
     tmp = folder / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
     if writer is not None:
         check_names(folder, writer, [path.name], "cannot write")
-        with updating_manifest(folder) as manifest:
-            manifest.files[path.name] = writer
-            manifest.temporary[tmp.name] = _process()
     try:
         with writing(path):  # a full disk names `path`
+            if writer is not None:
+                with updating_manifest(folder) as manifest:
+                    manifest.files[path.name] = writer
+                    manifest.temporary[tmp.name] = _process()
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             yield tmp
             with open(tmp, "rb+") as f:
