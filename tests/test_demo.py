@@ -20,6 +20,7 @@ from advent.scripts import demo
 from advent.utils.errors import UserError
 from advent.utils.output_dir import MANIFEST_NAME, read_manifest
 from advent.utils.serialization import json_dump, json_load
+from processes import HANG_GUARD_S
 
 pytestmark = pytest.mark.slow
 DEMO = Path(demo.__file__)
@@ -273,7 +274,7 @@ def quick_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo_quick")
     out = root / "out"
     result = subprocess.run([sys.executable, str(DEMO), "--quick", "--seed", "1", "--out", str(out),
-                             "--data", str(root / "data")], capture_output=True, text=True, timeout=900)
+                             "--data", str(root / "data")], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result.stdout, json_load(out / demo.RESULTS_NAME)
 
