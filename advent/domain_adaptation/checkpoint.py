@@ -317,7 +317,7 @@ class Checkpointer:
         if is_main_process():
             with writing(self.folder / "config.yml"):
                 yaml_dump(cfg_to_dict(self.cfg), self.folder / "config.yml")
-            record = {**build_run_record("train", self.cfg, device, self.weights), "processes": get_world_size()}
+            record = {**build_run_record("train", cfg_to_dict(self.cfg), device, self.weights), "processes": get_world_size()}
             with writing(self.folder):
                 write_run_record(self.folder, record)
         return 0 if self.saved is None else self.saved["iteration"]
