@@ -3,10 +3,18 @@ a stretch of time, and assume no order between them: a loaded machine only makes
 
 HANG_GUARD_S bounds each wait only so that a hung process fails its test instead of stalling the
 run; no healthy run comes near it."""
+import signal
 import time
 from pathlib import Path
 
 HANG_GUARD_S = 1800
+
+
+def ctrl_c_as_from_a_terminal():
+    """A Popen preexec_fn: SIGINT raises KeyboardInterrupt in the child, as Ctrl-C in a terminal,
+    even when the tests themselves run in the background (`cmd &` ignores SIGINT, and a child
+    inherits that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for_files(paths, process):

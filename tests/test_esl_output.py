@@ -15,7 +15,7 @@ from advent.scripts import esl as esl_script
 from advent.utils.output_dir import MANIFEST_NAME, foreign_entries, lock_path, read_manifest, staging_prefix
 from advent.utils.runtime import run_main
 from fake_data import write_cfg_yaml
-from processes import HANG_GUARD_S, wait_for_files
+from processes import HANG_GUARD_S, ctrl_c_as_from_a_terminal, wait_for_files
 from test_esl import esl_config, run_esl
 
 KEY = "PSEUDO_LABEL_DIRECTORY_TARGET"
@@ -70,7 +70,8 @@ def start_waiting_esl(cfg_path, tmp_path):
     marker, release = tmp_path / "mid_run", tmp_path / "release"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
     process = subprocess.Popen([sys.executable, "-c", waiting_esl_script(marker, release), "--cfg", str(cfg_path)],
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=ctrl_c_as_from_a_terminal)
     wait_for_files([marker], process)
     return process, release
 
