@@ -359,7 +359,7 @@ run_main(main, sys.argv[1:])
 """
 
 
-def test_a_failure_on_one_process_mid_run_ends_the_run_with_one_line_per_process(tmp_path):
+def test_a_failure_on_one_process_mid_run_ends_the_run_with_its_one_line(tmp_path):
     cfg = two_process_cfg(tmp_path / "run")
     path = write_cfg_yaml(cfg, tmp_path / "run.yml")
     (tmp_path / "failing.py").write_text(FAILING_RUN)
