@@ -81,7 +81,18 @@ _C.EXP_NAME = ""  # '' -> {SOURCE}2{TARGET}_{TRAIN.MODEL}_{TRAIN.DA_METHOD}
 _C.EXP_ROOT = str(PROJECT_ROOT / "experiments")
 _C.EXP_ROOT_SNAPSHOT = ""  # '' -> EXP_ROOT/snapshots
 _C.EXP_ROOT_LOGS = ""  # '' -> EXP_ROOT/logs
-_C.GPU_ID = 0  # the GPU of a single-process run (under torchrun each process takes cuda:LOCAL_RANK)
+# The GPU of a single-process run (under torchrun each process takes cuda:LOCAL_RANK); -1: the CPU
+# (also under torchrun), e.g. to compare with a CPU run exactly. Without CUDA every run uses the CPU.
+_C.GPU_ID = 0
+# CUDA float32 numerics: convolutions (and matrix products) in TF32 on Ampere and newer GPUs, as
+# PyTorch does by default for convolutions, so as the published code ran there; False: IEEE
+# float32 (slower). No effect on the CPU or on older GPUs (docs/speed.md).
+_C.TF32 = True
+# The cuDNN autotuner (cudnn.benchmark): off, because while it tries algorithms it briefly took
+# about 130 GB of workspace on an H200 (peak 137,549 MiB against 7,360 MiB without it) for the same
+# speed (18.35 against 18.44 R101 forward+backward passes/s at 1280x720): runs sharing a GPU
+# would fight over that peak (docs/speed.md).
+_C.CUDNN_BENCHMARK = False
 # Throughput: the segmenter's weights and inputs in the NHWC (channels-last) memory format in
 # train, esl and test. Same computation, other kernels (last-bit differences); pays off with
 # TRAIN/TEST/ESL.AMP on tensor-core GPUs (docs/speed.md). Off: the faithful default.
@@ -329,6 +340,8 @@ def check_cfg(config, filename="config"):
     if len(set(lengths.values())) != 1:
         listed = ", ".join(f"{k} has {n}" for k, n in lengths.items())
         raise UserError(f"{filename}: the per-model TEST lists must have one entry per model ({listed})")
+    if config.GPU_ID < -1:
+        raise UserError(f"{filename}: GPU_ID must be a GPU index (0, 1, ...) or -1 (the CPU), got {config.GPU_ID}")
     if config.NUM_CLASSES < 2:
         raise UserError(f"{filename}: NUM_CLASSES must be at least 2, got {config.NUM_CLASSES}")
     for key in POSITIVE_KEYS:

@@ -104,14 +104,14 @@ def peak_rss_mib():
 def run_variant(spec):
     """{'it_s', 'peak_mib'} of `spec` (model, amp, channels_last, sizes, device, iters, warmup)."""
     from advent.domain_adaptation.train_UDA import build_setup, train_step
+    from advent.utils.cuda_flags import set_cuda_flags
 
     device = torch.device(spec["device"])
     cuda = device.type == "cuda"
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # as training does
     cfg = training_cfg(spec)
+    set_cuda_flags(cfg.TF32, cfg.CUDNN_BENCHMARK)  # as train.py sets them
     generator = torch.Generator().manual_seed(0)
     src = random_batch(cfg.TRAIN.INPUT_SIZE_SOURCE, device, cfg.CHANNELS_LAST, generator)
     trg = random_batch(cfg.TRAIN.INPUT_SIZE_TARGET, device, cfg.CHANNELS_LAST, generator)

@@ -1,5 +1,11 @@
 """Shared fixtures: tiny datasets in the real on-disk formats (see fake_data.py), one per test;
-the `slow` marker (`-m "not slow"` runs the fast subset)."""
+the `slow` marker (`-m "not slow"` runs the fast subset); the `cuda` marker (`-m cuda`: the tests
+that need a GPU, skipped without one); `unwritable`, a folder without write permission, also for
+root."""
+import errno
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,6 +15,7 @@ from fake_data import make_fake_cfg, write_cityscapes, write_gta5, write_mapilla
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: the demo, torchrun, benchmark, ResNet-101 and long subprocess "
                                        "or training tests (left out by -m 'not slow')")
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one; -m cuda runs only these)")
 
 
 @pytest.fixture
@@ -52,3 +59,44 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def unwritable(monkeypatch):
+    """unwritable(folder, how): creating a file or a folder directly in `folder` fails with EACCES
+    (Permission denied) until the test ends. how='chmod': the kernel refuses it (mode 555; the
+    test is skipped as root, whom permission bits do not stop). how='deny': os.open and os.mkdir
+    refuse it as the kernel would, also for root (CI runs as root); below tempfile and pathlib,
+    so the project's code meets the error where it would meet the kernel's."""
+    denied, chmodded = set(), []
+    original_open, original_mkdir = os.open, os.mkdir
+
+    def check(path):
+        path = Path(os.path.abspath(os.fsdecode(path)))
+        if path.parent in denied and not path.exists():
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    def open_denied(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT:
+            check(path)
+        return original_open(path, flags, *args, **kwargs)
+
+    def mkdir_denied(path, *args, **kwargs):
+        check(path)
+        return original_mkdir(path, *args, **kwargs)
+
+    def make(folder, how):
+        folder = Path(folder).absolute()
+        if how == "deny":
+            denied.add(folder)
+            return
+        if os.geteuid() == 0:
+            pytest.skip("root ignores permission bits")
+        folder.chmod(0o555)
+        chmodded.append(folder)
+
+    monkeypatch.setattr(os, "open", open_denied)
+    monkeypatch.setattr(os, "mkdir", mkdir_denied)
+    yield make
+    for folder in chmodded:
+        folder.chmod(0o755)

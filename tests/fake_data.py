@@ -255,8 +255,8 @@ def make_fake_cfg(tmp_path, source="GTA", target="Cityscapes", num_classes=19, s
 
     Source: `count` GTA5 or SYNTHIA images. Target: Cityscapes train (labelled unless
     train_labels=False) and val, or Mapillary training/validation. All input sizes are `size`;
-    TEST.OUTPUT_SIZE_TARGET is `output_size`. Returns (cfg, {'source': FakeSplit, 'train': ...,
-    'val': ...}) so a test can compare with the arrays written.
+    TEST.OUTPUT_SIZE_TARGET is `output_size`; GPU_ID -1 (the CPU). Returns (cfg, {'source':
+    FakeSplit, 'train': ..., 'val': ...}) so a test can compare with the arrays written.
     """
     from advent.config import get_default_cfg  # only the cfg helper needs advent
     from advent.dataset.class_info import INFO16_PATH, INFO7_PATH, INFO_PATH
@@ -265,6 +265,7 @@ def make_fake_cfg(tmp_path, source="GTA", target="Cityscapes", num_classes=19, s
     cfg = get_default_cfg()
     cfg.SOURCE, cfg.TARGET, cfg.NUM_CLASSES = source, target, num_classes
     cfg.EXP_ROOT = str(tmp_path / "experiments")
+    cfg.GPU_ID = -1  # the CPU, also where CUDA is visible: the tests compare runs exactly (test_cuda.py: the GPU)
     written = {"source": _write_source(cfg, tmp_path / "data", source, size, count)}
     written.update(_write_target(cfg, tmp_path / "data", target, size, train_labels, count))
     info = {19: INFO_PATH, 16: INFO16_PATH, 7: INFO7_PATH}[num_classes]

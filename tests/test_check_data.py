@@ -110,8 +110,9 @@ def test_cli_exit_codes(tmp_path):
     assert result.returncode == 1 and str(written["val"].image_paths[0]) in result.stdout
 
 
-def test_missing_config_file_exits_2(tmp_path):
+def test_missing_config_file_exits_2(tmp_path, capsys):
+    from advent.utils.runtime import run_main
     with pytest.raises(SystemExit) as excinfo:
-        from advent.utils.runtime import run_main
         run_main(main, ["--cfg", str(tmp_path / "none.yml")])
     assert excinfo.value.code == 2
+    assert capsys.readouterr().err == f"error: config file not found: {tmp_path / 'none.yml'}\n"

@@ -101,7 +101,7 @@ def _collectives_worker(rank, world_size, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    device = distributed.select_device()
+    device = distributed.select_device(-1)  # the CPU (gloo), also where CUDA is visible
     # before the group exists (where the checks run), each process knows its place from torchrun
     results = {"before": (distributed.get_rank(), distributed.get_world_size(), distributed.is_distributed())}
     distributed.join_process_group(device)
@@ -213,8 +213,10 @@ def test_esl_two_processes_write_the_labels_and_report_of_one(tmp_path, method):
     assert json_load(two / REPORT_NAME) == json_load(one / REPORT_NAME)
     assert 0 < json_load(two / REPORT_NAME)["kept_fraction"] < 1
     assert len(list(two.glob("run_esl_*.json"))) == 1
-    # no staging folder left beside it, only the lock file; inside, no spill folder, only the manifest
-    assert sorted(p.name for p in two.parent.iterdir() if p.name.startswith(".")) == [".labels.lock"]
+    # no staging folder left beside it, only the lock file and the manifest recording it; inside, no
+    # spill folder, only the manifest
+    assert sorted(p.name for p in two.parent.iterdir() if p.name.startswith(".")) == [
+        ".advent-manifest.json", ".labels.lock"]
     assert [p.name for p in two.glob(".*")] == [".advent-manifest.json"]
 
 
@@ -227,7 +229,7 @@ from advent.utils.distributed import get_rank, join_process_group, leave_process
 from advent.config import load_config
 torch.set_num_threads(1)
 cfg, batches, out = load_config(sys.argv[1]), torch.load(sys.argv[2]), sys.argv[3]
-device = select_device()
+device = select_device(cfg.GPU_ID)
 join_process_group(device)
 torch.manual_seed(0)
 setup = parallel(build_setup(cfg, device), device)
@@ -308,7 +310,7 @@ def test_two_process_training_snapshots_once_stops_together_and_resumes_exactly(
     check(torchrun([SCRIPTS / "train.py", "--cfg", straight_path], tmp_path))
     folder = Path(straight.TRAIN.SNAPSHOT_DIR)
     names = sorted(p.name for p in folder.iterdir())
-    assert names[:1] == ["config.yml"] and len(list(folder.glob("run_train_*.json"))) == 1
+    assert names[:2] == [".advent-manifest.json", "config.yml"] and len(list(folder.glob("run_train_*.json"))) == 1
     assert {f"model_{n}.pth" for n in (2, 4, 6, 8)} <= set(names) and "train_state_8.pth" in names
     assert not [n for n in names if n.endswith(".tmp")]
     model = build_segmenter(TINY, 19, True)

@@ -17,7 +17,7 @@ from advent.domain_adaptation import checkpoint as snapshots, esl_UDA
 from advent.model import build_segmenter
 from advent.scripts import esl as esl_script
 from advent.utils.errors import UserError
-from advent.utils.output_dir import MANIFEST_NAME, lock_path
+from advent.utils.output_dir import MANIFEST_NAME, lock_path, read_manifest
 from advent.utils.serialization import json_load
 from fake_data import make_fake_cfg, write_cfg_yaml
 
@@ -153,13 +153,16 @@ def test_confident_model_labels_follow_the_published_order(tmp_path, method):
 
 
 def test_labels_load_back_through_the_pseudo_label_loader(tmp_path):
-    cfg, _ = esl_config(tmp_path, output_size=(64, 32))
+    cfg, written = esl_config(tmp_path, output_size=(64, 32))
     run_esl(cfg, tmp_path)
     expected, _ = reference(cfg)
     train = get_target_dataset(cfg, "train")  # pseudo-label mode: PSEUDO_LABEL_DIRECTORY_TARGET is set
     assert train.has_labels
+    loaded = []
     for _, label, _, name in train:
         np.testing.assert_array_equal(label, expected[name][0])
+        loaded.append(name)
+    assert len(loaded) == 6 and loaded == written["train"].names  # every image of the split, in list order
 
 
 def test_one_group_when_max_median_batch_exceeds_dataset(tmp_path):
@@ -180,9 +183,11 @@ def test_unlabelled_target_split(tmp_path):
 def test_no_temporary_files_are_left(tmp_path):
     cfg, _ = esl_config(tmp_path)
     run_esl(cfg, tmp_path)
-    # beside: only the lock file (it stays; the kernel releases the lock); inside: only the manifest
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [
-        lock_path(tmp_path / "labels").name]
+    # beside: only the lock file (it stays; the kernel releases the lock) and the manifest recording
+    # it and the label folder; inside: only the manifest
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted([
+        MANIFEST_NAME, lock_path(tmp_path / "labels").name])
+    assert read_manifest(tmp_path).temporary == {}
     assert [p.name for p in (tmp_path / "labels").glob(".*")] == [MANIFEST_NAME]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from advent import PROJECT_ROOT
 from advent.scripts import esl as esl_script
-from advent.utils.output_dir import MANIFEST_NAME, foreign_entries, lock_path, read_manifest, staging_prefix
+from advent.utils.output_dir import MANIFEST_NAME, foreign_entries, lock_path, read_manifest
 from advent.utils.runtime import run_main
 from fake_data import write_cfg_yaml
 from processes import HANG_GUARD_S, ctrl_c_as_from_a_terminal, wait_for_files
@@ -38,7 +38,7 @@ def esl_exit(cfg, path, capsys):
 
 def leftovers(folder):
     """The staging folders beside `folder`."""
-    return sorted(p.name for p in Path(folder).parent.iterdir() if p.name.startswith(staging_prefix(folder)))
+    return sorted(p.name for p in Path(folder).parent.iterdir() if p.name.startswith(f".{Path(folder).name}.partial-"))
 
 
 def waiting_esl_script(marker, release):
@@ -109,11 +109,11 @@ def test_a_folder_with_files_the_project_did_not_write_is_refused_before_model_w
 def test_a_second_run_replaces_its_own_earlier_output(tmp_path):
     cfg, before, maxprob = earlier_output(tmp_path)
     folder = tmp_path / "labels"
-    assert read_manifest(folder) == set(before) - {MANIFEST_NAME}  # every file written, listed
+    assert set(read_manifest(folder).files) == set(before) - {MANIFEST_NAME}  # every file written, listed
     assert len([name for name in before if name.startswith("run_esl_")]) == 1  # the run record too
     assert esl_script.main(["--cfg", str(maxprob)]) == 0
     after = tree(folder)
-    assert foreign_entries(folder) == [] and read_manifest(folder) == set(after) - {MANIFEST_NAME}
+    assert foreign_entries(folder) == [] and set(read_manifest(folder).files) == set(after) - {MANIFEST_NAME}
     [record] = [name for name in after if name.startswith("run_esl_")]  # the old one went
     assert json.loads(after[record])["config"]["ESL"]["METHOD"] == "maxprob"
     pngs = [name for name in before if name.endswith(".png")]
@@ -183,9 +183,9 @@ def test_files_that_appear_during_the_run_are_kept_and_the_swap_refused(tmp_path
 
 # --- file-system faults ---
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+@pytest.mark.parametrize("how", ["chmod", "deny"])
 @pytest.mark.parametrize("exists", [False, True])
-def test_an_unwritable_parent_is_one_line_before_model_work(tmp_path, capsys, exists):
+def test_an_unwritable_parent_is_one_line_before_model_work(tmp_path, capsys, unwritable, exists, how):
     cfg, _ = esl_config(tmp_path / "run")
     parent = tmp_path / "out"
     parent.mkdir()
@@ -193,11 +193,9 @@ def test_an_unwritable_parent_is_one_line_before_model_work(tmp_path, capsys, ex
         (parent / "labels").mkdir()
     cfg.PSEUDO_LABEL_DIRECTORY_TARGET = str(parent / "labels")
     cfg.ESL.RESTORE_FROM = str(tmp_path / "absent.pth")  # would fail later, if it got there
-    parent.chmod(0o555)
-    try:
-        code, lines = esl_exit(cfg, tmp_path / "esl.yml", capsys)
-    finally:
-        parent.chmod(0o755)
+    unwritable(parent, how)  # the new set is built beside the folder: in `parent`
+    code, lines = esl_exit(cfg, tmp_path / "esl.yml", capsys)
     assert code == 2
     assert lines == [f"error: cannot write the pseudo-labels (PSEUDO_LABEL_DIRECTORY_TARGET {parent / 'labels'}) "
                      f"to {parent}: Permission denied"]
+    assert sorted(p.name for p in parent.iterdir()) == (["labels"] if exists else [])

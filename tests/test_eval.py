@@ -34,7 +34,7 @@ from advent.model import build_segmenter
 from advent.model.weights import file_sha256
 from advent.scripts.test import main
 from advent.utils.runtime import run_main
-from advent.utils.func import fast_hist, per_class_iu
+from advent.utils.func import fast_hist
 from fake_data import make_fake_cfg, write_cfg_yaml, write_list
 
 TINY = "DeepLabv2-Tiny"
@@ -174,24 +174,20 @@ def reference_hist(models, weights, cfg, amp_dtype=None):
 
 # --- the confusion matrix and the reports ---
 
-def test_confusion_matrix_equals_fast_hist_with_ignored_and_absent_classes():
-    rng = np.random.default_rng(0)
-    num_classes = 6
-    label = rng.integers(0, num_classes, size=(3, 40, 50))
-    pred = rng.integers(0, num_classes, size=(3, 40, 50))
-    label[rng.random(label.shape) < 0.2] = 255
-    label[label == 2] = 1  # class 2: absent from labels and predictions
-    pred[pred == 2] = 0
-    label[label == 4] = 255  # class 4: predicted only
-    matrix = ConfusionMatrix(num_classes)
-    matrix.update(torch.from_numpy(label[:2]), torch.from_numpy(pred[:2]))
-    matrix.update(torch.from_numpy(label[2]).to(torch.uint8), torch.from_numpy(pred[2]))
-    expected = fast_hist(label, pred, num_classes)
-    assert np.array_equal(matrix.hist(), expected)
+def test_confusion_matrix_counts_batches_with_ignored_and_absent_classes():
+    matrix = ConfusionMatrix(5)
+    # class 2: absent from the counted labels and predictions; class 4: predicted only; 255: ignored
+    matrix.update(torch.tensor([[0, 0, 1, 255], [3, 3, 1, 0]]), torch.tensor([[0, 1, 1, 2], [3, 4, 1, 0]]))
+    matrix.update(torch.tensor([1, 255, 3, 0], dtype=torch.uint8), torch.tensor([1, 4, 3, 3]))
+    assert matrix.hist().tolist() == [[2, 1, 0, 1, 0],  # rows: ground truth, columns: prediction
+                                      [0, 3, 0, 0, 0],
+                                      [0, 0, 0, 0, 0],
+                                      [0, 0, 0, 2, 1],
+                                      [0, 0, 0, 0, 0]]
     assert matrix.unexpected_labels() == 0
     iou = matrix.compute()
-    assert np.isnan(iou[2]) and iou[4] == 0
-    assert np.allclose(iou, per_class_iu(expected), equal_nan=True)
+    # TP / (TP + FP + FN): 2 / (2 + 0 + 2), 3 / (3 + 1 + 0), absent, 2 / (2 + 1 + 1), 0 / (0 + 1 + 0)
+    np.testing.assert_array_equal(iou, [0.5, 0.75, np.nan, 0.5, 0.0])
 
 
 def test_confusion_matrix_counts_unexpected_label_values_apart():
@@ -200,8 +196,9 @@ def test_confusion_matrix_counts_unexpected_label_values_apart():
     matrix = ConfusionMatrix(19)
     matrix.update(label, pred)
     assert matrix.unexpected_labels() == 4  # 19, 33, -1, 300; 255 is ignored
-    assert np.array_equal(matrix.hist(), fast_hist(label.numpy(), pred.numpy(), 19))
-    assert matrix.hist().sum() == 3
+    expected = np.zeros((19, 19), dtype=np.int64)
+    expected[0, 0] = expected[1, 1] = expected[2, 2] = 1  # the three pixels with a train id
+    assert np.array_equal(matrix.hist(), expected)
 
 
 def test_hand_computed_3x3_with_an_absent_class():
@@ -221,13 +218,15 @@ def test_hand_computed_3x3_with_an_absent_class():
 def test_miou13_drops_wall_fence_pole_of_16_classes():
     names = get_class_info(cfg16(), "test").names
     assert [names[i] for i in (3, 4, 5)] == ["wall", "fence", "pole"]
-    rng = np.random.default_rng(1)
-    hist = rng.integers(0, 100, size=(16, 16))
+    hist = 4 * np.eye(16, dtype=np.int64)
+    hist[0, 1] = 1  # IoU 4 / 5 for classes 0 and 1
+    hist[3, 4] = hist[4, 5] = hist[5, 3] = 4  # IoU 4 / 12 for wall, fence and pole
+    hist[15, 15] = 0  # class 15 absent: left out of both means
     summary = summarize(hist, names)
-    iou = per_class_iu(hist)
-    assert summary["mIoU"] == pytest.approx(100 * np.mean(iou))
-    assert summary["mIoU13"] == pytest.approx(100 * np.mean(np.delete(iou, [3, 4, 5])))
-    assert summary["mIoU13"] != pytest.approx(summary["mIoU"])
+    assert [e["IoU"] for e in summary["per_class"]] == pytest.approx(
+        [80, 80, 100] + [100 / 3] * 3 + [100] * 9 + [None])
+    assert summary["mIoU"] == pytest.approx(100 * (0.8 + 0.8 + 10 + 1) / 15)
+    assert summary["mIoU13"] == pytest.approx(100 * (0.8 + 0.8 + 10) / 12)
 
 
 def test_suspicious_numbers_warn_and_good_ones_do_not(caplog):
@@ -237,6 +236,19 @@ def test_suspicious_numbers_warn_and_good_ones_do_not(caplog):
     with caplog.at_level(logging.WARNING):
         warnings = warn_if_suspicious(low, 12, 19)
     assert len(warnings) == 2 and "below 5 %" in caplog.text and "12 ground-truth pixels" in caplog.text
+
+
+def test_no_labelled_pixel_warns(caplog):
+    matrix = ConfusionMatrix(3)
+    matrix.update(torch.full((2, 4), 255), torch.zeros(2, 4, dtype=torch.long))  # every pixel ignored
+    summary = summarize(matrix.hist(), ("a", "b", "c"))
+    assert summary["labelled_pixels"] == 0 and summary["mIoU"] is None
+    with caplog.at_level(logging.WARNING):
+        warnings = warn_if_suspicious(summary, matrix.unexpected_labels(), 3)
+    expected = ("evaluation: no ground-truth pixel holds a train id 0..2: the label mapping looks wrong "
+                "(check TEST.INFO_TARGET and NUM_CLASSES)")
+    assert warnings == [expected]
+    assert [(record.levelno, record.getMessage()) for record in caplog.records] == [(logging.WARNING, expected)]
 
 
 def test_pick_best_takes_the_first_of_equal_and_skips_undefined():
@@ -290,6 +302,7 @@ def test_batches_and_amp_autocast_only_the_forward(tmp_path):
     assert np.array_equal(amp, reference_hist([model], [1.0], cfg, amp_dtype=torch.bfloat16))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_counts_on_the_device_as_fast_hist_on_the_cpu():
     torch.manual_seed(2)
@@ -355,7 +368,11 @@ def test_16_classes_report_the_13_class_miou(tmp_path, caplog):
     cfg, _ = single_cfg(tmp_path, [checkpoint], num_classes=16)
     with caplog.at_level(logging.INFO):
         results, _ = single_results(cfg, run_test(cfg, tmp_path, "synthia.yml"))
-    iou = per_class_iu(np.array(results["confusion_matrix"]))
+    hist = np.array(results["confusion_matrix"])
+    iou = []
+    for c in range(16):  # TP / (TP + FP + FN), class by class
+        tp, fp, fn = hist[c, c], hist[:, c].sum() - hist[c, c], hist[c].sum() - hist[c, c]
+        iou.append(tp / (tp + fp + fn) if tp + fp + fn else np.nan)
     assert results["mIoU13"] == pytest.approx(100 * np.nanmean(np.delete(iou, [3, 4, 5])))
     assert f"mIoU13 = {results['mIoU13']:.2f}" in caplog.text
 

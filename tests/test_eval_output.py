@@ -8,16 +8,16 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from advent.domain_adaptation import eval_output, eval_UDA
 from advent.domain_adaptation.eval_UDA import CACHE_NAME, RESULTS_BEST, RESULTS_SINGLE
-from advent.utils.output_dir import check_writable
+from advent.dataset import png_name
+from advent.utils import output_dir
 from advent.utils.errors import UserError
-from advent.utils.output_dir import MANIFEST_NAME, exclusive_lock
+from advent.utils.output_dir import MANIFEST_NAME, exclusive_lock, prepare_folder, read_manifest
 from fake_data import write_cfg_yaml, write_list
 from processes import HANG_GUARD_S
 from advent.scripts.test import main
@@ -41,13 +41,13 @@ def failing_json_dump(monkeypatch, file_name, code, times=None, seen=None, caplo
     original = eval_output.json_dump
     failures = []
 
-    def dump(data, path):
+    def dump(data, path, writer=None):
         if Path(path).name == file_name and (times is None or len(failures) < times):
             failures.append(path)
             if seen is not None:
                 seen.append("mIoU =" in caplog.text)
             raise OSError(code, os.strerror(code), str(path))
-        return original(data, path)
+        return original(data, path, writer)
 
     monkeypatch.setattr(eval_output, "json_dump", dump)
     return failures
@@ -75,12 +75,13 @@ def leftovers(predictions):
 
 # --- unwritable folders: one line, before any model work ---
 
-def test_check_writable_creates_the_folder_and_leaves_no_probe(tmp_path):
-    folder = check_writable(tmp_path / "a" / "b", "the results")
-    assert folder.is_dir() and list(folder.iterdir()) == []
+def test_prepare_folder_creates_the_folder_with_only_its_manifest(tmp_path):
+    folder = prepare_folder(tmp_path / "a" / "b", "test.py", "the results")
+    assert folder.is_dir() and [p.name for p in folder.iterdir()] == [MANIFEST_NAME]
+    assert read_manifest(folder).owner == "test.py"
     (tmp_path / "file").write_text("mine")
     with pytest.raises(UserError, match=r"cannot write the results to .*file/sub: .*file is a file, not a folder"):
-        check_writable(tmp_path / "file" / "sub", "the results")
+        prepare_folder(tmp_path / "file" / "sub", "test.py", "the results")
     assert (tmp_path / "file").read_text() == "mine"
 
 
@@ -100,14 +101,14 @@ def test_results_folder_under_a_file_is_one_line_before_any_model_work(tmp_path,
 def test_read_only_snapshot_folder_is_one_line_before_any_evaluation(tmp_path, monkeypatch, capsys):
     cfg, folder = best_cfg(tmp_path)
     path = write_cfg_yaml(cfg, tmp_path / "best.yml")
-    original = tempfile.mkstemp
+    original = output_dir._write_manifest
 
-    def read_only(*args, dir=None, **kwargs):  # the file system of the snapshot folder is read-only
-        if dir is not None and Path(dir) == folder:
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(Path(dir) / "probe"))
-        return original(*args, dir=dir, **kwargs)
+    def read_only(where, manifest):  # the file system of the snapshot folder is read-only
+        if Path(where) == folder:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(Path(where) / output_dir._MANIFEST_TMP))
+        return original(where, manifest)
 
-    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(output_dir, "_write_manifest", read_only)
     no_model_work(monkeypatch)
     lines = user_error(["--cfg", str(path)], capsys)
     assert lines == [f"error: cannot write the test cache and results to {folder}: Read-only file system"]
@@ -183,8 +184,9 @@ def test_predictions_folder_with_a_foreign_file_is_refused_and_the_file_kept(tmp
 def test_a_second_run_replaces_its_own_predictions(tmp_path):
     path, predictions, written = predictions_cfg(tmp_path, seed=5)
     assert main(["--cfg", str(path)]) == 0
-    manifest = json.loads((predictions / MANIFEST_NAME).read_text())
-    assert manifest["files"] == ["color", "labelIds"]
+    manifest = read_manifest(predictions)
+    assert manifest.owner == "test.py" and sorted(manifest.files) == sorted(
+        ["color", "labelIds"] + [f"{kind}/{png_name(n)}" for kind in ("color", "labelIds") for n in written["val"].names])
     assert len(list((predictions / "labelIds").iterdir())) == 4
     # the second run: another model over 2 of the 4 images
     write_list(written["val"].list_path, written["val"].names[:2])
@@ -262,7 +264,7 @@ def test_best_mode_predictions_of_the_best_snapshot_replace_the_earlier_ones(tmp
     results = json.loads((folder / RESULTS_BEST).read_text())
     predictions = folder / "predictions"
     assert results["predictions"] == str(predictions / results["best"])
-    assert json.loads((predictions / MANIFEST_NAME).read_text())["files"] == [results["best"]]
+    assert {name.split("/")[0] for name in read_manifest(predictions).files} == {results["best"]}
     assert len(list((predictions / results["best"] / "labelIds").iterdir())) == 4
     # the two snapshots swap places, so the best one changes: its predictions replace the earlier best's
     first, second = (folder / "model_2000.pth").read_bytes(), (folder / "model_4000.pth").read_bytes()

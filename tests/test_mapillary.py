@@ -1,6 +1,11 @@
 """Mapillary as published: test labels at their native resolution padded to the input's aspect
-ratio, images padded with black before the mean, logits upsampled to each label's size
-(tiny files in the real formats: config.json, .jpg images, palette .png labels)."""
+ratio, images fitted with the published floating-point size and padded with black before the
+mean, logits upsampled to each label's size; input and output sizes of different aspect ratios
+refused (tiny files in the real formats: config.json, .jpg images, palette .png labels)."""
+import itertools
+import math
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
@@ -8,11 +13,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from advent.config import get_default_cfg
 from advent.dataset import get_target_dataset
 from advent.dataset.class_info import INFO7_PATH, load_class_info
-from advent.dataset.mapillary import MapillaryDataSet
+from advent.dataset.factory import check_mapillary_aspect, stage_section
+from advent.dataset.mapillary import MapillaryDataSet, fit_size
+from advent.domain_adaptation.eval_output import eval_setting
 from advent.domain_adaptation.eval_UDA import build_test_loader, evaluate
 from advent.model import build_segmenter
+from advent.scripts.esl import main as esl_main
 from advent.scripts.test import main
 from advent.utils.errors import UserError
 from advent.utils.runtime import run_main
@@ -115,3 +124,137 @@ def test_batches_of_several_images_are_refused_in_one_line(tmp_path, capsys):
         run_main(main, ["--cfg", str(write_cfg_yaml(cfg, tmp_path / "test.yml"))])
     assert exit_info.value.code == 2
     assert "TEST.BATCH_SIZE_TARGET is 2" in capsys.readouterr().err
+
+
+# --- the fitted size as published (floating point), where it differs from the exact rule ---
+
+def published_fit(size, box):
+    """The published rule: one float scale (the smaller of box / size), each side floored."""
+    scale = min(box[0] / size[0], box[1] / size[1])
+    return max(1, math.floor(size[0] * scale)), max(1, math.floor(size[1] * scale))
+
+
+def exact_fit(size, box):
+    """The same fit in exact arithmetic (what this project computed before)."""
+    scale = min(Fraction(box[0], size[0]), Fraction(box[1], size[1]))
+    return max(1, math.floor(size[0] * scale)), max(1, math.floor(size[1] * scale))
+
+
+def disagreeing_sizes(shape, box, count):
+    """The first `count` sizes k * shape (k = 1, 2, ...) where the two rules differ."""
+    sizes = (tuple(k * side for side in shape) for k in range(1, 10000))
+    return list(itertools.islice((s for s in sizes if published_fit(s, box) != exact_fit(s, box)), count))
+
+
+def test_fit_size_is_the_published_float_rule_where_the_exact_rule_differs():
+    assert fit_size((98, 49), (128, 64)) == (127, 63)  # the issue's example: exact would be 128x64
+    every = [(w, h) for w in range(1, 200) for h in range(1, 200)]
+    assert all(fit_size(size, (128, 64)) == published_fit(size, (128, 64)) for size in every)
+    for shape in ((1, 1), (2, 1), (3, 2)):  # at the paper's input size
+        found = disagreeing_sizes(shape, (1024, 512), 5)
+        assert len(found) == 5, shape
+        for size in found:
+            fitted, exact = fit_size(size, (1024, 512)), exact_fit(size, (1024, 512))
+            assert fitted == published_fit(size, (1024, 512)) and fitted != exact, size
+            assert all(e - 1 <= f <= e for f, e in zip(fitted, exact))  # one pixel short at most
+
+
+def check_image(image, path, fitted, canvas):
+    """`image` (CHW): `path` resized to `fitted` at the top-left, -MEAN (black) elsewhere."""
+    (width, height), (canvas_width, canvas_height) = fitted, canvas
+    assert image.shape == (3, canvas_height, canvas_width)
+    rgb = Image.open(path).convert("RGB").resize(fitted, Image.BICUBIC)
+    expected = (np.asarray(rgb, np.float32)[:, :, ::-1] - MEAN).transpose(2, 0, 1)
+    np.testing.assert_allclose(image[:, :height, :width], expected, atol=1e-4)
+    for channel in range(3):
+        assert (image[channel, height:] == -MEAN[channel]).all()
+        assert (image[channel, :, width:] == -MEAN[channel]).all()
+
+
+def test_images_fill_the_published_extent_and_labels_stay_native(tmp_path):
+    box = (1024, 512)
+    sizes = [disagreeing_sizes(shape, box, 1)[0] for shape in ((1, 1), (2, 1), (3, 2))]
+    split = write_mapillary(tmp_path, "validation", sizes)
+    dataset = MapillaryDataSet(tmp_path, crop_size=box, mean=MEAN, native_labels=True)
+    for index, size in enumerate(sizes):
+        image, label = dataset[index][:2]
+        fitted = published_fit(size, box)
+        assert fitted != exact_fit(size, box)
+        check_image(image, split.image_paths[index], fitted, box)
+        # the label: native, padded right to the canvas's 2:1 (its own size unchanged by the float rule)
+        width, height = size
+        padded = (max(width, 2 * height), height)
+        np.testing.assert_array_equal(label, padded_by_hand(train_ids(split, split.labels[index]), *padded))
+        # image and label cover the same part of their canvases, up to the published pixel
+        assert abs(fitted[0] / box[0] - width / padded[0]) * box[0] <= 1
+
+
+def test_evaluation_of_published_fits_against_images_built_by_hand(tmp_path):
+    cfg, _ = mapillary_cfg(tmp_path)
+    box = cfg.TEST.INPUT_SIZE_TARGET = cfg.TEST.OUTPUT_SIZE_TARGET = (128, 64)
+    cfg.TEST.IMG_MEAN = MEAN
+    sizes = [disagreeing_sizes(shape, box, 1)[0] for shape in ((2, 1), (1, 1), (3, 2))]
+    cfg.TEST.SET_TARGET = "odd"
+    split = write_mapillary(cfg.DATA_DIRECTORY_TARGET, "odd", sizes, seed=7)
+    model = tiny_model(3)
+    hist = evaluate([model], build_test_loader(cfg, CPU)[1], 7, CPU, box).hist()
+    expected = np.zeros((7, 7), dtype=np.int64)
+    for path, raw, (width, height) in zip(split.image_paths, split.labels, sizes):
+        fitted = published_fit((width, height), box)
+        rgb = Image.open(path).convert("RGB").resize(fitted, Image.BICUBIC)
+        image = np.zeros((box[1], box[0], 3), np.float32)  # black, then minus the mean
+        image[:fitted[1], :fitted[0]] = np.asarray(rgb, np.float32)
+        image = (image[:, :, ::-1] - MEAN).transpose(2, 0, 1).copy()
+        label = padded_by_hand(train_ids(split, raw), max(width, 2 * height), height)
+        with torch.no_grad():
+            logits = model(torch.from_numpy(image)[None])[1]
+        up = F.interpolate(logits, size=label.shape, mode="bilinear", align_corners=True)
+        kept = label < 7
+        expected += np.bincount(7 * label[kept] + up[0].argmax(0).numpy()[kept], minlength=49).reshape(7, 7)
+    assert np.array_equal(hist, expected) and expected.sum() > 0
+
+
+# --- input and output sizes of different aspect ratios ---
+
+def test_default_sizes_share_one_aspect_ratio_and_are_accepted(tmp_path):
+    defaults = get_default_cfg()
+    defaults.TARGET = "Mapillary"
+    assert [list(defaults.TEST.INPUT_SIZE_TARGET), list(defaults.TEST.OUTPUT_SIZE_TARGET)] == [[1024, 512],
+                                                                                             [2048, 1024]]
+    for stage in ("test", "esl"):
+        check_mapillary_aspect(defaults, stage)  # no error
+    cfg, _ = mapillary_cfg(tmp_path)  # the same at a tiny scale, with data: input 64x32, output 128x64
+    cfg.TEST.OUTPUT_SIZE_TARGET = cfg.ESL.OUTPUT_SIZE_TARGET = (128, 64)
+    assert get_target_dataset(cfg, "test").has_labels and get_target_dataset(cfg, "esl").has_labels
+
+
+@pytest.mark.parametrize("script", ["test", "esl"])
+def test_sizes_of_different_aspect_ratios_are_refused_in_one_line(tmp_path, capsys, script):
+    cfg, _ = mapillary_cfg(tmp_path)
+    stage_section(cfg, script).OUTPUT_SIZE_TARGET = (64, 48)
+    missing = str(tmp_path / "missing.pth")  # model work first would fail on this instead
+    cfg.TEST.MODE, cfg.TEST.RESTORE_FROM, cfg.ESL.RESTORE_FROM = "single", (missing,), missing
+    cfg.ESL.WAIT_MODEL = False  # refused at once, not after a wait for it
+    cfg.PSEUDO_LABEL_DIRECTORY_TARGET = str(tmp_path / "pseudo")
+    main_of = {"test": main, "esl": esl_main}[script]
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main_of, ["--cfg", str(write_cfg_yaml(cfg, tmp_path / f"{script}.yml"))])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    key = script.upper()
+    assert len(lines) == 1 and f"{key}.INPUT_SIZE_TARGET [64, 32] (2:1)" in lines[0]
+    assert f"{key}.OUTPUT_SIZE_TARGET [64, 48] (4:3)" in lines[0] and "aspect ratio" in lines[0]
+    cityscapes, _ = make_fake_cfg(tmp_path / "c")  # Cityscapes labels are resized, not padded: accepted
+    stage_section(cityscapes, script).OUTPUT_SIZE_TARGET = (64, 48)
+    assert get_target_dataset(cityscapes, script).has_labels
+
+
+def test_the_cache_key_of_a_mapillary_evaluation_names_the_published_fit(tmp_path):
+    """'best' mode's cache must not serve a Mapillary result computed with the earlier exact fit."""
+    cfg, _ = mapillary_cfg(tmp_path)
+    dataset = get_target_dataset(cfg, "test")
+    setting = eval_setting(cfg, dataset, load_class_info(INFO7_PATH))
+    assert setting["native_labels"] and setting["image_fit"] == "floor(side * float scale), as published"
+    cityscapes, _ = make_fake_cfg(tmp_path / "cityscapes")
+    assert "image_fit" not in eval_setting(cityscapes, get_target_dataset(cityscapes, "test"),
+                                           load_class_info(cityscapes.TEST.INFO_TARGET))

@@ -66,7 +66,7 @@ def test_r50_and_tiny_keep_the_naming_layout(reference):
     backbone_layers = ("layer1.", "layer2.", "layer3.", "layer4.")
     first_blocks = [k for k in names_101 if not k.startswith(backbone_layers) or k.split(".")[1] == "0"]
     assert [k for k, _ in layout(tiny())] == first_blocks
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^depth must be one of \[50, 101\], got 34$"):
         get_deeplab_v2(depth=34)
 
 
@@ -78,7 +78,7 @@ def test_build_segmenter_maps_every_config_model():
         model = build_segmenter(name, 7, False)
         assert (model.blocks, model.arch_name, model.num_classes) == (blocks[name], name, 7)
         assert not hasattr(model, "layer5")
-    with pytest.raises(UserError, match="DeepLabv3"):
+    with pytest.raises(UserError, match=r"^unknown model 'DeepLabv3'; expected one of DeepLabv2, "):
         build_segmenter("DeepLabv3", 19, True)
 
 

@@ -1,92 +1,246 @@
-"""The shared rules for the folders scripts write: locks, manifests, atomic replacement, leftovers."""
+"""The output layer (advent/utils/output_dir.py): manifests that record every entry the project
+wrote and by which script, ownership checks, all-or-nothing folder replacement (with and without
+the atomic exchange), leftovers removed by their exact recorded names, locks."""
+import json
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 
 import pytest
 
+from advent.utils import output_dir
 from advent.utils.errors import UserError
 from advent.utils.output_dir import (
-    MANIFEST_NAME, check_replaceable, check_writable, exclusive_lock, lock_path, read_manifest,
-    remove_leftovers, remove_temporary_files, replace_dir, staging_prefix, write_manifest,
+    MANIFEST_NAME, FolderReplacement, atomic_path, check_complete, check_folder, check_names, exclusive_lock,
+    foreign_entries, lock_path, prepare_folder, read_manifest, remove_own, remove_stale, updating_manifest,
 )
 from processes import HANG_GUARD_S
 
 
-def staged(final, names, content="new"):
-    """A complete staging folder beside `final` holding `names`, with its manifest."""
-    staging = final.parent / f"{staging_prefix(final)}test"
-    staging.mkdir()
-    for name in names:
-        (staging / name).write_text(content)
-    write_manifest(staging, "test", names)
-    return staging
+def replace_with(final, files, writer="esl.py"):
+    """Replace `final` as a whole with `files` ({relative path: text}) through FolderReplacement."""
+    output = FolderReplacement(final, writer, "KEY")
+    with output.held(), output.staged() as staging:
+        for name, text in files.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_text(text)
+    return output
 
 
-def test_missing_empty_and_own_folders_may_be_replaced_foreign_ones_not(tmp_path):
+def entries(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+# --- the record ---
+
+def test_a_replaced_folder_records_every_entry_recursively_with_its_writer(tmp_path):
+    final = tmp_path / "predictions"
+    replace_with(final, {"color/a.png": "c", "labelIds/a.png": "l"}, writer="test.py")
+    manifest = read_manifest(final)
+    assert manifest.owner == "test.py" and manifest.complete and manifest.temporary == {}
+    assert manifest.files == {name: "test.py" for name in ("color", "color/a.png", "labelIds", "labelIds/a.png")}
+    assert foreign_entries(final) == []
+    (final / "color" / "mine.png").write_text("the user's")  # a file inside a subfolder is foreign too
+    (final / "extra").mkdir()
+    assert foreign_entries(final) == ["color/mine.png", "extra"]
+    # the parent records the folder itself and the lock file beside it, nothing temporary
+    parent = read_manifest(tmp_path)
+    assert parent.files == {"predictions": "test.py", lock_path(final).name: "test.py"} and parent.temporary == {}
+
+
+def test_a_subfolder_with_its_own_manifest_is_judged_by_it(tmp_path):
+    replace_with(tmp_path / "run" / "predictions", {"color/a.png": "c"}, writer="test.py")
+    assert read_manifest(tmp_path / "run").owner == "test.py"  # it created the folder for the lock file
+    assert foreign_entries(tmp_path / "run") == []  # the lock file and predictions/ recorded there
+    (tmp_path / "run" / "predictions" / "color" / "mine.txt").write_text("x")
+    assert foreign_entries(tmp_path / "run") == ["predictions/color/mine.txt"]
+
+
+def test_a_first_format_manifest_vouches_for_its_files_not_for_what_its_folders_hold(tmp_path):
+    folder = tmp_path / "predictions"
+    (folder / "color").mkdir(parents=True)
+    (folder / "color" / "mine.png").write_text("the user's")
+    (folder / "a.png").write_text("x")
+    (folder / MANIFEST_NAME).write_text(json.dumps({"writer": "test.py", "files": ["a.png", "color"]}))
+    assert read_manifest(folder).files == {"a.png": "test.py"}
+    assert foreign_entries(folder) == ["color"]
+    (folder / MANIFEST_NAME).write_text("{truncated")  # an unreadable manifest proves nothing
+    assert foreign_entries(folder) == ["a.png", "color"]
+
+
+# --- ownership checks ---
+
+def test_missing_empty_and_own_folders_may_be_written_foreign_and_others_not(tmp_path):
     final = tmp_path / "labels"
-    check_replaceable(final, "KEY")  # missing
+    check_folder(final, "esl.py", "KEY")  # missing
     final.mkdir()
-    check_replaceable(final, "KEY")  # empty
-    (final / "a.png").write_text("x")
-    write_manifest(final, "test", ["a.png"])
-    check_replaceable(final, "KEY")  # only its own files
-    assert read_manifest(final) == {"a.png"}
+    check_folder(final, "esl.py", "KEY")  # empty
+    replace_with(final, {"a.png": "x"})
+    check_folder(final, "esl.py", "KEY")  # only its own files
+    with pytest.raises(UserError, match=r"^KEY .*labels was written by esl.py; train.py does not take over "
+                                        r"another script's folder: choose a new or empty folder$"):
+        check_folder(final, "train.py", "KEY")
     (final / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match=r"KEY .*labels holds files this project did not write \(notes.txt\)"):
-        check_replaceable(final, "KEY")
-    (final / "notes.txt").unlink()
-    (final / MANIFEST_NAME).write_text("{truncated")  # an unreadable manifest proves nothing
-    with pytest.raises(UserError, match="a.png"):
-        check_replaceable(final, "KEY")
-
-
-def test_a_file_where_the_folder_should_be_is_refused(tmp_path):
-    (tmp_path / "labels").write_text("x")
+    with pytest.raises(UserError, match=r"^KEY .*labels holds files this project did not write \(notes.txt\); "):
+        check_folder(final, "esl.py", "KEY")
+    (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="exists and is not a folder"):
-        check_replaceable(tmp_path / "labels", "KEY")
+        check_folder(tmp_path / "file", "esl.py", "KEY")
 
 
-def test_replace_dir_swaps_in_the_new_set_and_removes_the_old(tmp_path):
-    final = tmp_path / "labels"
-    replace_dir(staged(final, ["a.png"], "old"), final)
-    replace_dir(staged(final, ["b.png"]), final)
-    assert sorted(p.name for p in final.iterdir()) == sorted([MANIFEST_NAME, "b.png"])
-    assert (final / "b.png").read_text() == "new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels"]  # nothing left beside it
+def test_a_guest_writes_only_its_own_names_beside_the_users_files(tmp_path):
+    folder = tmp_path / "snapshots"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    (folder / "results_best.json").write_text("the user's")
+    with pytest.raises(UserError, match=r"^KEY: .*results_best.json exists and test.py may not replace it "
+                                        r"\(this project did not write it\)"):
+        check_names(folder, "test.py", ["test_cache.json", "results_best.json"], "KEY")
+    with pytest.raises(UserError, match="results_best.json exists and test.py may not replace it"):
+        with atomic_path(folder / "results_best.json", "test.py") as tmp:
+            tmp.write_text("ours")
+    assert (folder / "results_best.json").read_text() == "the user's"
+    with atomic_path(folder / "test_cache.json", "test.py") as tmp:
+        tmp.write_text("ours")
+    with atomic_path(folder / "test_cache.json", "test.py") as tmp:  # its own: replaced
+        tmp.write_text("ours again")
+    assert (folder / "test_cache.json").read_text() == "ours again"
+    with pytest.raises(UserError, match="test_cache.json exists and train.py may not replace it \\(test.py\\)"):
+        check_names(folder, "train.py", ["test_cache.json"], "KEY")
+    assert entries(folder) == sorted([MANIFEST_NAME, "notes.txt", "results_best.json", "test_cache.json"])
+    assert read_manifest(folder).files == {"test_cache.json": "test.py"} and read_manifest(folder).temporary == {}
+    assert not remove_own(folder / "notes.txt", "test.py") and (folder / "notes.txt").exists()
+    assert remove_own(folder / "test_cache.json", "test.py") and read_manifest(folder).files == {}
 
 
-def test_leftovers_are_removed_and_a_half_done_swap_is_undone(tmp_path):
-    final = tmp_path / "labels"
-    replace_dir(staged(final, ["a.png"]), final)
-    (tmp_path / f"{staging_prefix(final)}killed").mkdir()
-    (tmp_path / "other").mkdir()  # not ours: stays
-    removed = remove_leftovers(final)
-    assert [p.name for p in removed] == [f"{staging_prefix(final)}killed"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels", "other"]
-    # a run that died between the two renames of the fallback swap: the old folder comes back
-    os.rename(final, tmp_path / ".labels.old-123")
-    remove_leftovers(final)
-    assert (final / "a.png").read_text() == "new"
-
-
-def test_only_atomic_paths_temporary_files_are_removed(tmp_path):
-    fd, leftover = tempfile.mkstemp(dir=tmp_path, prefix=".train_state_2.pth.", suffix=".tmp")  # as atomic_path
-    os.close(fd)
-    (tmp_path / "notes.tmp").write_text("user file")
-    (tmp_path / "train_state_2.pth").write_text("complete")
-    assert remove_temporary_files(tmp_path) == [os.path.basename(leftover)]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp", "train_state_2.pth"]
-
-
-def test_check_writable_creates_the_folder_or_names_what_is_in_the_way(tmp_path):
-    assert check_writable(tmp_path / "a" / "b", "the results") == tmp_path / "a" / "b"
-    assert list((tmp_path / "a" / "b").iterdir()) == []  # no probe left
+def test_prepare_folder_records_who_created_it(tmp_path):
+    assert prepare_folder(tmp_path / "a" / "b", "train.py", "the snapshots") == tmp_path / "a" / "b"
+    assert entries(tmp_path / "a" / "b") == [MANIFEST_NAME] and read_manifest(tmp_path / "a" / "b").owner == "train.py"
+    (tmp_path / "mine").mkdir()
+    prepare_folder(tmp_path / "mine", "train.py", "the snapshots")
+    assert read_manifest(tmp_path / "mine").owner is None  # it existed before
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match=r"cannot write the results to .*file/sub: .*file is a file, not a folder"):
-        check_writable(tmp_path / "file" / "sub", "the results")
+        prepare_folder(tmp_path / "file" / "sub", "test.py", "the results")
+
+
+# --- replacing a folder ---
+
+def test_replacement_swaps_in_the_new_set_and_leaves_nothing_beside(tmp_path):
+    final = tmp_path / "labels"
+    replace_with(final, {"a.png": "old"})
+    replace_with(final, {"b.png": "new"})
+    assert entries(final) == sorted([MANIFEST_NAME, "b.png"]) and (final / "b.png").read_text() == "new"
+    assert entries(tmp_path) == sorted([MANIFEST_NAME, lock_path(final).name, "labels"])
+    assert read_manifest(tmp_path).temporary == {}
+
+
+def test_a_failed_replacement_keeps_the_old_set_and_removes_its_staging_folder(tmp_path):
+    final = tmp_path / "labels"
+    replace_with(final, {"a.png": "old"})
+    output = FolderReplacement(final, "esl.py", "KEY")
+    with pytest.raises(RuntimeError), output.held(), output.staged() as staging:
+        (staging / "b.png").write_text("new")
+        raise RuntimeError("crash")
+    assert entries(final) == sorted([MANIFEST_NAME, "a.png"])
+    assert not staging.exists() and read_manifest(tmp_path).temporary == {}
+
+
+def test_files_that_appear_in_the_folder_meanwhile_are_kept_and_the_swap_refused(tmp_path):
+    final = tmp_path / "labels"
+    replace_with(final, {"a.png": "old"})
+    output = FolderReplacement(final, "esl.py", "KEY")
+    with pytest.raises(UserError, match=r"holds files this project did not write \(notes.txt\)"):
+        with output.held(), output.staged() as staging:
+            (staging / "b.png").write_text("new")
+            (final / "notes.txt").write_text("mine")
+    assert entries(final) == sorted([MANIFEST_NAME, "a.png", "notes.txt"])
+
+
+def test_without_the_atomic_exchange_the_folder_never_disappears(tmp_path, monkeypatch):
+    final = tmp_path / "predictions"
+    replace_with(final, {"color/a.png": "old", "color/b.png": "old", "notes/old.txt": "old"}, writer="test.py")
+    monkeypatch.setattr(output_dir, "_exchange", lambda a, b: False)
+    seen = []
+    original = os.replace
+
+    def watching(source, target):  # at every step of the move, the folder exists
+        if os.path.basename(target) != MANIFEST_NAME:
+            seen.append((final.is_dir(), read_manifest(final).complete))
+        original(source, target)
+
+    monkeypatch.setattr(os, "replace", watching)
+    replace_with(final, {"color/a.png": "new", "labelIds/a.png": "new"}, writer="test.py")
+    assert seen and all(exists for exists, _ in seen)
+    assert not any(complete for _, complete in seen)  # marked incomplete while files move
+    assert sorted(p.relative_to(final).as_posix() for p in final.rglob("*")) == sorted(
+        [MANIFEST_NAME, "color", "color/a.png", "labelIds", "labelIds/a.png"])
+    assert (final / "color" / "a.png").read_text() == "new"
+    manifest = read_manifest(final)
+    assert manifest.complete and set(manifest.files) == {"color", "color/a.png", "labelIds", "labelIds/a.png"}
+    check_complete(final, "KEY")
+
+
+def test_an_incomplete_folder_is_refused_by_its_readers(tmp_path):
+    final = tmp_path / "labels"
+    replace_with(final, {"a.png": "x"})
+    with updating_manifest(final) as manifest:
+        manifest.complete = False  # as a replacement without the exchange leaves it when killed
+    with pytest.raises(UserError, match=r"^KEY .*labels is incomplete: the esl.py run that was replacing it "
+                                        r"was stopped; run esl.py again$"):
+        check_complete(final, "KEY")
+
+
+# --- leftovers: exact recorded names only ---
+
+def dead_process():
+    """The record of a process that has ended."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True, check=True)
+    return {"host": output_dir.socket.gethostname(), "pid": int(child.stdout), "start": "0"}
+
+
+def test_leftovers_are_recognised_by_their_recorded_names_never_by_a_prefix(tmp_path):
+    final = tmp_path / "labels"
+    replace_with(final, {"a.png": "x"})
+    killed = tmp_path / ".labels.partial-killed1"  # a staging folder a killed run recorded
+    killed.mkdir()
+    (killed / "b.png").write_text("half")
+    with updating_manifest(tmp_path) as manifest:
+        manifest.temporary[killed.name] = dead_process()
+        manifest.temporary[".labels.partial-alive"] = output_dir._process()  # a running writer's
+    (tmp_path / ".labels.partial-alive").mkdir()
+    (tmp_path / ".labels.partial-mine.txt").write_text("the user's")  # look like leftovers, are not
+    (tmp_path / ".labels.old-backup").mkdir()
+    assert remove_stale(tmp_path) == [killed.name]
+    assert entries(tmp_path) == sorted([MANIFEST_NAME, lock_path(final).name, ".labels.old-backup",
+                                        ".labels.partial-alive", ".labels.partial-mine.txt", "labels"])
+    assert list(read_manifest(tmp_path).temporary) == [".labels.partial-alive"]
+    replace_with(final, {"c.png": "y"})  # a new run: the user's entries stay, nothing renamed
+    assert (tmp_path / ".labels.partial-mine.txt").read_text() == "the user's"
+    assert (tmp_path / ".labels.old-backup").is_dir() and entries(final) == sorted([MANIFEST_NAME, "c.png"])
+
+
+def test_a_temporary_file_of_a_killed_writer_is_removed_by_its_recorded_name(tmp_path):
+    folder = tmp_path / "run"
+    prepare_folder(folder, "train.py", "the snapshots")
+    (folder / ".model_2.pth.123-abcd.tmp").write_bytes(b"half-written")
+    (folder / ".model_4.pth.456-abcd.tmp").write_bytes(b"the user's, by chance so named")
+    with updating_manifest(folder) as manifest:
+        manifest.temporary[".model_2.pth.123-abcd.tmp"] = dead_process()
+    assert remove_stale(folder) == [".model_2.pth.123-abcd.tmp"]
+    assert entries(folder) == sorted([MANIFEST_NAME, ".model_4.pth.456-abcd.tmp"])
+
+
+# --- locks ---
+
+def test_a_lock_file_name_the_project_did_not_write_is_not_overwritten(tmp_path):
+    lock_path(tmp_path / "labels").write_text("the user's notes")
+    with pytest.raises(UserError, match=r"\.labels\.lock exists and this project did not write it"):
+        with exclusive_lock(tmp_path / "labels", "esl.py"):
+            pass
+    assert lock_path(tmp_path / "labels").read_text() == "the user's notes"
 
 
 def _hold_lock_code(folder, child_marker=None, release=None):

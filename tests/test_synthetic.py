@@ -47,7 +47,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path, demo):
     again = write_demo_data(tmp_path / "again", seed=3, **SMALL)
     other = write_demo_data(tmp_path / "other", seed=4, **SMALL)
     first, second, third = all_files(demo.root), all_files(again.root), all_files(other.root)
-    assert len(first) == 4 * 2 + 2 * 2 + 4 * 2 + 3 * 2 + 4 + 1  # pairs, four lists, manifest
+    assert len(first) == 4 * 2 + 2 * 2 + 4 * 2 + 3 * 2 + 4 + 2  # pairs, four lists, its manifest, output_dir's
     assert first == second
     images = [path for path in first if path.suffix == ".png"]
     assert all(first[path] != third[path] for path in images)
@@ -213,3 +213,4 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         make_synthetic_data.run_main(make_synthetic_data.main, ["--out", str(out), "--shift", "2"])
     assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: --shift must be in [0, 1], got 2.0\n"

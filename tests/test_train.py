@@ -253,6 +253,19 @@ def test_iterations_equal_a_direct_statement_of_the_spec(tmp_path, method, multi
     assert len(moved) == sum(p.requires_grad for p in setup.model.parameters())
 
 
+def test_a_step_sets_the_poly_learning_rates_of_the_configured_power(tmp_path):
+    cfg, _ = tiny_cfg(tmp_path, "AdvEnt", iters=4, multi_level=False)  # MAX_ITERS 8
+    cfg.TRAIN.POWER = 2.0
+    setup = build_setup(cfg, CPU)
+    setup.model.train()
+    images = torch.zeros(1, 3, 32, 64)
+    metrics, _ = train_step(setup, (images, torch.zeros(1, 32, 64, dtype=torch.long)), (images, None), cfg, 2)
+    # worked by hand: (1 - 2/8)^2 = 0.5625
+    assert [g["lr"] for g in setup.optimizer.param_groups] == pytest.approx([1.40625e-4, 1.40625e-3])
+    assert setup.optimizers_d["main"].param_groups[0]["lr"] == pytest.approx(5.625e-5)
+    assert (metrics["lr"], metrics["lr_d"]) == pytest.approx((1.40625e-4, 5.625e-5))
+
+
 # --- exact resume ---
 
 def test_resumable_sampler_order():
@@ -284,6 +297,24 @@ def interrupt_at(monkeypatch, i_stop, signum=signal.SIGTERM):
         return original(setup, batch_src, batch_trg, cfg, i_iter)
 
     monkeypatch.setattr(train_UDA, "train_step", step)
+
+
+def test_the_train_state_counts_the_samples_each_loader_took(tmp_path, monkeypatch):
+    cfg, _ = tiny_cfg(tmp_path, "MinEnt", iters=3, save_every=3, multi_level=False)
+    cfg.TRAIN.BATCH_SIZE_SOURCE = cfg.TRAIN.BATCH_SIZE_TARGET = 2
+    batch_sizes = []
+    original = train_UDA.train_step
+
+    def step(setup, batch_src, batch_trg, cfg, i_iter):
+        batch_sizes.append((len(batch_src[0]), len(batch_trg[0])))
+        return original(setup, batch_src, batch_trg, cfg, i_iter)
+
+    monkeypatch.setattr(train_UDA, "train_step", step)
+    assert train_domain_adaptation(cfg, CPU) == 3
+    assert batch_sizes == [(2, 2)] * 3
+    data = read_checkpoint(Path(cfg.TRAIN.SNAPSHOT_DIR) / "train_state_3.pth")["data"]
+    # 3 iterations x batch 2 x 1 process: the resumed loaders start at sample 6 of each order
+    assert (data["source"]["position"], data["target"]["position"]) == (6, 6)
 
 
 @pytest.mark.slow
@@ -411,8 +442,8 @@ def test_fresh_run_refuses_an_existing_run_and_resume_checks_the_config(tmp_path
         train_domain_adaptation(changed, CPU, resume=True)
     other = derive_paths(tiny_cfg(tmp_path, "MinEnt", iters=2)[0], "")
     other.TRAIN.SNAPSHOT_DIR = str(tmp_path / "empty")
-    with pytest.raises(UserError, match="no train_state_.*nothing to resume"):
-        train_domain_adaptation(other, CPU, resume=True)
+    assert train_domain_adaptation(other, CPU, resume=True) == 2  # nothing to resume: a run from iteration 0
+    assert (tmp_path / "empty" / "model_2.pth").is_file()
 
 
 @pytest.mark.slow
@@ -427,10 +458,29 @@ def test_random_train_differs_from_seeded(tmp_path):
 
 
 @pytest.mark.slow
-def test_bf16_autocast_runs(tmp_path):
+def test_bf16_autocast_runs(tmp_path, monkeypatch):
     cfg, _ = tiny_cfg(tmp_path, "AdvEnt", iters=2, save_every=2)
     cfg.TRAIN.AMP = "bf16"
+    seen = {"segmenter": [], "discriminator": []}  # per forward: autocast on, its dtype, the output's dtype
+    original = train_UDA.build_setup
+
+    def record(name):
+        return lambda module, inputs, output: seen[name].append(
+            (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
+             (output[1] if name == "segmenter" else output).dtype))
+
+    def build_setup_with_hooks(cfg, device):
+        setup = original(cfg, device)
+        setup.model.register_forward_hook(record("segmenter"))
+        for discriminator in setup.discriminators.values():
+            discriminator.register_forward_hook(record("discriminator"))
+        return setup
+
+    monkeypatch.setattr(train_UDA, "build_setup", build_setup_with_hooks)
     assert train_domain_adaptation(cfg, CPU) == 2
+    bf16 = (True, torch.bfloat16, torch.bfloat16)
+    assert seen["segmenter"] == [bf16] * 2 * 2  # source and target, 2 iterations
+    assert seen["discriminator"] == [bf16] * 2 * 2 * 3  # 2 levels: adversarial, source, target
     state = torch.load(Path(cfg.TRAIN.SNAPSHOT_DIR) / "model_2.pth", weights_only=True)
     assert all(v.dtype != torch.bfloat16 for v in state.values())
 

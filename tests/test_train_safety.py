@@ -7,6 +7,7 @@ import os
 import resource
 import signal
 import subprocess
+import socket
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from advent.domain_adaptation.train_UDA import train_domain_adaptation
 from advent.model.weights import file_sha256, read_checkpoint
 from advent.scripts import train as train_script
 from advent.utils.errors import UserError
+from advent.utils.output_dir import MANIFEST_NAME, _start_time, updating_manifest
 from advent.utils.runtime import run_main
 from fake_data import write_cfg_yaml
 from processes import HANG_GUARD_S, train_script_stopped_at, wait_for_files
@@ -40,7 +42,9 @@ def train_py(args, capsys):
 
 
 def digests(folder):
-    return {p.name: file_sha256(p) for p in sorted(Path(folder).iterdir()) if p.is_file()}
+    """{name: SHA-256} of the files in `folder`, but the output layer's manifest (which records what
+    runs write and remove, so it changes when they start and end)."""
+    return {p.name: file_sha256(p) for p in sorted(Path(folder).iterdir()) if p.is_file() and p.name != MANIFEST_NAME}
 
 
 # --- one run per snapshot folder ---
@@ -55,8 +59,11 @@ def test_a_second_run_into_a_busy_folder_stops_and_touches_nothing(tmp_path, cap
                              cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_files([f"{reached}.0"], first)  # training, under the lock, until it gets SIGTERM
-        # as a temporary file of the first run: the second must not remove it
-        in_flight = folder / ".train_state_10.pth.abcd1234.tmp"
+        # as a temporary file of the first run (recorded as its own): the second must not remove it
+        in_flight = folder / f".train_state_10.pth.{first.pid}-abcd1234.tmp"
+        with updating_manifest(folder) as manifest:
+            manifest.temporary[in_flight.name] = {"host": socket.gethostname(), "pid": first.pid,
+                                                  "start": _start_time(first.pid)}
         in_flight.write_bytes(b"being written")
         for args in (["--cfg", str(path)], ["--cfg", str(path), "--resume"]):
             code, errors = train_py(args, capsys)
@@ -80,11 +87,11 @@ def test_a_second_run_into_a_busy_folder_stops_and_touches_nothing(tmp_path, cap
 KILLED_IN_FIRST_TRAIN_STATE = """
 import os, signal, sys
 import advent.domain_adaptation.checkpoint as S
-from advent.utils.serialization import atomic_path
+from advent.utils.output_dir import atomic_path
 save = S.torch_save_atomic
 def killed_while_writing(obj, path):
     if path.name.startswith("train_state_"):
-        with atomic_path(path) as tmp:
+        with atomic_path(path, S.WRITER) as tmp:
             tmp.write_bytes(b"half a train state")
             os.kill(os.getpid(), signal.SIGKILL)
     save(obj, path)
@@ -180,25 +187,28 @@ def test_a_snapshot_folder_under_a_regular_file_is_one_line_before_any_work(tmp_
     cfg.TRAIN.SNAPSHOT_DIR = str(tmp_path / "file")
     path = write_cfg_yaml(cfg, tmp_path / "run.yml")
     assert train_py(["--cfg", str(path), "--resume"], capsys) == (2, [
-        f"error: cannot write the snapshots (TRAIN.SNAPSHOT_DIR) to {tmp_path / 'file'}: {tmp_path / 'file'} "
-        f"is a file, not a folder"])
+        f"error: TRAIN.SNAPSHOT_DIR {tmp_path / 'file'} exists and is not a folder"])
     assert (tmp_path / "file").read_text() == "a file, not a folder"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
-def test_a_read_only_exp_root_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("how", ["chmod", "deny"])
+@pytest.mark.parametrize("denied", ["EXP_ROOT", "TRAIN.SNAPSHOT_DIR"])
+def test_an_unwritable_folder_is_one_line_before_any_work(tmp_path, capsys, monkeypatch, unwritable, denied, how):
     cfg, _ = tiny_cfg(tmp_path, "AdvEnt")
-    root = Path(cfg.EXP_ROOT)
-    root.mkdir(parents=True)
+    root, folder = Path(cfg.EXP_ROOT), Path(cfg.TRAIN.SNAPSHOT_DIR)
     path = write_cfg_yaml(cfg, tmp_path / "run.yml")
     no_model_work(monkeypatch)
-    root.chmod(0o555)
-    try:
-        assert train_py(["--cfg", str(path)], capsys) == (2, [
-            f"error: cannot write the snapshots (TRAIN.SNAPSHOT_DIR) to {cfg.TRAIN.SNAPSHOT_DIR}: "
-            f"Permission denied ({root / 'snapshots'})"])
-    finally:
-        root.chmod(0o755)
+    if denied == "EXP_ROOT":  # creating the snapshots folder under it fails
+        root.mkdir(parents=True)
+        unwritable(root, how)
+        cause = f"Permission denied ({root / 'snapshots'})"
+    else:  # the folder exists; the file written to try it fails
+        folder.mkdir(parents=True)
+        unwritable(folder, how)
+        cause = "Permission denied"
+    assert train_py(["--cfg", str(path)], capsys) == (2, [
+        f"error: cannot write the snapshots (TRAIN.SNAPSHOT_DIR) to {folder}: {cause}"])
+    assert not folder.exists() or list(folder.iterdir()) == []
 
 
 # --- a full disk ---
@@ -254,7 +264,7 @@ def test_a_full_disk_at_the_start_names_the_file(tmp_path, capsys, monkeypatch):
     cfg, _ = tiny_cfg(tmp_path, "SourceOnly", iters=2)
     path = write_cfg_yaml(cfg, tmp_path / "run.yml")
 
-    def full(data, file):  # as a buffered write whose flush fails: the error names no file
+    def full(data, file, writer=None):  # as a buffered write whose flush fails: the error names no file
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(checkpoint, "yaml_dump", full)
@@ -277,4 +287,4 @@ def test_torch_save_atomic_reports_the_kernels_write_error_and_keeps_the_old_fil
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert (raised.value.errno, raised.value.filename) == (errno.EFBIG, str(path))
     assert file_sha256(path) == before
-    assert [p.name for p in tmp_path.iterdir()] == ["state.pth"]
+    assert [p.name for p in tmp_path.iterdir() if p.name != MANIFEST_NAME] == ["state.pth"]  # no temporary file

@@ -85,6 +85,19 @@ def test_poly_schedule_and_ten_times_classifier_lr():
     assert adam.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.75 ** 0.9)
 
 
+def test_poly_schedule_follows_the_power():
+    # worked by hand: (1 - 50/100)^2 = 0.25, (1 - 75/100)^0.5 = 0.5, (1 - 25/100)^2 = 0.5625
+    assert lr_poly(0.1, 50, 100, 2.0) == pytest.approx(0.025)
+    assert lr_poly(0.04, 75, 100, 0.5) == pytest.approx(0.02)
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(3)]
+    sgd = torch.optim.SGD([{"params": params[:1]}, {"params": params[1:2]}], lr=1.0)
+    assert adjust_learning_rate(sgd, 25, 2e-4, 100, 2.0) == pytest.approx(1.125e-4)
+    assert [g["lr"] for g in sgd.param_groups] == pytest.approx([1.125e-4, 1.125e-3])
+    adam = torch.optim.Adam(params[2:], lr=1.0)
+    assert adjust_learning_rate_discriminator(adam, 25, 1e-4, 100, 2.0) == pytest.approx(5.625e-5)
+    assert adam.param_groups[0]["lr"] == pytest.approx(5.625e-5)
+
+
 def test_colorize_mask_uses_palette_and_blacks_out_ignored():
     image = colorize_mask(np.array([[0, 13], [18, 255]])).convert("RGB")
     assert image.getpixel((0, 0)) == CITYSCAPES_PALETTE[0]

@@ -85,7 +85,8 @@ def test_out_folder_keeps_files_viz_did_not_write(tmp_path, monkeypatch):
     other = png_name(written["val"].names[2])
     (out / other).write_bytes(b"the user's own file")
     monkeypatch.setattr(viz, "load_segmenter", lambda *a: pytest.fail("model work before the check"))
-    with pytest.raises(UserError, match=f"--out {out} holds {other}, which viz.py did not write"):
+    refused = rf"--out: {out / other} exists and viz.py may not replace it \(this project did not write it\)"
+    with pytest.raises(UserError, match=refused):
         viz.main(["--cfg", str(path), "--num-images", "3", "--out", str(out)])
     assert (out / other).read_bytes() == b"the user's own file"
 

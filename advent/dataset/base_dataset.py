@@ -21,6 +21,7 @@ from torch.utils import data
 
 from advent.dataset.class_info import IGNORE_LABEL, INFO_PATH, load_class_info
 from advent.utils.errors import UserError
+from advent.utils.output_dir import check_complete
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,8 @@ class BaseDataset(data.Dataset):
             return False
         if self.pseudo_label_dir and not Path(self.pseudo_label_dir).is_dir():
             raise UserError(f"pseudo-label folder {self.pseudo_label_dir} not found")
+        if self.pseudo_label_dir:
+            check_complete(self.pseudo_label_dir, "PSEUDO_LABEL_DIRECTORY_TARGET")
         if load_labels == "auto":
             missing = missing_files(paths)
             if missing:

@@ -8,12 +8,14 @@ get_target_dataset(cfg, stage)   target (Cityscapes or Mapillary) for stage
              native resolution, padded to the aspect ratio of TEST.INPUT_SIZE_TARGET);
     'esl':   ground truth at ESL.OUTPUT_SIZE_TARGET when every label file of the split exists
              (for the pseudo-label quality report), else none (has_labels False).
+    Mapillary, 'test' and 'esl': INPUT_SIZE_TARGET and OUTPUT_SIZE_TARGET of different aspect
+             ratios are refused (check_mapillary_aspect).
 get_class_info(cfg, stage)       the class names / palette / id tables used by that stage.
 List files: DATA_LIST_* with '{}' replaced by the split. Left at their (GTA5 / Cityscapes)
 defaults, a SYNTHIA source reads the shipped synthia_list and a Mapillary target lists the
 images of its split folder.
 """
-import logging
+import math
 from pathlib import Path
 
 from advent.config import get_default_cfg
@@ -22,8 +24,7 @@ from advent.dataset.class_info import load_class_info
 from advent.dataset.gta5 import GTA5DataSet
 from advent.dataset.mapillary import MapillaryDataSet
 from advent.dataset.synthia import SYNDataSet
-
-log = logging.getLogger(__name__)
+from advent.utils.errors import UserError
 
 SOURCES = {"GTA": GTA5DataSet, "SYNTHIA": SYNDataSet}
 TARGETS = {"Cityscapes": CityscapesDataSet, "Mapillary": MapillaryDataSet}
@@ -85,8 +86,7 @@ def get_target_dataset(cfg, stage, max_iters=None, check_files=True):
     options = {}
     if cfg.TARGET == "Mapillary":
         options["native_labels"] = stage == "test"
-        if stage != "test":
-            _warn_aspect(section.INPUT_SIZE_TARGET, labels_size, stage)
+        check_mapillary_aspect(cfg, stage)
     return TARGETS[cfg.TARGET](
         cfg.DATA_DIRECTORY_TARGET, target_list_template(cfg), set=section.SET_TARGET, max_iters=max_iters,
         crop_size=section.INPUT_SIZE_TARGET, mean=section.IMG_MEAN, load_labels=load_labels,
@@ -94,9 +94,25 @@ def get_target_dataset(cfg, stage, max_iters=None, check_files=True):
         num_classes=cfg.NUM_CLASSES, check_files=check_files, **options)
 
 
-def _warn_aspect(input_size, labels_size, stage):
-    # Padded Mapillary canvases line up only when input and label sizes share one aspect ratio.
-    if input_size[0] * labels_size[1] != input_size[1] * labels_size[0]:
-        log.warning("Mapillary %s: input size %s and label size %s differ in aspect ratio; the padded "
-                    "image and label canvases will not line up", stage, list(input_size), list(labels_size))
+def ratio(size):
+    """'2:1' for [1024, 512]."""
+    width, height = size
+    divisor = math.gcd(width, height)
+    return f"{width // divisor}:{height // divisor}"
 
+
+def check_mapillary_aspect(cfg, stage):
+    """Refuse, for the 'test' and 'esl' stages, input and output sizes of different aspect ratios.
+
+    The image is fitted into an input-size canvas, the label padded (test, as published: to the
+    output size's ratio) or fitted (ESL) into an output-size one, and the logits of the first
+    stretched onto the second: with two ratios image and label no longer line up."""
+    if stage == "train":  # pseudo-labels at the input size itself
+        return
+    section, prefix = stage_section(cfg, stage), stage.upper()
+    given = ratio(section.INPUT_SIZE_TARGET), ratio(section.OUTPUT_SIZE_TARGET)
+    if given[0] != given[1]:
+        raise UserError(f"{prefix}.INPUT_SIZE_TARGET {list(section.INPUT_SIZE_TARGET)} ({given[0]}) and "
+                        f"{prefix}.OUTPUT_SIZE_TARGET {list(section.OUTPUT_SIZE_TARGET)} ({given[1]}) differ "
+                        f"in aspect ratio; a Mapillary target needs one ratio, or prediction and label do not "
+                        f"line up")

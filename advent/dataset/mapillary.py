@@ -8,15 +8,17 @@ classes by the class info's `mapillary_groups` (info7.json), looked up BY NAME, 
 order in config.json maps correctly; unlisted names are ignored (255).
 
 Images differ in size and aspect ratio, so, as the original, an image is resized keeping its
-aspect ratio to fit inside the input size (bicubic), placed at the top-left of the input-size
-canvas and padded with black BEFORE the mean is subtracted (padded pixels are -mean, as
-published). Labels (255 = ignored padding), as the original:
+aspect ratio to fit inside the input size (bicubic; the size computed in floating point as
+published, see fit_size), placed at the top-left of the input-size canvas and padded with black
+BEFORE the mean is subtracted (padded pixels are -mean, as published). Labels (255 = ignored
+padding), as the original:
   native_labels=True (the test stage): each label keeps its native resolution and is only padded
       at the right or bottom to the aspect ratio of the input size, so labels differ in size per
       image and the evaluation upsamples the logits to each label's size;
   otherwise: resized keeping the aspect ratio inside the label size (nearest) and padded to it.
-Pseudo-labels, written on the padded canvas by esl.py, are only resized. Use input and label
-sizes of one aspect ratio so that the padded canvases line up.
+Pseudo-labels, written on the padded canvas by esl.py, are only resized. The padded canvases
+line up only for input and label sizes of one aspect ratio: the factory refuses others for the
+test and ESL stages.
 """
 import json
 import os
@@ -34,11 +36,15 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def fit_size(size, box):
-    """The largest (width, height) of `size`'s aspect ratio inside `box` (as the original: floor)."""
+    """The (width, height) of `size` scaled to fit inside `box`, as the published code computes it:
+    one floating-point scale (the smaller of box / size per side), each side floor(side * scale).
+
+    Deliberately not exact arithmetic (fidelity): where the float product lands just below an
+    integer the side comes out one pixel short, e.g. 98x49 into 128x64 is 127x63
+    (98 * (128 / 98) = 127.99999999999999), not 128x64."""
     (width, height), (box_width, box_height) = size, box
-    if width * box_height > box_width * height:  # wider than the box: the width fits
-        return box_width, max(1, int(height * box_width / width))
-    return max(1, int(width * box_height / height)), box_height
+    scale = min(box_width / width, box_height / height)
+    return max(1, int(width * scale)), max(1, int(height * scale))
 
 
 def padded_size(size, shape):

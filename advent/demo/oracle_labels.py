@@ -8,7 +8,6 @@ from PIL import Image
 from advent.dataset import png_name
 from advent.dataset.class_info import IGNORE_LABEL
 from advent.utils.errors import UserError
-from advent.utils.output_dir import write_manifest
 from advent.utils.viz_segmask import save_png
 
 
@@ -27,7 +26,7 @@ def write_oracle_labels(dataset, kept_dir, all_dir, coverage_dir):
     if not dataset.has_labels:
         raise UserError("the oracle pseudo-labels need the target train ground truth, and it is missing")
     folders = (Path(all_dir), Path(coverage_dir))
-    labelled, pixels, names = np.zeros(2, np.int64), 0, []
+    labelled, pixels = np.zeros(2, np.int64), 0
     for index in range(len(dataset)):
         _, gt, _, name = dataset[index]
         with Image.open(Path(kept_dir) / png_name(name)) as image:
@@ -39,7 +38,4 @@ def write_oracle_labels(dataset, kept_dir, all_dir, coverage_dir):
             save_png(Image.fromarray(label), folder / png_name(name))
             labelled[i] += np.count_nonzero(label != IGNORE_LABEL)
         pixels += gt.size
-        names.append(png_name(name))
-    for folder in folders:
-        write_manifest(folder, "demo.py", names)
     return {folder: float(count / pixels) for folder, count in zip(folders, labelled)}

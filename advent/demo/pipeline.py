@@ -34,10 +34,11 @@ stage can be re-run by hand with the shipped file. Each stage's full output goes
 
 <out> (default experiments/demo) is replaced as a whole, and only once the new run is complete:
 the run is built in a staging folder beside it (.<name>.partial-*), which then takes its place,
-so a crash leaves the earlier demo's results as they were (the next run removes the unfinished
-one). The paths in the configs and in demo_results.json are the final ones; the scripts' own
-records and logs name the staging folder the run was built in. A folder holding anything the
-project did not write is refused; two demos into one folder at once, too (the second stops).
+so a crash leaves the earlier demo's results as they were (the unfinished one is removed; after
+a kill, by the next run, by the exact name recorded). The paths in the configs and in
+demo_results.json are the final ones; the scripts' own records and logs name the staging folder
+the run was built in. A folder holding anything the project did not write is refused; two
+demos into one folder at once, too (the second stops).
 """
 import logging
 import sys
@@ -60,7 +61,7 @@ from advent.scripts import esl as esl_script
 from advent.scripts import test as test_script
 from advent.scripts import train as train_script
 from advent.utils.errors import UserError
-from advent.utils.output_dir import check_replaceable, holding, new_staging, publish, read_manifest
+from advent.utils.output_dir import FolderReplacement
 from advent.utils.serialization import json_dump, json_load
 
 log = logging.getLogger("demo")
@@ -70,7 +71,6 @@ DEFAULT_DATA = PROJECT_ROOT / "data" / "demo"
 DEFAULT_SEED = 0
 RESULTS_NAME = "demo_results.json"
 OUTPUTS = ("configs", "snapshots", "logs", "pseudo_labels", "pictures", RESULTS_NAME)
-OLD_MARKER = ".advent_demo"  # how demo.py marked its folder before the manifest (output_dir.MANIFEST_NAME)
 # The synthetic benchmark: images per split, size and shift strength (advent.demo.synthetic).
 DATA = {"num_source": 400, "num_source_val": 100, "num_target_train": 400, "num_target_val": 100,
         "size": (128, 64), "shift": 1.0}
@@ -78,34 +78,18 @@ DATA = {"num_source": 400, "num_source_val": 100, "num_target_train": 400, "num_
 
 # --- the output folder ---
 
-def check_out(out):
-    """The demo may replace `out`: it holds only what the project wrote there (its manifest), or is
-    a folder the demo wrote before the manifest (its old mark and nothing but its outputs)."""
-    if read_manifest(out) is not None or not (out / OLD_MARKER).exists():
-        return check_replaceable(out, "--out")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in (*OUTPUTS, OLD_MARKER))
-    if foreign:
-        raise UserError(f"--out {out} holds files demo.py did not write ({', '.join(foreign)}); it would "
-                        f"replace the whole folder: move them or choose another folder")
-
-
 @contextmanager
 def staged_out(out):
-    """Hold the lock of the output folder `out`, check that the demo may replace it and yield a
-    fresh staging folder beside it, which takes its place when the block ends without error (and
-    is left for the next run to remove when it fails)."""
-    out = Path(out).resolve()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is not a folder")
-    with holding(out, "demo.py", lambda: check_out(out)):
-        work = new_staging(out)
+    """Hold the output folder `out` (output_dir.FolderReplacement: refused unless new, empty or an
+    earlier demo's, locked) and yield a fresh staging folder beside it, which takes its place when
+    the block ends without error (and is removed when it fails)."""
+    output = FolderReplacement(out, "demo.py", "--out", advice="move them or choose another folder")
+    with output.held(), output.staged() as work:
         try:
             yield work
         except BaseException:
-            log.warning("demo.py stopped; %s is as it was, the unfinished run is in %s (the next demo run "
-                        "into that folder removes it)", out, work)
+            log.warning("demo.py stopped; %s is as it was", output.final)
             raise
-        publish(work, out, "demo.py")
 
 
 # --- running a script in-process ---

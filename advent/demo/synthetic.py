@@ -65,12 +65,14 @@ from advent.dataset.class_info import INFO_PATH, load_class_info
 from advent.demo.synthetic_scene import (
     BUILDING, CAR, PERSON, POLE, ROAD, SIDEWALK, SKY, TERRAIN, TRAFFIC_LIGHT, TRAFFIC_SIGN, VEGETATION,
     DomainStyle, Layout, Look, blend_styles, render_scene)
+from advent.utils.output_dir import FolderReplacement
 from advent.utils.serialization import json_dump, json_load
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1  # bump when the rendering code changes (style changes: see style_fingerprint)
 MANIFEST = "synthetic_manifest.json"
+WRITER = "make_synthetic_data.py"  # the output layer's name for this data, whoever asks for it
 TRAIN_CITIES = ("aachen", "bochum", "bremen")
 VAL_CITIES = ("frankfurt", "lindau", "munster")
 DOMAIN_CODES = {"source": 0, "target": 1}
@@ -198,6 +200,9 @@ def write_demo_data(out_dir, seed=0, num_source=400, num_source_val=100, num_tar
     Image i of a split depends only on (seed, domain, split, i): a larger count adds images
     and keeps the others byte for byte. `shift` in [0, 1] scales every domain difference.
     Unless `overwrite`, a folder whose manifest records the same parameters is reused as is.
+    The folder is replaced as a whole (output_dir.FolderReplacement): built beside it and swapped
+    in, so a kill leaves the earlier data; a folder holding anything else (a real dataset) is
+    refused with one line.
     """
     out_dir = Path(out_dir).resolve()  # the config paths must not depend on the working directory
     size = (int(size[0]), int(size[1]))
@@ -210,8 +215,11 @@ def write_demo_data(out_dir, seed=0, num_source=400, num_source_val=100, num_tar
     if not overwrite and _manifest(out_dir) == params:
         log.info("synthetic data in %s is up to date; reusing it", out_dir)
         return data
-    _write_domains(data, int(seed), size, counts, target)
-    json_dump(params, out_dir / MANIFEST)
+    output = FolderReplacement(out_dir, WRITER, "the synthetic data folder",
+                               advice="choose a new or empty folder (it is replaced as a whole)")
+    with output.held(), output.staged() as staging:
+        _write_domains(_demo_data(staging, size, counts), int(seed), size, counts, target)
+        json_dump(params, staging / MANIFEST)
     return data
 
 
@@ -234,7 +242,6 @@ def _manifest(out_dir):
 
 
 def _write_domains(data, seed, size, counts, target):
-    (data.root / MANIFEST).unlink(missing_ok=True)  # written again only once everything is there
     data.source_root.mkdir(parents=True, exist_ok=True)
     data.target_root.mkdir(parents=True, exist_ok=True)
     train = write_source_split(data.source_root, "all", counts["source_all"], 0, seed, size, SOURCE_STYLE)

@@ -36,12 +36,16 @@ from advent.model import load_checkpoint
 from advent.model.weights import CheckpointInfo, file_sha256, read_checkpoint
 from advent.utils.distributed import get_world_size, is_main_process
 from advent.utils.errors import UserError, file_system_fault
-from advent.utils.output_dir import check_writable, exclusive_lock, remove_temporary_files
+from advent.utils.output_dir import (
+    atomic_path, check_folder, exclusive_lock, prepare_folder, record_new_entries, remove_own, tree_entries,
+)
 from advent.utils.run_record import build_run_record, write_run_record
-from advent.utils.serialization import atomic_path, yaml_dump, yaml_load
+from advent.utils.serialization import yaml_dump, yaml_load
 
 log = logging.getLogger(__name__)
 
+WRITER = "train.py"
+SNAPSHOT_KEY = "TRAIN.SNAPSHOT_DIR"
 POLL_SECONDS = 10.0  # how often a waiting tester or ESL run looks for a snapshot
 FORMAT = "advent-train-state-1"
 COMMON_KEYS = ("format", "iteration", "model", "optimizer", "scaler", "rng", "data", "config")
@@ -58,6 +62,7 @@ RESUME_MAY_CHANGE = {
     "PSEUDO_LABEL_DIRECTORY_TARGET", "TRAIN.INFO_SOURCE", "TRAIN.INFO_TARGET",
     "TRAIN.RESTORE_FROM", "TRAIN.SNAPSHOT_DIR", "TRAIN.TENSORBOARD_LOGDIR",
     "TRAIN.TENSORBOARD_VIZRATE", "TRAIN.SAVE_PRED_EVERY", "TRAIN.EARLY_STOP",
+    "CUDNN_BENCHMARK",  # only chooses among kernels of the same computation, as CHANNELS_LAST does
 }
 
 
@@ -117,9 +122,9 @@ def wait_for_file(path, timeout, section):
 # --- writing ---
 
 def torch_save_atomic(obj, path):
-    """torch.save through a temporary file + fsync + rename (atomic_path); a failed write raises
-    the OSError behind it, naming `path` (`writing`)."""
-    with writing(path), atomic_path(path) as tmp, open(tmp, "wb") as f:
+    """torch.save through a temporary file + fsync + rename (atomic_path, recorded as train.py's
+    in the folder's manifest); a failed write raises the OSError behind it, naming `path` (`writing`)."""
+    with writing(path), atomic_path(path, WRITER) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
 
 
@@ -145,12 +150,12 @@ def cpu_state_dict(module):
 
 
 def save_train_state(snapshot_dir, n_iter, state):
-    """Write train_state_{n}.pth, then delete the older train states; return its path."""
+    """Write train_state_{n}.pth, then delete the older train states (train.py's own); return its path."""
     path = train_state_path(snapshot_dir, n_iter)
     torch_save_atomic(state, path)
     for older in train_state_iterations(snapshot_dir):
         if older < n_iter:
-            train_state_path(snapshot_dir, older).unlink(missing_ok=True)
+            remove_own(train_state_path(snapshot_dir, older), WRITER)
     return path
 
 
@@ -179,14 +184,15 @@ def check_fresh_snapshot_dir(snapshot_dir):
 
 
 def check_restart(snapshot_dir, cfg):
-    """--resume in a folder without a train state. When it holds this project's files of a run
-    (snapshots, config.yml) stopped before its first train state was complete, the run starts
-    again from iteration 0 with the config it was started with (its config.yml, when there),
-    replacing the snapshots as it goes; otherwise a UserError (nothing to resume)."""
+    """--resume in a folder without a train state: the run starts from iteration 0. Either it was
+    killed before it wrote anything (before its folder existed, even), or it was stopped before its
+    first train state was complete: then it starts again with the config it was started with (its
+    config.yml, when there), replacing its snapshots as it goes. So the same command line serves
+    the first start of a job and every restart after it."""
     found, config = run_files(snapshot_dir), Path(snapshot_dir) / "config.yml"
     if not found and not config.is_file():
-        raise UserError(f"--resume: no train_state_*.pth in {snapshot_dir}; nothing to resume "
-                        f"(run without --resume to start a new run)")
+        log.info("--resume: %s holds no run yet; starting it from iteration 0", snapshot_dir)
+        return
     if config.is_file():
         try:
             saved = yaml_load(config)
@@ -249,21 +255,23 @@ class Checkpointer:
 
     @contextmanager
     def holding(self, tensorboard=False):
-        """For the block, in the main process: the folder (and TensorBoard's) checked writable, its
-        exclusive lock held (a second run into it stops with one line naming the holder), and the
-        temporary files of killed runs in it removed."""
+        """For the block, in the main process: the folder checked (new, empty, or holding only what
+        the project wrote, and not created by another script: check_folder) and writable, its
+        exclusive lock held (a second run into it stops with one line naming the holder), what
+        killed runs left in it removed; TensorBoard's folder (which may hold other files: its event
+        files get new names) checked writable. TensorBoard's new files are recorded at the end."""
         folder = self.cfg.TRAIN.SNAPSHOT_DIR  # as given: the messages name it so
+        logdir = self.cfg.TRAIN.TENSORBOARD_LOGDIR if tensorboard else None
         with ExitStack() as held:
             if is_main_process():
-                check_writable(folder, "the snapshots (TRAIN.SNAPSHOT_DIR)")
-                if tensorboard:
-                    check_writable(self.cfg.TRAIN.TENSORBOARD_LOGDIR,
-                                   "the TensorBoard events (TRAIN.TENSORBOARD_LOGDIR)")
-                held.enter_context(exclusive_lock(folder, "train.py"))
-                removed = remove_temporary_files(folder)
-                if removed:
-                    log.info("removed %d temporary file(s) a killed run left in %s (%s)", len(removed),
-                             folder, ", ".join(removed))
+                check_folder(folder, WRITER, SNAPSHOT_KEY, advice="change EXP_NAME / --exp-suffix or "
+                             "TRAIN.SNAPSHOT_DIR to a new or empty folder")
+                prepare_folder(folder, WRITER, f"the snapshots ({SNAPSHOT_KEY})")
+                if logdir:
+                    prepare_folder(logdir, WRITER, "the TensorBoard events (TRAIN.TENSORBOARD_LOGDIR)")
+                    held.callback(record_new_entries, logdir, WRITER, set(tree_entries(logdir)))
+                held.enter_context(exclusive_lock(folder, WRITER))
+                check_folder(folder, WRITER, SNAPSHOT_KEY)  # no other run can change it now
             yield
 
     def find(self, resume):
@@ -316,10 +324,11 @@ class Checkpointer:
             set_rng_state(self.saved["rng"])
         if is_main_process():
             with writing(self.folder / "config.yml"):
-                yaml_dump(cfg_to_dict(self.cfg), self.folder / "config.yml")
-            record = {**build_run_record("train", cfg_to_dict(self.cfg), device, self.weights), "processes": get_world_size()}
+                yaml_dump(cfg_to_dict(self.cfg), self.folder / "config.yml", WRITER)
+            record = {**build_run_record("train", cfg_to_dict(self.cfg), device, self.weights),
+                      "processes": get_world_size()}
             with writing(self.folder):
-                write_run_record(self.folder, record)
+                write_run_record(self.folder, record, WRITER)
         return 0 if self.saved is None else self.saved["iteration"]
 
     def save(self, n_iter, snapshot=True):

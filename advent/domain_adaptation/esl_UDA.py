@@ -11,9 +11,10 @@ just shorter). Per group, three passes over the images:
 Memory does not grow with the number of images (the original held float64 maps of every
 image in memory, about 25 GB for Cityscapes train).
 
-The output folder (PSEUDO_LABEL_DIRECTORY_TARGET) is replaced as a whole (advent/utils/output_dir.py):
+The output folder (PSEUDO_LABEL_DIRECTORY_TARGET) is replaced as a whole (output_dir.FolderReplacement):
 the labels, the report and the run record are built in a staging folder beside it and swapped in
-at once, so a crash or a kill leaves the complete previous set; esl.py holds its lock for the run.
+at once, so a crash or a kill leaves the complete previous set; esl.py holds its lock for the run
+and refuses a folder holding anything it did not write (another script's output included).
 
 Under torchrun each process runs the model over its own block of whole batches of each group
 (distributed.shard_batches), spills its maps to its own folder, and the per-class count tables
@@ -25,7 +26,6 @@ staging folder in (after all have finished).
 import logging
 import os
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +41,10 @@ from advent.domain_adaptation.pseudo_labels import (
 )
 from advent.model.inference import main_logits, nonfinite_images, to_model
 from advent.utils.distributed import (
-    barrier, broadcast_from_main, get_rank, is_main_process, shard_batches, sum_over_processes,
+    get_rank, is_main_process, shard_batches, sum_over_processes,
 )
 from advent.utils.errors import UserError
-from advent.utils.output_dir import check_replaceable, check_writable, holding, new_staging, publish
+from advent.utils.output_dir import FolderReplacement, prepare_folder
 from advent.utils.run_record import write_run_record
 from advent.utils.serialization import json_dump
 from advent.utils.viz_segmask import save_png
@@ -55,49 +55,18 @@ OUTPUT_KEY = "PSEUDO_LABEL_DIRECTORY_TARGET"
 WRITER = "esl.py"
 
 
-def check_output_dir(output_dir):
-    """Fail with one line, before any model work, when the pseudo-label folder cannot be written:
-    the new set is built beside it, so its parent must be writable."""
+def output_folder(output_dir):
+    """The pseudo-label folder as a FolderReplacement (esl.py replaces it as a whole), after the
+    checks that need no lock: the key is set, it is not a file, its parent can be written (the
+    new set is built beside it)."""
     if not str(output_dir):
         raise UserError(f"{OUTPUT_KEY} is empty: set it to the folder for the pseudo-labels")
-    final = Path(output_dir).resolve()
-    if final.exists() and not final.is_dir():
-        raise UserError(f"{OUTPUT_KEY} {output_dir} exists and is not a folder")
-    check_writable(final.parent, f"the pseudo-labels ({OUTPUT_KEY} {output_dir})")
-    return final
-
-
-@contextmanager
-def claimed_output_dir(output_dir):
-    """The checked pseudo-label folder, held for the block by the main process (output_dir.holding:
-    refused when it holds files the project did not write, locked, leftovers removed; the other
-    processes only check it). Yields the folder."""
-    final = check_output_dir(output_dir)
-    if not is_main_process():
-        yield final
-        return
-    with holding(final, WRITER, lambda: check_replaceable(final, OUTPUT_KEY)):
-        yield final
-
-
-@contextmanager
-def staged_output(output_dir):
-    """Yield a fresh staging folder beside `output_dir` that replaces it once the block succeeds.
-
-    Under torchrun the main process creates it and tells the others its name; once every process
-    has left the block, the main process swaps it in (or, after an error, removes it). A folder
-    that came to hold foreign files meanwhile is refused, not replaced."""
-    final = Path(output_dir).resolve()
-    staging = Path(broadcast_from_main(new_staging(final) if is_main_process() else None))
-    try:
-        yield staging
-        barrier()  # every process has written its labels
-        if is_main_process():
-            check_replaceable(final, OUTPUT_KEY)
-            publish(staging, final, WRITER)
-    finally:
-        if is_main_process():
-            shutil.rmtree(staging, ignore_errors=True)
+    replacement = FolderReplacement(output_dir, WRITER, OUTPUT_KEY,
+                                    advice="esl.py replaces only a new, empty or own earlier label folder")
+    replacement.check()
+    if is_main_process():
+        prepare_folder(replacement.final.parent, WRITER, f"the pseudo-labels ({OUTPUT_KEY} {output_dir})")
+    return replacement
 
 
 class MapSpill:
@@ -148,12 +117,14 @@ class QualityStats:
         self.kept_only.reduce_from_all_processes()
 
 
-def generate_pseudo_labels(model, dataset, cfg, output_dir, device, record=None):
-    """Write the pseudo-labels of every image of `dataset` into `output_dir`, with the report and
-    (when given, on the main process) the run `record`; return the report."""
+def generate_pseudo_labels(model, dataset, cfg, output, device, record=None):
+    """Write the pseudo-labels of every image of `dataset` into the folder `output` replaces (a
+    FolderReplacement, held), with the report and (when given, on the main process) the run
+    `record`; return the report. Every process writes its own images into one staging folder,
+    swapped in once all are done."""
     esl = cfg.ESL
     stats, groups = QualityStats(cfg.NUM_CLASSES), []
-    with staged_output(output_dir) as staging:
+    with output.staged() as staging:
         for start in range(0, len(dataset), esl.MAX_MEDIAN_BATCH):  # groups of images
             stop = min(start + esl.MAX_MEDIAN_BATCH, len(dataset))
             spill_folder = staging / f".spill-{get_rank()}"  # each process its own

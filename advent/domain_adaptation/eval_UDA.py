@@ -35,7 +35,7 @@ from tqdm import tqdm
 from advent.dataset import get_class_info, get_target_dataset
 from advent.domain_adaptation.checkpoint import expected_snapshots, model_snapshot_path, wait_for_file
 from advent.domain_adaptation.eval_output import (
-    EvalCache, PredictionWriter, eval_setting, run_header, write_outputs,
+    WRITER, EvalCache, PredictionWriter, eval_setting, run_header, write_outputs,
 )
 from advent.domain_adaptation.metrics import (
     ConfusionMatrix, format_miou, format_summary, summarize, warn_if_suspicious,
@@ -47,7 +47,7 @@ from advent.utils.distributed import (
     broadcast_from_main, is_main_process, join_process_group, shard_batches, sum_over_processes,
 )
 from advent.utils.errors import UserError
-from advent.utils.output_dir import check_writable
+from advent.utils.output_dir import check_names, prepare_folder
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +152,14 @@ def build_test_loader(cfg, device):
     return dataset, loader
 
 
-def setup(cfg, device, folder, what, stack):
-    """(dataset, loader, class info, PredictionWriter or None), after checking that `folder` (for
-    `what`) and the predictions folder in it can be written (the main process)."""
+def setup(cfg, device, folder, what, names, stack):
+    """(dataset, loader, class info, PredictionWriter or None), after checking (the main process)
+    that `folder` (for `what`) can be written, that the files `names` test.py writes there are
+    absent or its own (the folder may hold other files: a training run's, the user's), and that
+    the predictions folder in it can be replaced."""
     if is_main_process():
-        check_writable(folder, what)
+        prepare_folder(folder, WRITER, what)
+        check_names(folder, WRITER, names, what)
     dataset, loader = build_test_loader(cfg, device)
     info = get_class_info(cfg, "test")
     writer = None
@@ -185,7 +188,7 @@ def eval_single(cfg, device, cfg_path="", argv=None):
     results go to EXP_ROOT_LOGS/test/<config file name without .yml> (EXP_NAME without one)."""
     folder = Path(cfg.EXP_ROOT_LOGS) / "test" / (Path(cfg_path).stem if cfg_path else cfg.EXP_NAME)
     with contextlib.ExitStack() as stack:  # the predictions folder's lock, while it is written
-        dataset, loader, info, writer = setup(cfg, device, folder, "the results", stack)
+        dataset, loader, info, writer = setup(cfg, device, folder, "the results", [RESULTS_SINGLE], stack)
         models, infos = load_models(cfg, device)
         join_process_group(device)  # every check done
         if writer:
@@ -281,7 +284,8 @@ def eval_best(cfg, device, cfg_path="", argv=None):
     """Evaluate every expected snapshot of TEST.SNAPSHOT_DIR[0]; report the last and the best."""
     with contextlib.ExitStack() as stack:  # the predictions folder's lock, for the whole run
         folder = snapshot_dir_of(cfg)
-        dataset, loader, info, writer = setup(cfg, device, folder, "the test cache and results", stack)
+        dataset, loader, info, writer = setup(cfg, device, folder, "the test cache and results",
+                                              [CACHE_NAME, RESULTS_BEST], stack)
         model, _ = load_segmenter(cfg.TEST.MODEL[0], cfg.NUM_CLASSES, cfg.TEST.MULTI_LEVEL[0], None,
                                   device, cfg.CHANNELS_LAST)  # each snapshot's weights loaded in turn
         cache = None

@@ -7,7 +7,6 @@ first, then the failed write is reported in one line; the cache keeps every snap
 import hashlib
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +14,9 @@ from PIL import Image
 
 from advent.config import cfg_to_dict
 from advent.dataset import png_name
-from advent.utils.distributed import barrier, broadcast_from_main, get_world_size, is_main_process
+from advent.utils.distributed import get_world_size, is_main_process
 from advent.utils.errors import UserError, file_system_fault
-from advent.utils.output_dir import check_replaceable, holding, new_staging, publish
+from advent.utils.output_dir import FolderReplacement
 from advent.utils.run_record import build_run_record, write_run_record
 from advent.utils.serialization import json_dump, json_load
 from advent.utils.viz_segmask import colorize_mask, save_png
@@ -49,33 +48,33 @@ class PredictionWriter:
     evaluation looks for), or train ids in trainIds/ when the classes have no one-to-one label id
     (the 7-class setting); 'best' mode puts both under a subfolder named after the snapshot.
 
-    Built before any model work: the main process takes the lock of the folder `final` (held
-    until `stack` closes), removes what killed runs left beside it, refuses it when it holds
-    files the project did not write, and creates a staging folder beside it, which every process
-    then writes its own images into (`share`). `finish` lists them in a manifest and swaps the
-    staging folder in: a crash or a kill before leaves the complete earlier predictions.
+    Built before any model work, on every process: the folder `final` is held (a
+    FolderReplacement: refused when it holds files the project did not write or another script's
+    output, locked until `stack` closes, leftovers of killed runs removed). `share` (once the
+    process group exists) opens its staging folder, which every process writes its own images
+    into; `finish` swaps it in, all or nothing: a crash or a kill before leaves the complete
+    earlier predictions.
 
     `names`: every list entry of the test set, checked for clashing file names. A file-system
     fault while writing an image stops the writing, not the evaluation: `finish` reports it."""
 
     def __init__(self, final, info, names, stack):
         check_prediction_names(names)
-        self.final, self.staging, self.subfolder, self.fault = Path(final), None, "", None
+        self.subfolder, self.fault, self.staging = "", None, None
         self.palette = info.palette
         if info.train2label is not None:
             self.ids_name, self.lut = "labelIds", info.train2label.astype(np.uint8)
         else:
             self.ids_name, self.lut = "trainIds", np.arange(info.num_classes, dtype=np.uint8)
-        if is_main_process():  # its parent was checked writable by the caller
-            advice = "move it away (an earlier version's predictions/ has no manifest)"
-            check = lambda: check_replaceable(self.final, PREDICTIONS_KEY, advice)  # noqa: E731
-            stack.enter_context(holding(self.final, WRITER, check))
-            self.staging = new_staging(self.final)
-            stack.callback(shutil.rmtree, self.staging, ignore_errors=True)  # after a failure (else gone)
+        self.output = FolderReplacement(final, WRITER, PREDICTIONS_KEY,
+                                        advice="move it away (an earlier version's predictions/ has no manifest)")
+        self.final = self.output.final
+        stack.enter_context(self.output.held())
+        stack.callback(lambda: self.staging and self.output.discard(self.staging))  # after a failure (else gone)
 
     def share(self):
-        """Every process learns the main process's staging folder (after the setup)."""
-        self.staging = Path(broadcast_from_main(self.staging))
+        """Open the staging folder; every process learns its path (after the setup)."""
+        self.staging = self.output.open()
 
     def __call__(self, preds, names):
         if self.fault is not None:
@@ -97,9 +96,7 @@ class PredictionWriter:
         its images, the main process puts the new folder in place. Returns where they are."""
         if self.fault is not None:
             raise self.fault
-        barrier()
-        if is_main_process():
-            publish(self.staging, self.final, WRITER)
+        self.output.publish(self.staging)
         log.info("predictions written to %s", self.final / self.subfolder)
         return self.final / self.subfolder
 
@@ -128,6 +125,8 @@ def eval_setting(cfg, dataset, info):
         "amp": cfg.TEST.AMP,
         "channels_last": bool(cfg.CHANNELS_LAST),
     }
+    if setting["native_labels"]:  # Mapillary entries of before the published float fit are stale
+        setting["image_fit"] = "floor(side * float scale), as published"
     return json.loads(json.dumps(setting))  # the form it has after a round trip through the file
 
 
@@ -172,7 +171,7 @@ class EvalCache:
         self.entries = [e for e in self.entries
                         if (e.get("snapshot"), e.get("setting")) != (snapshot, self.setting)] + [entry]
         try:
-            json_dump({"format": CACHE_FORMAT, "entries": self.entries}, self.path)
+            json_dump({"format": CACHE_FORMAT, "entries": self.entries}, self.path, WRITER)
             self.fault = None
         except OSError as error:
             if file_system_fault(error) is None:
@@ -208,8 +207,8 @@ def write_outputs(folder, file_name, results, cfg, device, weights, argv):
     if not is_main_process():
         return
     path = Path(folder) / file_name
-    json_dump(results, path)
+    json_dump(results, path, WRITER)
     record = build_run_record("test", cfg_to_dict(cfg), device, weights, argv)
     record.update(processes=get_world_size(), results_file=str(path))
-    write_run_record(folder, record)
+    write_run_record(folder, record, WRITER)
     log.info("results written to %s", path)

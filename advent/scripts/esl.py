@@ -10,7 +10,8 @@ saved as esl_report.json beside the labels. ESL.METHOD 'maxprob' gives the MPSL 
 Then train on them with train.py and the same config.
 
 PSEUDO_LABEL_DIRECTORY_TARGET is replaced as a whole, so it must be a new or empty folder or
-an earlier output of esl.py; a folder holding anything else is refused. A second esl.py run
+an earlier output of esl.py; a folder holding anything else (another script's output included)
+is refused. A second esl.py run
 into the same folder stops while the first holds it. Ctrl-C or a kill keeps the previous labels.
 """
 import argparse
@@ -21,7 +22,7 @@ import sys
 from advent.config import cfg_to_dict, load_config
 from advent.dataset import get_target_dataset
 from advent.domain_adaptation.checkpoint import wait_for_file
-from advent.domain_adaptation.esl_UDA import claimed_output_dir, format_report, generate_pseudo_labels
+from advent.domain_adaptation.esl_UDA import format_report, generate_pseudo_labels, output_folder
 from advent.model.inference import load_segmenter
 from advent.utils.distributed import (
     get_world_size, is_main_process, join_process_group, leave_process_group, select_device,
@@ -65,10 +66,11 @@ def main(argv=None):
     args = parse_args(argv)
     setup_logging()
     cfg = load_config(args.cfg)
-    device = select_device(cfg.GPU_ID)
+    device = select_device(cfg.GPU_ID, cfg.TF32, cfg.CUDNN_BENCHMARK)
     # every check first, on every process (the output folder, locked for the whole run, before the
     # data and the model), then the process group
-    with claimed_output_dir(cfg.PSEUDO_LABEL_DIRECTORY_TARGET) as output_dir:
+    output = output_folder(cfg.PSEUDO_LABEL_DIRECTORY_TARGET)
+    with output.held() as output_dir:
         dataset, model, checkpoint = prepare(cfg, device)
         join_process_group(device)
         record = None
@@ -77,7 +79,7 @@ def main(argv=None):
             record["processes"] = get_world_size()
         log.info("ESL (%s) over %d images of '%s' -> %s", cfg.ESL.METHOD, len(dataset), cfg.ESL.SET_TARGET,
                  output_dir)
-        report = generate_pseudo_labels(model, dataset, cfg, output_dir, device, record)
+        report = generate_pseudo_labels(model, dataset, cfg, output, device, record)
         if is_main_process():
             print(format_report(report))
     leave_process_group()

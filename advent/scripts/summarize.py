@@ -112,7 +112,7 @@ def main(argv=None):
     summary = summarize_files(find_result_files(args.paths))
     print("\n\n".join(format_group(group, s) for group, s in summary.items()))
     if args.json:
-        json_dump(summary, args.json)
+        json_dump(summary, args.json, "summarize.py")
     return 0
 
 

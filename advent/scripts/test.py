@@ -6,9 +6,10 @@
 TEST.MODE 'single' evaluates TEST.RESTORE_FROM (several checkpoints: a weighted ensemble);
 'best' evaluates every snapshot model_{k}.pth of the training run, k = TEST.SNAPSHOT_STEP ...
 TEST.SNAPSHOT_MAXITER, and reports the last one and the best one. Runs on cuda:GPU_ID when
-CUDA is available, else on the CPU (under torchrun: cuda:LOCAL_RANK). Exit code 2 with one
-line on a user error, also for a results, cache or predictions folder that cannot be written
-(checked before any model work) and for a full disk (reported after the results are shown).
+CUDA is available, else (or with GPU_ID -1) on the CPU (under torchrun: cuda:LOCAL_RANK).
+Exit code 2 with one line on a user error, also for a results, cache or predictions folder that
+cannot be written (checked before any model work) and for a full disk (reported after the results
+are shown).
 TEST.SAVE_PREDICTIONS replaces the predictions folder as a whole, all or nothing, and refuses
 one holding files the project did not write.
 """
@@ -34,7 +35,8 @@ def main(argv=None):
     setup_logging()
     cfg = load_config(args.cfg, args.exp_suffix)
     command = None if argv is None else [__file__] + list(argv)
-    evaluate_domain_adaptation(cfg, select_device(cfg.GPU_ID), cfg_path=args.cfg, argv=command)
+    device = select_device(cfg.GPU_ID, cfg.TF32, cfg.CUDNN_BENCHMARK)
+    evaluate_domain_adaptation(cfg, device, cfg_path=args.cfg, argv=command)
     leave_process_group()
     return 0
 

@@ -6,8 +6,8 @@
 
 Snapshots, the train state and the resolved config go to TRAIN.SNAPSHOT_DIR (default
 EXP_ROOT/snapshots/EXP_NAME), which one run at a time holds (a second run into it stops at once).
---resume continues from the newest train state; in a folder whose run was stopped while writing
-its first train state it starts again from iteration 0. A finished run is extended by resuming
+--resume continues from the newest train state; in a folder without one (a run stopped before
+its first train state was written, or no run yet) it starts from iteration 0. A finished run is extended by resuming
 it with a larger TRAIN.EARLY_STOP (the same MAX_ITERS): exactly as if it had been started so.
 Exit codes: 0 done; 2 a user error (one line on stderr), among them a folder in use, one that
 cannot be written and a full disk (the files written before stay intact); 128 + signal number
@@ -48,7 +48,7 @@ def parse_args(argv):
     parser.add_argument("--cfg", required=True, help="the YAML config file")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest train state in the run's snapshot folder "
-                             "(from iteration 0 when the run was stopped before its first one)")
+                             "(from iteration 0 when there is none yet)")
     parser.add_argument("--tensorboard", action="store_true",
                         help="write TensorBoard scalars and images to TRAIN.TENSORBOARD_LOGDIR")
     parser.add_argument("--viz-every-iter", type=int, default=None,
@@ -79,7 +79,7 @@ def main(argv=None):
     cfg = load_config(args.cfg, args.exp_suffix, viz_rate)
     if args.viz_every_iter is not None and args.viz_every_iter <= 0:
         raise UserError(f"--viz-every-iter must be positive, got {args.viz_every_iter}")
-    device = select_device(cfg.GPU_ID)  # cudnn.benchmark on CUDA, as the original: fixed input sizes
+    device = select_device(cfg.GPU_ID, cfg.TF32, cfg.CUDNN_BENCHMARK)
     processes = f" x {get_world_size()} processes" if get_world_size() > 1 else ""
     log.info("%s on %s%s; full config: %s/config.yml", describe(cfg), device, processes, cfg.TRAIN.SNAPSHOT_DIR)
     try:

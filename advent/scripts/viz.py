@@ -8,8 +8,8 @@ shows ESL.SET_TARGET with ESL.RESTORE_FROM; --checkpoint overrides either (e.g. 
 'best'-mode run). Ground truth is shown when the split has it, the pseudo-label when
 PSEUDO_LABEL_DIRECTORY_TARGET holds one for the image. Everything is shown at the input size.
 One PNG per image goes to --out (default EXP_ROOT_LOGS/viz/EXP_NAME), written beside what the
-folder holds: its manifest lists the files viz.py wrote there, which a later run may replace; a
-file of that name it did not write is refused with one line, before any model work.
+folder holds: its manifest lists the files viz.py wrote there (output_dir), which a later run may
+replace; a file of that name it did not write is refused with one line, before any model work.
 """
 import argparse
 import logging
@@ -25,13 +25,14 @@ from advent.dataset import get_class_info, get_target_dataset, png_name
 from advent.model.inference import load_segmenter, main_logits, upsample
 from advent.utils.distributed import select_device
 from advent.utils.errors import UserError
-from advent.utils.output_dir import check_writable, read_manifest, write_manifest
+from advent.utils.output_dir import check_names, prepare_folder
 from advent.utils.runtime import run_main, setup_logging
 from advent.utils.viz_segmask import (
     entropy_image, input_image, mask_image, panel_row, prediction_image, save_png,
 )
 
 log = logging.getLogger("viz")
+WRITER = "viz.py"
 
 
 def parse_args(argv=None):
@@ -77,16 +78,6 @@ def pseudo_label(folder, name, size):
     return np.asarray(Image.open(path).resize(size, Image.NEAREST))
 
 
-def claim_files(out, names):
-    """Record in `out`'s manifest that viz.py writes `names` there (before writing them: a kill
-    never leaves an own file unlisted); a UserError when one exists that viz.py did not write."""
-    own = read_manifest(out) or set()
-    foreign = [n for n in names if (out / n).exists() and n not in own]
-    if foreign:
-        raise UserError(f"--out {out} holds {foreign[0]}, which viz.py did not write; choose another folder")
-    write_manifest(out, "viz.py", own | set(names))
-
-
 def panels_for(model, item, cfg, palette, has_labels, device):
     """[(title, panel)] of one dataset item, all at the input size."""
     image, label, _, name = item
@@ -110,9 +101,9 @@ def main(argv=None):
     name, multi_level, checkpoint = model_settings(cfg, args.stage, args.checkpoint)
     dataset = get_target_dataset(cfg, args.stage)
     indices = chosen_indices(dataset, args.names, args.num_images)
-    out = check_writable(args.out or Path(cfg.EXP_ROOT_LOGS) / "viz" / cfg.EXP_NAME, "the panels")
-    claim_files(out, [png_name(dataset.img_ids[i]) for i in indices])
-    device = select_device(cfg.GPU_ID)
+    out = prepare_folder(args.out or Path(cfg.EXP_ROOT_LOGS) / "viz" / cfg.EXP_NAME, WRITER, "the panels")
+    check_names(out, WRITER, [png_name(dataset.img_ids[i]) for i in indices], "--out")
+    device = select_device(cfg.GPU_ID, cfg.TF32, cfg.CUDNN_BENCHMARK)
     model, _ = load_segmenter(name, cfg.NUM_CLASSES, multi_level, checkpoint, device)
     palette = get_class_info(cfg, args.stage).palette
     section = cfg.ESL if args.stage == "esl" else cfg.TEST
@@ -122,7 +113,7 @@ def main(argv=None):
         titled = panels_for(model, item, view, palette, dataset.has_labels, device)
         row = panel_row([p for _, p in titled], [t for t, _ in titled])
         path = out / png_name(item[3])
-        save_png(Image.fromarray(row), path)
+        save_png(Image.fromarray(row), path, WRITER)
         log.info("wrote %s (%s)", path, " | ".join(t for t, _ in titled))
     return 0
 

@@ -6,7 +6,8 @@ A thin layer, as torchvision's reference scripts: each stage runs every check th
 (config, data lists, checkpoints, output folders) before it joins the process group
 (`join_process_group`), identically on every process, and after that any process that fails
 simply ends: torchrun then stops the others. Started plainly, a script stays one process on
-cuda:GPU_ID (or the CPU) and every helper below reduces to the single-process case.
+cuda:GPU_ID (or the CPU: GPU_ID -1, or no CUDA) and every helper below reduces to the
+single-process case. torchrun with one process (WORLD_SIZE 1) is the plain case too: no group.
 
 Each process takes its own share of the images (`shard_batches`: whole batches, no padding, no
 image twice), counts are summed over the processes (`sum_over_processes`), and only the main
@@ -20,6 +21,7 @@ from contextlib import ExitStack
 import torch
 import torch.distributed as dist
 
+from advent.utils.cuda_flags import set_cuda_flags
 from advent.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -57,11 +59,13 @@ def is_main_process():
 
 # --- starting and ending ---
 
-def select_device(gpu_id=0):
-    """This process's device, before any process group: under torchrun cuda:LOCAL_RANK (GPU_ID
-    is ignored) or the CPU; otherwise cuda:GPU_ID when CUDA is available, else the CPU. cuDNN
-    autotuning is switched on for CUDA (every stage feeds fixed input sizes)."""
-    if not torch.cuda.is_available():
+def select_device(gpu_id=0, tf32=True, cudnn_benchmark=False):
+    """This process's device, before any process group: the CPU with `gpu_id` -1 (GPU_ID -1,
+    also under torchrun, which then uses gloo) or without CUDA; under torchrun cuda:LOCAL_RANK
+    (GPU_ID is then ignored); otherwise cuda:GPU_ID. Sets the config's TF32 and CUDNN_BENCHMARK
+    for CUDA kernels (advent.utils.cuda_flags)."""
+    set_cuda_flags(tf32, cudnn_benchmark)
+    if gpu_id < 0 or not torch.cuda.is_available():
         return torch.device("cpu")
     if launched_by_torchrun():
         per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
@@ -69,9 +73,11 @@ def select_device(gpu_id=0):
             raise UserError(f"torchrun started {per_machine} processes on this machine, which sees "
                             f"{torch.cuda.device_count()} GPU(s): --nproc_per_node must not exceed them")
         gpu_id = int(os.environ["LOCAL_RANK"])
+    elif gpu_id >= torch.cuda.device_count():
+        raise UserError(f"GPU_ID is {gpu_id}, but this machine sees {torch.cuda.device_count()} GPU(s) "
+                        "(GPU_ID -1: the CPU)")
     device = torch.device("cuda", gpu_id)
     torch.cuda.set_device(device)
-    torch.backends.cudnn.benchmark = True
     return device
 
 

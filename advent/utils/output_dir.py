@@ -1,16 +1,30 @@
-"""Folders the scripts write: exclusive locks, ownership, and all-or-nothing replacement.
+"""The output layer: every file or folder a script (train, esl, test, viz, demo) creates, replaces or
+removes goes through here, so that no script ever loses a file the project did not write.
 
-The rules every script follows:
-- A script writes only its own files. A folder it replaces as a whole (the ESL pseudo-labels)
-  carries a manifest (MANIFEST_NAME) listing what the project wrote there; a folder holding
-  anything else is refused with one line naming it (`check_replaceable`).
-- Replacing its own earlier output is all-or-nothing: the new folder is built beside the old
-  one and swapped in with one atomic exchange (`replace_dir`), so a crash or a kill leaves the
-  complete old set or the complete new set, and never no folder.
-- Two runs never write into one folder at once (`exclusive_lock`: the second stops with one
-  line naming the folder and the holder).
-- Leftovers of a killed run (staging folders, temporary files) are the project's own, named
-  by fixed patterns, and are removed by the next run that holds the lock (`remove_leftovers`).
+The record. Every folder the project writes in holds a manifest (MANIFEST_NAME) saying which script
+created the folder (`owner`, None when it existed before), which entries (files and folders,
+recursively, by relative path) each script wrote there, and which temporary entries are being
+written by which process. An entry is recorded before it is created, so a kill never leaves a
+file of ours unrecorded; anything the manifest does not list is the user's ("foreign").
+
+The rules.
+- A script overwrites or removes only entries recorded as its own (`atomic_path`, `remove_own`,
+  `check_names`); a foreign entry of the same name is refused with one line naming it.
+- A folder replaced as a whole (`FolderReplacement`: esl.py's pseudo-labels, test.py's predictions,
+  the demo's output) or written freely (train.py's snapshot folder: `check_folder`) must be new,
+  empty, or hold only what the project wrote, and must not have been created by another script:
+  one line names the path and the foreign entry or the other script. test.py 'best' writes its
+  cache and results beside train.py's snapshots, and viz.py its panels into any folder: they add
+  only their own names (documented in docs/evaluation.md).
+- Replacing one's own earlier output is all-or-nothing: the new folder is built in a staging
+  folder beside it and swapped in with one atomic exchange (Linux renameat2). Where the system
+  cannot exchange, the new files are moved into the existing folder one by one, with its manifest
+  marked incomplete until the end (`check_complete` refuses such a folder), so there is never a
+  moment with no output folder at all.
+- Leftovers of a killed run (staging folders, temporary files) are recognised by the exact names
+  recorded, with the process that wrote them, and removed once that process is gone
+  (`remove_stale`); never by a name pattern.
+- Two runs never replace one folder at once (`exclusive_lock`).
 """
 import contextlib
 import ctypes
@@ -19,21 +33,300 @@ import errno
 import fcntl
 import json
 import os
-import re
+import secrets
 import shutil
 import socket
 import sys
-import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
+from advent.utils.distributed import barrier, broadcast_from_main, is_main_process
 from advent.utils.errors import UserError
-from advent.utils.serialization import DIR_MODE, json_dump
 
 MANIFEST_NAME = ".advent-manifest.json"
-# atomic_path's temporary files: ".<name>.<8 random characters>.tmp" (tempfile.mkstemp)
-TEMPORARY_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+_MANIFEST_TMP = MANIFEST_NAME + ".tmp"  # the manifest's own temporary file (written under the folder's flock)
+_RESERVED = {MANIFEST_NAME, _MANIFEST_TMP}
+MANIFEST_FORMAT = 2
 
+_UMASK = os.umask(0)  # the umask can only be read by setting it: set it back at once
+os.umask(_UMASK)
+# finished outputs get the usual permissions (temporary files are created private)
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
+
+
+# --- the manifest ---
+
+@dataclass
+class Manifest:
+    owner: Optional[str] = None  # the script that created the folder; None: it existed before
+    files: dict = field(default_factory=dict)  # relative path -> the script that wrote it
+    temporary: dict = field(default_factory=dict)  # relative path -> the process writing it (`_process`)
+    complete: bool = True  # False while a replacement without atomic exchange is moving files in
+
+    def writer_of(self, name):
+        return self.files.get(str(name))
+
+
+def read_manifest(folder):
+    """The Manifest of `folder`, or None when it has none (or an unreadable one, which proves nothing).
+
+    A manifest of the first format ({"writer", "files": [top-level names]}) listed the names of
+    folders but not what they held: its files are taken as the writer's, its folders are not."""
+    folder = Path(folder)
+    try:
+        with open(folder / MANIFEST_NAME) as f:
+            data = json.load(f)
+        if data.get("format") == MANIFEST_FORMAT:
+            return Manifest(data["owner"], dict(data["files"]), dict(data["temporary"]), bool(data["complete"]))
+        writer = data["writer"]
+        return Manifest(writer, {n: writer for n in data["files"] if (folder / n).is_file()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _write_manifest(folder, manifest):
+    """Write the manifest atomically (its temporary file is the layer's own, by a fixed name: the
+    caller holds the folder's flock, so no one else is writing it)."""
+    tmp = Path(folder) / _MANIFEST_TMP
+    data = {"format": MANIFEST_FORMAT, "owner": manifest.owner, "complete": manifest.complete,
+            "files": dict(sorted(manifest.files.items())), "temporary": manifest.temporary}
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, FILE_MODE)
+    os.replace(tmp, Path(folder) / MANIFEST_NAME)
+
+
+@contextlib.contextmanager
+def updating_manifest(folder, owner=None):
+    """Yield the Manifest of `folder` (a new one with `owner` when it has none) to change, under an
+    exclusive flock of the folder, and write it back when the block succeeds."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):  # a file system without flock: a single writer is assumed
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        manifest = read_manifest(folder) or Manifest(owner)
+        yield manifest
+        _write_manifest(folder, manifest)
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def foreign_entries(folder):
+    """Relative paths of the entries under `folder` the project did not write, sorted: every entry
+    when it has no manifest. A recorded subfolder with a manifest of its own is judged by that one;
+    a foreign folder is named, not entered."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(_foreign(folder, read_manifest(folder) or Manifest(), Path(".")))
+
+
+def _foreign(folder, manifest, relative):
+    known = set(manifest.files) | set(manifest.temporary)
+    found = []
+    for entry in os.scandir(folder / relative):
+        key = str(relative / entry.name)
+        if key in _RESERVED:
+            continue
+        if key not in known:
+            found.append(key)
+        elif key in manifest.files and entry.is_dir(follow_symlinks=False):
+            own = read_manifest(folder / key)
+            if own is None:
+                found += _foreign(folder, manifest, Path(key))
+            else:
+                found += [f"{key}/{name}" for name in _foreign(folder / key, own, Path("."))]
+    return found
+
+
+def tree_entries(folder):
+    """Relative paths of every entry under `folder` (files and folders), the manifest aside."""
+    folder = Path(folder)
+    entries = []
+    for root, dirs, files in os.walk(folder):
+        relative = Path(root).relative_to(folder)
+        entries += [str(relative / name) for name in dirs + files]
+    return [e for e in entries if e not in _RESERVED]
+
+
+# --- checks (before any model work) ---
+
+def prepare_folder(folder, writer, what):
+    """Create `folder` (and its parents) when missing, recording `writer` as the script that created
+    it, and write its manifest (which also proves the folder writable). A UserError naming `what`,
+    the folder and the cause when the file system refuses (a file in the way, read-only, no
+    permission). Removes what killed runs left there (`remove_stale`). Returns the folder."""
+    folder = Path(folder)
+    blocker = next(path for path in (folder, *folder.parents) if path.exists() or path.is_symlink())
+    if not blocker.is_dir():
+        raise UserError(f"cannot write {what} to {folder}: {blocker} is a file, not a folder")
+    try:
+        created = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        with updating_manifest(folder, owner=writer if created else None):
+            pass
+    except OSError as error:
+        culprit = Path(error.filename) if error.filename else folder
+        where = "" if folder in (culprit, culprit.parent) else f" ({culprit})"  # a parent, not the manifest
+        raise UserError(f"cannot write {what} to {folder}: {error.strerror}{where}") from None
+    remove_stale(folder)
+    return folder
+
+
+def check_folder(folder, writer, key, advice="choose a new or empty folder"):
+    """`writer` may write `folder` freely (replace it, or remove its own files in it): it does not
+    exist, or it was not created by another script and holds only what the project wrote.
+    Otherwise a UserError naming `key`, the folder, the other script or a foreign entry, and what
+    to do (`advice`)."""
+    folder = Path(folder)
+    if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+        raise UserError(f"{key} {folder} exists and is not a folder")
+    manifest = read_manifest(folder)
+    if manifest is not None and manifest.owner not in (None, writer):
+        raise UserError(f"{key} {folder} was written by {manifest.owner}; {writer} does not take over "
+                        f"another script's folder: {advice}")
+    foreign = foreign_entries(folder)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise UserError(f"{key} {folder} holds files this project did not write ({foreign[0]}{more}); "
+                        f"{writer} would replace or remove what it holds: {advice}")
+
+
+def check_names(folder, writer, names, key):
+    """`writer` may write each of `names` in `folder` (beside whatever else it holds): none exists
+    unless `writer` wrote it. Otherwise a UserError naming the entry."""
+    manifest = read_manifest(folder) or Manifest()
+    for name in names:
+        path = Path(folder) / name
+        if (path.exists() or path.is_symlink()) and manifest.writer_of(name) != writer:
+            whose = manifest.writer_of(name) or "this project did not write it"
+            raise UserError(f"{key}: {path} exists and {writer} may not replace it ({whose}); "
+                            f"move it away or choose another folder")
+
+
+def check_complete(folder, key):
+    """Refuse a folder whose replacement was stopped half-way (possible only without atomic exchange)."""
+    manifest = read_manifest(folder)
+    if manifest is not None and not manifest.complete:
+        raise UserError(f"{key} {folder} is incomplete: the {manifest.owner} run that was replacing it "
+                        f"was stopped; run {manifest.owner} again")
+
+
+# --- writing and removing single files ---
+
+def _process():
+    """Who is writing: this host, pid and the process's start time (so a reused pid is not taken
+    for a live writer)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid())}
+
+
+def _start_time(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _is_gone(process):
+    """Whether the process recorded as `process` has ended (never for one on another host)."""
+    if not isinstance(process, dict) or process.get("host") != socket.gethostname():
+        return False
+    pid = process.get("pid")
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, TypeError, ValueError, OverflowError):
+        return False
+    return process.get("start") is not None and _start_time(pid) != process.get("start")
+
+
+@contextlib.contextmanager
+def atomic_path(path, writer=None):
+    """Yield a temporary path beside `path`; on success fsync it and rename it over `path`, so a
+    crash or a kill leaves `path` as it was, never a truncated file.
+
+    With `writer` (a folder that may hold the user's files too): `path` may exist only as
+    `writer`'s own (check_names), and both `path` and the temporary file are recorded in the
+    folder's manifest first. Without (inside a folder the project built whole, a staging folder)
+    nothing is recorded: the folder is recorded as a whole."""
+    path = Path(path)
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    if writer is not None:
+        check_names(folder, writer, [path.name], "cannot write")
+        with updating_manifest(folder) as manifest:
+            manifest.files[path.name] = writer
+            manifest.temporary[tmp.name] = _process()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+        if writer is not None:
+            with contextlib.suppress(OSError), updating_manifest(folder) as manifest:
+                manifest.temporary.pop(tmp.name, None)
+
+
+def remove_own(path, writer):
+    """Delete the file `path` when `writer` wrote it (its manifest says so), and its record."""
+    path = Path(path)
+    with updating_manifest(path.parent) as manifest:
+        if manifest.writer_of(path.name) != writer:
+            return False
+        path.unlink(missing_ok=True)
+        del manifest.files[path.name]
+    return True
+
+
+def record_new_entries(folder, writer, before):
+    """Record as `writer`'s the entries of `folder` that are not in `before` (for a library that
+    creates its own uniquely named files, e.g. TensorBoard's event files)."""
+    new = [name for name in tree_entries(folder) if name not in before]
+    if new:
+        with updating_manifest(folder) as manifest:
+            manifest.files.update({name: writer for name in new})
+
+
+def remove_stale(folder):
+    """Remove the temporary entries recorded in `folder` whose writing process has ended (a killed
+    run's half-written file or staging folder), by their exact recorded names; return them."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None or not any(_is_gone(p) for p in manifest.temporary.values()):
+        return []
+    removed = []
+    with updating_manifest(folder) as manifest:
+        for name, process in list(manifest.temporary.items()):
+            if _is_gone(process):
+                _remove_entry(folder / name)
+                del manifest.temporary[name]
+                removed.append(name)
+    return removed
+
+
+def _remove_entry(path):
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+# --- locks ---
 
 _HELD_LOCKS = set()  # descriptors of the locks this process holds
 
@@ -61,12 +354,17 @@ def exclusive_lock(folder, what):
     """Hold the exclusive lock of `folder` for the block; a UserError naming the folder and the
     holder when another process holds it. `what` says what the run is ('train.py', 'esl.py').
 
-    The lock is an flock on a small file beside the folder (lock_path), released by the kernel
-    when the process ends, however it ends; the file itself stays (it is empty of meaning once
-    unlocked). The holder's pid, host, start time and command are written into it."""
+    The lock is an flock on a small file beside the folder (lock_path), recorded in that folder's
+    manifest and released by the kernel when the process ends, however it ends; the file stays.
+    A file of that name the project did not write is refused, not overwritten."""
     path = lock_path(folder)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_folder(path.parent, what, f"the lock of {folder}")
+        manifest = read_manifest(path.parent)
+        if path.exists() and manifest.writer_of(path.name) is None and not _is_lock_file(path):
+            raise UserError(f"{path} exists and this project did not write it; move it away")
+        with updating_manifest(path.parent) as manifest:
+            manifest.files.setdefault(path.name, what)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as error:
         raise UserError(f"cannot create the lock file {path}: {error.strerror}") from None
@@ -87,6 +385,15 @@ def exclusive_lock(folder, what):
         os.close(fd)  # releases the flock
 
 
+def _is_lock_file(path):
+    """An unrecorded lock file of an earlier version: empty, or its holder's JSON."""
+    try:
+        text = path.read_text()
+        return not text or "what" in json.loads(text)
+    except (OSError, ValueError, TypeError, UnicodeDecodeError):
+        return False
+
+
 def _holder(fd):
     try:
         holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
@@ -96,103 +403,80 @@ def _holder(fd):
         return "holder unknown"
 
 
-def check_writable(folder, what):
-    """Create `folder` (and its parents) and a probe file in it; a UserError naming `what`, the
-    folder and the cause when the file system refuses (a file in the way, read-only, no
-    permission). The probe is named like atomic_path's temporary files, so a kill leaves nothing
-    that the next run does not remove. Returns the folder."""
-    folder = Path(folder)
-    blocker = next(path for path in (folder, *folder.parents) if path.exists())
-    if not blocker.is_dir():
-        raise UserError(f"cannot write {what} to {folder}: {blocker} is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check.", suffix=".tmp")
-        os.close(fd)
-        os.remove(probe)
-    except OSError as error:
-        culprit = Path(error.filename) if error.filename else folder
-        where = "" if folder in (culprit, culprit.parent) else f" ({culprit})"  # a parent, not the probe
-        raise UserError(f"cannot write {what} to {folder}: {error.strerror}{where}") from None
-    return folder
+# --- replacing a folder as a whole ---
 
+class FolderReplacement:
+    """The folder `final` that script `writer` replaces as a whole, all or nothing.
 
-# --- ownership ---
+    `held()` (every process; the main one does the work): the folder checked (`check_folder`),
+    its lock taken for the block, what killed runs left beside it removed, and checked again now
+    that no other run can be writing it. Checking first means a refused folder (a dataset, say)
+    gets no lock file beside it. `staged()` (after the process group exists): a fresh staging
+    folder beside `final`, recorded in the parent's manifest, its path shared with every process;
+    when the block succeeds, and every process has left it, the main process lists the whole tree
+    in its manifest and swaps it in (`_swap`); after an error it is removed."""
 
-def read_manifest(folder):
-    """The names the project wrote in `folder` (its manifest), or None when it has none."""
-    try:
-        with open(Path(folder) / MANIFEST_NAME) as f:
-            return set(json.load(f)["files"])
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        return None
+    def __init__(self, final, writer, key, advice="choose a new or empty folder"):
+        self.final, self.writer, self.key, self.advice = Path(final).resolve(), writer, key, advice
 
+    def check(self):
+        check_folder(self.final, self.writer, self.key, self.advice)
 
-def write_manifest(folder, writer, names):
-    """Record (atomically) that the project (script `writer`) wrote `names` in `folder`."""
-    json_dump({"writer": writer, "files": sorted(names)}, Path(folder) / MANIFEST_NAME)
+    @contextlib.contextmanager
+    def held(self):
+        if not is_main_process():
+            yield self.final
+            return
+        self.check()
+        with exclusive_lock(self.final, self.writer):
+            remove_stale(self.final.parent)
+            self.check()
+            yield self.final
 
+    def open(self):
+        """Create the staging folder (main process) and return its path on every process."""
+        staging = None
+        if is_main_process():
+            parent = self.final.parent
+            staging = parent / f".{self.final.name}.partial-{secrets.token_hex(4)}"
+            with updating_manifest(parent) as manifest:
+                manifest.temporary[staging.name] = _process()
+                manifest.files[self.final.name] = self.writer
+            staging.mkdir(mode=DIR_MODE)
+        return Path(broadcast_from_main(str(staging) if staging else None))
 
-def foreign_entries(folder):
-    """Entries of `folder` the project did not write: all of them when it has no manifest."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    owned = read_manifest(folder) or set()
-    return sorted(p.name for p in folder.iterdir() if p.name != MANIFEST_NAME and p.name not in owned)
+    def publish(self, staging):
+        """Once every process has written its part: record the tree, swap it in (main process)."""
+        barrier()
+        if not is_main_process():
+            return
+        self.check()  # a folder that came to hold foreign files meanwhile is refused, not replaced
+        with updating_manifest(staging, owner=self.writer) as manifest:
+            manifest.owner, manifest.files = self.writer, {e: self.writer for e in tree_entries(staging)}
+        if self.final.exists():
+            if not _exchange(staging, self.final):
+                _replace_in_place(staging, self.final, self.writer)
+        else:
+            os.rename(staging, self.final)
+        self.discard(staging)  # now the old content (or nothing)
 
+    def discard(self, staging):
+        """Remove the staging folder and its record (main process)."""
+        if not is_main_process():
+            return
+        _remove_entry(Path(staging))
+        with contextlib.suppress(OSError), updating_manifest(self.final.parent) as manifest:
+            manifest.temporary.pop(Path(staging).name, None)
 
-def check_replaceable(folder, key, advice="choose a new or empty folder"):
-    """`folder` may be replaced as a whole: it does not exist, is empty, or holds only what the
-    project wrote there. Otherwise a UserError naming `key`, the folder, a foreign entry and
-    what to do (`advice`)."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{key} {folder} exists and is not a folder")
-    foreign = foreign_entries(folder)
-    if foreign:
-        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
-        raise UserError(f"{key} {folder} holds files this project did not write ({foreign[0]}{more}); "
-                        f"it would replace the whole folder: {advice}")
-
-
-# --- replacing a folder ---
-
-@contextlib.contextmanager
-def holding(final, writer, check):
-    """For a script (`writer`) that replaces the folder `final` as a whole: `check()` (which raises
-    when it may not be replaced), then for the block its lock held, the leftovers of killed runs
-    removed and `check()` again, now that no other run can be writing it. Checking first means a
-    refused folder (a dataset, say) gets no lock file beside it."""
-    check()
-    with exclusive_lock(final, writer):
-        remove_leftovers(final)
-        check()
-        yield
-
-
-def new_staging(final):
-    """A fresh, empty staging folder beside `final`, where its replacement is built."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=staging_prefix(final)))
-    os.chmod(staging, DIR_MODE)
-    return staging
-
-
-def publish(staging, final, writer):
-    """List everything in the complete folder `staging` in its manifest, then put it in place of
-    `final` (replace_dir)."""
-    write_manifest(staging, writer, [p.name for p in Path(staging).iterdir()])
-    replace_dir(staging, final)
-
-
-def staging_prefix(final):
-    return f".{Path(final).name}.partial-"
-
-
-def _old_prefix(final):
-    return f".{Path(final).name}.old-"
+    @contextlib.contextmanager
+    def staged(self):
+        """Yield the staging folder; publish it when the block succeeds, else discard it."""
+        staging = self.open()
+        try:
+            yield staging
+            self.publish(staging)
+        finally:
+            self.discard(staging)
 
 
 _RENAME_EXCHANGE = 2
@@ -219,49 +503,26 @@ def _exchange(a, b):
     raise OSError(code, os.strerror(code), str(b))
 
 
-def replace_dir(staging, final):
-    """Put the complete folder `staging` in place of `final` and delete the old content.
-
-    With an old `final`, the two are exchanged atomically; where the system cannot, the old
-    folder is first renamed to .<name>.old-<pid> (which `remove_leftovers` puts back if
-    the process dies before the new one is in place)."""
-    staging, final = Path(staging), Path(final)
-    if not final.exists():
-        os.rename(staging, final)
-        return
-    if _exchange(staging, final):
-        shutil.rmtree(staging)  # now the old content
-        return
-    old = final.parent / f"{_old_prefix(final)}{os.getpid()}"
-    os.rename(final, old)
-    os.rename(staging, final)
-    shutil.rmtree(old)
-
-
-def remove_leftovers(final):
-    """Remove what killed runs left beside `final`: staging folders and old folders of a swap
-    (the project's own, by name). Call it holding `final`'s lock."""
-    final = Path(final)
-    if not final.parent.is_dir():
-        return []
-    if not final.exists():  # a run died between the two renames of a fallback swap: put the old one back
-        olds = sorted(p for p in final.parent.iterdir() if p.name.startswith(_old_prefix(final)))
-        if olds:
-            os.rename(olds[-1], final)
-    prefixes = (staging_prefix(final), _old_prefix(final))
-    removed = [p for p in final.parent.iterdir() if p.name.startswith(prefixes)]
-    for path in removed:
-        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-    return removed
-
-
-def remove_temporary_files(folder):
-    """Remove atomic_path's temporary files left in `folder` by a killed run; return their names.
-    Call it holding `folder`'s lock (a running writer's temporary file must not go)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    stale = [p for p in folder.iterdir() if p.is_file() and TEMPORARY_FILE.match(p.name)]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return [p.name for p in stale]
+def _replace_in_place(staging, final, writer):
+    """Without atomic exchange: move the new entries into `final` one by one (each file by an atomic
+    rename), then remove the old ones the new set lacks. `final` never stops existing; its manifest
+    lists both sets and says 'incomplete' until the end (check_complete)."""
+    new = read_manifest(staging).files
+    with updating_manifest(final, owner=writer) as manifest:
+        old = dict(manifest.files)
+        manifest.files.update(new)
+        manifest.complete = False
+    for entry in sorted(new):  # folders before what they hold
+        source, target = staging / entry, final / entry
+        if source.is_dir() and not source.is_symlink():
+            if target.exists() and not target.is_dir():
+                target.unlink()
+            target.mkdir(exist_ok=True)
+        else:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(source, target)
+    for entry in sorted(set(old) - set(new), reverse=True):  # what folders hold before the folders
+        _remove_entry(final / entry)
+    with updating_manifest(final) as manifest:
+        manifest.owner, manifest.files, manifest.complete = writer, new, True

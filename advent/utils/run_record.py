@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from advent import PROJECT_ROOT
+from advent.utils.cuda_flags import cuda_flags
 from advent.utils.serialization import json_dump
 
 
@@ -29,7 +30,8 @@ def git_revision(folder=PROJECT_ROOT):
 
 
 def environment(device):
-    """Versions and the device, as plain strings."""
+    """Versions, the device and the CUDA numerics in force (TF32, the cuDNN autotuner: they apply
+    to CUDA kernels only), as plain values."""
     device = torch.device(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {
@@ -41,6 +43,7 @@ def environment(device):
         "device": str(device),
         "device_name": name,
         "host": platform.node(),
+        **cuda_flags(),
     }
 
 
@@ -62,13 +65,14 @@ def build_run_record(kind, config, device, weights=(), argv=None):
     }
 
 
-def write_run_record(folder, record):
-    """Write `record` as run_{kind}_{time}.json in `folder` (atomic; earlier records are kept)."""
+def write_run_record(folder, record, writer=None):
+    """Write `record` as run_{kind}_{time}.json in `folder` (atomic; earlier records are kept; with
+    `writer`, recorded in the folder's manifest as that script's)."""
     stamp = record["started"].replace(":", "").replace("-", "")[:15]
     path = Path(folder) / f"run_{record['kind']}_{stamp}.json"
     counter = 1
     while path.exists():
         path = Path(folder) / f"run_{record['kind']}_{stamp}_{counter}.json"
         counter += 1
-    json_dump(record, path)
+    json_dump(record, path, writer)
     return path

@@ -1,39 +1,13 @@
-"""JSON / YAML reading and atomic writing (no pickle anywhere)."""
+"""JSON / YAML reading and atomic writing (no pickle anywhere).
+
+The writes go through the output layer's `atomic_path`: pass `writer` (the script's name) for a
+file in a folder that may hold the user's files too, so that it is recorded there and never
+replaces a file the project did not write."""
 import json
-import os
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
 
 import yaml
 
-
-_UMASK = os.umask(0)  # the umask can only be read by setting it: set it back at once
-os.umask(_UMASK)
-# mkstemp/mkdtemp create private (0600/0700) entries; finished outputs get the usual permissions.
-FILE_MODE = 0o666 & ~_UMASK
-DIR_MODE = 0o777 & ~_UMASK
-
-
-@contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside `path`; on success fsync it and rename it over `path`.
-
-    A crash or a kill before the rename leaves `path` as it was: never a truncated file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+from advent.utils.output_dir import atomic_path
 
 
 def json_load(path):
@@ -41,9 +15,9 @@ def json_load(path):
         return json.load(f)
 
 
-def json_dump(data, path):
+def json_dump(data, path, writer=None):
     """Write `data` as indented JSON, atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
+    with atomic_path(path, writer) as tmp, open(tmp, "w") as f:
         json.dump(data, f, indent=2)
         f.write("\n")
 
@@ -53,7 +27,7 @@ def yaml_load(path):
         return yaml.safe_load(f)
 
 
-def yaml_dump(data, path):
+def yaml_dump(data, path, writer=None):
     """Write `data` (plain dicts, lists and scalars) as YAML, atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
+    with atomic_path(path, writer) as tmp, open(tmp, "w") as f:
         yaml.safe_dump(data, f, sort_keys=False, default_flow_style=None)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from advent.utils.func import prob_2_entropy
-from advent.utils.serialization import atomic_path
+from advent.utils.output_dir import atomic_path
 
 CITYSCAPES_PALETTE = [
     (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
@@ -30,9 +30,9 @@ def colorize_mask(mask, palette=CITYSCAPES_PALETTE):
     return image
 
 
-def save_png(image, path):
-    """Write a PIL image as PNG through a temporary file and a rename."""
-    with atomic_path(path) as tmp:
+def save_png(image, path, writer=None):
+    """Write a PIL image as PNG through a temporary file and a rename (output_dir.atomic_path)."""
+    with atomic_path(path, writer) as tmp:
         image.save(tmp, format="PNG")
 
 

@@ -1,0 +1,59 @@
+"""benchmarks/gpu_check.py: its dry run (CPU, tiny sizes, the same steps) end to end, so that the GPU
+check cannot rot where no GPU is, and the seed sweep's rates on hand-made timestamps."""
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+from advent import PROJECT_ROOT
+from advent.utils.serialization import json_load
+
+SCRIPT = PROJECT_ROOT / "benchmarks" / "gpu_check.py"
+STAGES = ["tests: -m cuda", "tests: fast suite", "speed: fp32", "speed: bf16", "speed: fp16",
+          "speed: bf16 + channels_last", "seed sweep: 1 train.py", "seed sweep: 2 train.py", "esl.py", "test.py"]
+
+
+def gpu_check():
+    """benchmarks/gpu_check.py as a module (benchmarks/ is no package)."""
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stamps(*ends):
+    return {"stamps": [(end - 0.1, end) for end in ends]}
+
+
+def test_run_rate_and_the_aggregate_count_only_what_follows_the_warm_up():
+    check = gpu_check()
+    assert check.run_rate([0.0, 1.0, 2.0, 4.0], warmup=1) == pytest.approx(3 / 4)
+    # window (0.5, 3]: run a ends 1, 2, 3 in it, run b 1.5, 2.5: 5 iterations in 2.5 s
+    rate, note = check.aggregate_rate([stamps(0, 1, 2, 3), stamps(0.5, 1.5, 2.5, 3.5)], warmup=1)
+    assert rate == pytest.approx(2.0) and note == ""
+    rate, note = check.aggregate_rate([stamps(0, 1), stamps(5, 6)], warmup=1)  # one ended before the other began
+    assert rate is None and "did not overlap" in note
+
+
+@pytest.mark.slow
+def test_dry_run_runs_every_step_and_writes_the_table(tmp_path):
+    out, work = tmp_path / "check.json", tmp_path / "work"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out), "--work", str(work)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = json_load(out)
+    rows = {row["stage"]: row for row in table["rows"]}
+    assert list(rows) == STAGES
+    assert all(row["status"] == "ok" for row in rows.values()), table["rows"]
+    assert all(stage in result.stdout for stage in STAGES) and f"written: {out}" in result.stdout
+    assert "tests collected" in rows["tests: -m cuda"]["note"]  # a dry run collects the suites only
+    for name in STAGES[2:]:
+        assert rows[name]["rate"] > 0 and rows[name]["peak_mib"] > 0, name
+        assert rows[name]["smi_mib"] is None  # no nvidia-smi in a dry run
+    sweep = rows["seed sweep: 2 train.py"]
+    assert len(sweep["per_run_it_s"]) == len(sweep["per_run_peak_mib"]) == 2
+    assert table["environment"]["dry_run"] is True and table["environment"]["nvidia_smi"] == "skipped (dry run)"
+    # esl.py and test.py ran on the 1-run sweep's snapshot, over the 4 images written
+    assert len(list((work / "esl" / "labels").glob("*.png"))) == 4
+    assert json_load(next((work / "test").rglob("results_single.json")))["images"] == 4
