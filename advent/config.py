@@ -153,7 +153,7 @@ _C.TEST.INPUT_SIZE_TARGET = (1024, 512)
 _C.TEST.OUTPUT_SIZE_TARGET = (2048, 1024)
 _C.TEST.INFO_TARGET = str(DATASET_DIR / "cityscapes_list" / "info.json")
 _C.TEST.WAIT_MODEL = True
-_C.TEST.WAIT_TIMEOUT = 86400  # seconds 'best' mode waits for a snapshot still being trained
+_C.TEST.WAIT_TIMEOUT = 86400  # seconds 'best' mode waits for a snapshot (or its folder) still being trained
 _C.TEST.SAVE_PREDICTIONS = False
 _C.TEST.AMP = "none"
 

@@ -1,4 +1,5 @@
 """check_data.py: exit codes and report on good and broken fake trees."""
+import re
 import subprocess
 import sys
 
@@ -6,7 +7,9 @@ import numpy as np
 import pytest
 
 from advent import PROJECT_ROOT
+from advent.dataset import get_source_dataset, get_target_dataset
 from advent.scripts.check_data import main
+from advent.utils.errors import UserError
 from fake_data import make_fake_cfg, save_ids, write_cfg_yaml, write_pseudo_labels
 
 SCRIPT = PROJECT_ROOT / "advent" / "scripts" / "check_data.py"
@@ -70,6 +73,23 @@ def test_size_mismatch_is_a_problem_except_for_gta5(tmp_path, capsys):
     save_ids(np.full((16, 32), 7), written["val"].label_paths[0])
     code, out = run_check(cfg, tmp_path, capsys)
     assert code == 1 and "(image 64x32, label 32x16)" in out
+
+
+def test_the_loaders_stop_at_exactly_the_labels_check_data_calls_a_problem(tmp_path, capsys):
+    cfg, written = make_fake_cfg(tmp_path)
+    source, val = get_source_dataset(cfg), get_target_dataset(cfg, "test")
+    save_ids(np.full((16, 32), 7), written["source"].label_paths[0], palette=True)  # harmless
+    save_ids(np.full((32, 64), 40), written["source"].label_paths[1], palette=True)
+    save_ids(np.full((16, 32), 7), written["val"].label_paths[2])
+    code, out = run_check(cfg, tmp_path, capsys)
+    assert code == 1 and "2 problem(s) found" in out
+    assert f"first: {written['source'].label_paths[1]} ([40])" in out
+    assert f"first: {written['val'].names[2]} (image 64x32, label 32x16)" in out
+    source[0]  # the harmless size difference loads
+    for dataset, index, path in ((source, 1, written["source"].label_paths[1]),
+                                 (val, 2, written["val"].label_paths[2])):
+        with pytest.raises(UserError, match=f"^label {re.escape(str(path))} "):
+            dataset[index]
 
 
 def test_pseudo_labels_checked(tmp_path, capsys):

@@ -20,8 +20,8 @@ from advent.dataset.gta5 import GTA5DataSet
 from advent.dataset.mapillary import MapillaryDataSet
 from advent.dataset.synthia import SYNDataSet
 from advent.utils.errors import UserError
-from fake_data import (MAPILLARY_V12_NAMES, make_fake_cfg, save_ids, write_cityscapes, write_gta5, write_list,
-                       write_mapillary, write_pseudo_labels, write_synthia)
+from fake_data import (MAPILLARY_V12_NAMES, make_fake_cfg, save_ids, save_synthia_label, write_cityscapes,
+                       write_gta5, write_list, write_mapillary, write_pseudo_labels, write_synthia)
 
 MEAN = np.array((104.00698793, 116.66876762, 122.67891434), dtype=np.float32)
 ID_TO_TRAIN_19 = {label.id: (255 if label.trainId in (255, -1) else label.trainId)
@@ -303,6 +303,43 @@ def test_undecodable_files_fail_when_read(fake_gta5, fake_synthia):
     dataset = SYNDataSet(fake_synthia.root, fake_synthia.list_template, crop_size=(64, 32))
     with pytest.raises(UserError, match=one_line(fake_synthia.label_paths[0])):
         dataset[0]
+
+
+def with_value(ids, value):
+    """A copy of the id map `ids` with `value` in one pixel."""
+    ids = np.array(ids, dtype=np.uint8)
+    ids[1, 2] = value
+    return ids
+
+
+def test_ground_truth_with_an_id_outside_the_dataset_is_an_error_naming_the_file(
+        fake_cityscapes, fake_gta5, fake_synthia, fake_mapillary):
+    val = fake_cityscapes["val"]
+    save_ids(with_value(val.labels[1], 200), val.label_paths[1])
+    save_ids(with_value(fake_gta5.labels[0], 34), fake_gta5.label_paths[0], palette=True)
+    save_synthia_label(with_value(fake_synthia.labels[2], 23), fake_synthia.label_paths[2])
+    save_ids(with_value(fake_mapillary.labels[0], 66), fake_mapillary.label_paths[0], palette=True)
+    cases = ((cityscapes(val), 1, val.label_paths[1], "[200] outside Cityscapes label ids 0..33"),
+             (gta5(fake_gta5), 0, fake_gta5.label_paths[0], "[34] outside Cityscapes label ids 0..33"),
+             (SYNDataSet(fake_synthia.root, fake_synthia.list_template, crop_size=(64, 32)), 2,
+              fake_synthia.label_paths[2], "[23] outside SYNTHIA class ids 0..22"),
+             (MapillaryDataSet(fake_mapillary.root, crop_size=(64, 32)), 0, fake_mapillary.label_paths[0],
+              "[66] outside the 66 class indices of config.json"))
+    for dataset, index, path, message in cases:
+        with pytest.raises(UserError, match=one_line(f"label {path} holds values {message}")):
+            dataset[index]
+        dataset[index - 1]  # the others load
+
+
+def test_ground_truth_of_another_size_than_its_image_is_an_error_except_for_gta5(tmp_path, fake_cityscapes):
+    val = fake_cityscapes["val"]
+    save_ids(np.zeros((32, 32)), val.label_paths[0])
+    with pytest.raises(UserError, match=one_line(f"label {val.label_paths[0]} is 32x32 pixels, its image 64x32")):
+        cityscapes(val, labels_size=(32, 32))[0]  # even when it is the size the labels are resized to
+    split = write_gta5(tmp_path / "GTA5", 2, size=(64, 32), label_size=(32, 16))
+    dataset = gta5(split)  # as a few real GTA5 labels: both are resized
+    resized = np.asarray(Image.open(split.label_paths[0]).resize((64, 32), Image.NEAREST))
+    np.testing.assert_array_equal(dataset[0][1], dataset.label_lookup[resized])
 
 
 def test_rgb_label_is_refused(fake_gta5):

@@ -522,6 +522,47 @@ def test_best_mode_gives_up_waiting_after_the_timeout(tmp_path, monkeypatch, cap
     assert sum("waiting for model_6000.pth" in r.getMessage() for r in caplog.records) == 1
 
 
+def fake_clock(monkeypatch, on_sleep=lambda: None):
+    """The waiting tester's clock: each poll (sleep) calls `on_sleep` and moves the clock on."""
+    now = [0.0]
+
+    def sleep(seconds):
+        on_sleep()
+        now[0] += seconds
+
+    monkeypatch.setattr(snapshots, "time", SimpleNamespace(monotonic=lambda: now[0], sleep=sleep))
+
+
+def test_best_mode_waits_for_the_snapshot_folder_the_trainer_has_not_created_yet(tmp_path, monkeypatch, caplog):
+    cfg, trained = best_cfg(tmp_path / "trained")
+    later = tmp_path / "run"  # where the trainer will put the run
+    cfg.TEST.SNAPSHOT_DIR, cfg.TEST.WAIT_MODEL, cfg.TEST.WAIT_TIMEOUT = (str(later),), True, 60
+    polls = []
+
+    def trainer_starts():  # at the tester's first poll the folder appears, with its snapshots
+        polls.append(later.exists())
+        trained.rename(later)
+
+    fake_clock(monkeypatch, trainer_starts)
+    with caplog.at_level(logging.INFO):
+        run_test(cfg, tmp_path)
+    assert polls == [False]  # it waited, and did not create the folder itself meanwhile
+    assert sum(f"waiting for run in {tmp_path}" in r.getMessage() for r in caplog.records) == 1
+    results = json.loads((later / RESULTS_BEST).read_text())
+    assert [s["snapshot"] for s in results["snapshots"]] == ["model_2000", "model_4000", "model_6000"]
+
+
+def test_best_mode_gives_up_on_a_snapshot_folder_that_never_appears(tmp_path, monkeypatch, capsys):
+    cfg, _ = base_cfg(tmp_path)
+    folder = tmp_path / "run"
+    cfg.TEST.MODE, cfg.TEST.SNAPSHOT_DIR = "best", (str(folder),)
+    cfg.TEST.WAIT_MODEL, cfg.TEST.WAIT_TIMEOUT = True, 30
+    fake_clock(monkeypatch)
+    lines = user_error(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "wait.yml"))], capsys)
+    assert lines == [f"error: gave up waiting for {folder} after 30 s (TEST.WAIT_TIMEOUT)"]
+    assert not folder.exists()
+
+
 def test_best_mode_without_waiting_skips_missing_snapshots(tmp_path, caplog, capsys):
     cfg, folder = best_cfg(tmp_path, iterations=(2000, 6000))
     with caplog.at_level(logging.INFO):
@@ -544,11 +585,27 @@ def test_missing_snapshot_folder_is_one_line_exit_2_from_the_script(tmp_path):
     cfg, _ = base_cfg(tmp_path)
     cfg.TEST.MODE = "best"
     cfg.TEST.SNAPSHOT_DIR = (str(tmp_path / "nowhere"),)
+    cfg.TEST.WAIT_MODEL = False
     path = write_cfg_yaml(cfg, tmp_path / "missing.yml")
     result = subprocess.run([sys.executable, str(SCRIPT), "--cfg", str(path)], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert errors == [f"error: snapshot folder {tmp_path / 'nowhere'} not found (TEST.SNAPSHOT_DIR)"]
+
+
+def test_a_label_with_a_foreign_id_or_of_the_wrong_size_is_one_line_naming_it(tmp_path, capsys):
+    checkpoint = save_tiny(tmp_path / "model.pth", seed=5)
+    cfg, written = single_cfg(tmp_path, [checkpoint])
+    path = write_cfg_yaml(cfg, tmp_path / "single.yml")
+    val = written["val"]
+    ids = val.labels[1].astype(np.uint8)
+    ids[0, 0] = 200  # no Cityscapes label id
+    Image.fromarray(ids).save(val.label_paths[1])
+    lines = user_error(["--cfg", str(path)], capsys)
+    assert lines == [f"error: label {val.label_paths[1]} holds values [200] outside Cityscapes label ids 0..33"]
+    Image.fromarray(val.labels[1].astype(np.uint8)[:16]).save(val.label_paths[1])
+    lines = user_error(["--cfg", str(path)], capsys)
+    assert lines == [f"error: label {val.label_paths[1]} is 64x16 pixels, its image 64x32"]
 
 
 def test_missing_checkpoint_wrong_class_count_and_empty_list_are_one_line_errors(tmp_path, capsys):

@@ -129,7 +129,7 @@ def test_direct_loaders_and_ignored_ids(demo):
     source = GTA5DataSet(demo.source_root, demo.source_list, set="val", crop_size=SIZE)
     assert len(source) == 2
     target = CityscapesDataSet(demo.target_root, demo.target_list, set="val", crop_size=SIZE)
-    raw = target.read_label_ids(target.gt_label_path(target.img_ids[0]))
+    raw = np.asarray(target.open_label(target.gt_label_path(target.img_ids[0])))
     _, label, _, _ = target[0]
     assert (raw == EGO_VEHICLE).any()  # the target's ego hood: a label id mapped to 255
     assert (label[raw == EGO_VEHICLE] == 255).all()

@@ -21,6 +21,7 @@ from advent.domain_adaptation.train_UDA import train_domain_adaptation
 from advent.model.weights import file_sha256, read_checkpoint
 from advent.scripts import train as train_script
 from advent.utils.errors import UserError
+from advent.utils import serialization
 from advent.utils.output_dir import MANIFEST_NAME, _start_time, updating_manifest
 from advent.utils.runtime import run_main
 from fake_data import write_cfg_yaml
@@ -264,10 +265,10 @@ def test_a_full_disk_at_the_start_names_the_file(tmp_path, capsys, monkeypatch):
     cfg, _ = tiny_cfg(tmp_path, "SourceOnly", iters=2)
     path = write_cfg_yaml(cfg, tmp_path / "run.yml")
 
-    def full(data, file, writer=None):  # as a buffered write whose flush fails: the error names no file
+    def full(data, file, **kwargs):  # as a buffered write whose flush fails: the error names no file
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint, "yaml_dump", full)
+    monkeypatch.setattr(serialization.yaml, "safe_dump", full)
     assert train_py(["--cfg", str(path)], capsys) == (2, [
         f"error: {Path(cfg.TRAIN.SNAPSHOT_DIR) / 'config.yml'}: No space left on device"])
 

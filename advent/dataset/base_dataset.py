@@ -6,6 +6,8 @@ An item is `(image, label, shape, name)`, as in the original ADVENT loaders:
          (no /255, no std, no crop, no flip);
   label  int64 H x W of train ids (255 = ignored): resized with PIL nearest to the
          label size BEFORE the ids are mapped; all 255 when the dataset has no labels;
+         a ground-truth file must hold only the dataset's ids (`expected_label_ids`) and be
+         its image's size (unless LABEL_SIZE_MAY_DIFFER), else a UserError naming it;
   shape  np.array(image.shape);
   name   the list entry.
 User mistakes (missing root, list or files, undecodable files) raise a one-line UserError.
@@ -13,6 +15,7 @@ User mistakes (missing root, list or files, undecodable files) raise a one-line 
 import logging
 import os
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +148,7 @@ class BaseDataset(data.Dataset):
     INFO_PATH = INFO_PATH
     RAW_LABEL_IDS = tuple(range(34))  # the Cityscapes label ids
     RAW_LABEL_DESCRIPTION = "Cityscapes label ids 0..33"
+    LABEL_SIZE_MAY_DIFFER = False  # whether a label may differ in size from its image (GTA5)
 
     def __init__(self, root, list_path="", set=None, max_iters=None, crop_size=(321, 321),
                  mean=(128, 128, 128), load_labels=True, info_path=None, labels_size=None,
@@ -227,23 +231,23 @@ class BaseDataset(data.Dataset):
 
     def __getitem__(self, index):
         img_file, label_file, name = self.files[index]
-        image = self.get_image(img_file)
+        picture = open_image(img_file)
+        image = self.get_image(picture)
         if not self.has_labels:
             label = np.full(self.labels_size[::-1], IGNORE_LABEL, dtype=np.int64)
+        elif self.pseudo_label_dir:
+            label = self.get_pseudo_label(label_file)
         else:
-            label = (self.get_pseudo_label if self.pseudo_label_dir else self.get_label)(label_file)
+            label = self.get_label(label_file, picture.size)
         return image, label, np.array(image.shape), name
 
-    def get_image(self, path):
-        return preprocess(rgb_pixels(open_image(path), self.image_size), self.mean)
+    def get_image(self, picture):
+        """The opened image file `picture` preprocessed at the input size."""
+        return preprocess(rgb_pixels(picture, self.image_size), self.mean)
 
     def open_label(self, path):
         """The raw ids of a label file as an 8-bit PIL image ('L' or 'P')."""
         return open_label(path)
-
-    def read_label_ids(self, path):
-        """The raw ids of a label file, full size and unmapped (check_data samples these)."""
-        return np.asarray(self.open_label(path), dtype=np.uint8)
 
     def expected_label_ids(self):
         """(allowed raw values, description) of this dataset's label files."""
@@ -252,9 +256,36 @@ class BaseDataset(data.Dataset):
             return ids, f"train ids 0..{self.num_classes - 1} and 255"
         return self.RAW_LABEL_IDS, self.RAW_LABEL_DESCRIPTION
 
-    def get_label(self, path):
-        """The ground truth as train ids."""
-        return self.label_lookup[resize_ids(self.open_label(path), self.labels_size)]
+    @cached_property
+    def allowed_label_ids(self):
+        """256 booleans: which raw values the label files may hold (`expected_label_ids`)."""
+        allowed = np.zeros(256, dtype=bool)
+        allowed[list(self.expected_label_ids()[0])] = True
+        return allowed
+
+    def unexpected_label_ids(self, label):
+        """The values of `label` (an opened 8-bit label image) outside `expected_label_ids`,
+        ascending (from PIL's histogram: no copy of the pixels)."""
+        counts = np.asarray(label.histogram()[:256])
+        return np.flatnonzero((counts > 0) & ~self.allowed_label_ids)
+
+    def checked_label(self, path, image_size):
+        """The ground-truth label file at `path` opened (open_label), holding only the dataset's ids
+        and fitting its image's size `image_size`; else a UserError naming it (check_data.py
+        applies the same rules to a sample before a run)."""
+        label = self.open_label(path)
+        outside = self.unexpected_label_ids(label)
+        if outside.size:
+            raise UserError(f"label {path} holds values {outside[:8].tolist()} outside "
+                            f"{self.expected_label_ids()[1]}")
+        if label.size != tuple(image_size) and not self.LABEL_SIZE_MAY_DIFFER:
+            raise UserError(f"label {path} is {label.size[0]}x{label.size[1]} pixels, its image "
+                            f"{image_size[0]}x{image_size[1]}")
+        return label
+
+    def get_label(self, path, image_size):
+        """The ground truth (checked against its image's size `image_size`) as train ids."""
+        return self.label_lookup[resize_ids(self.checked_label(path, image_size), self.labels_size)]
 
     def get_pseudo_label(self, path):
         """Train ids as written by esl.py: resized, not mapped; other values are a UserError."""

@@ -11,6 +11,7 @@ from advent.dataset.base_dataset import BaseDataset
 class GTA5DataSet(BaseDataset):
     DATASET = "GTA5"
     LAYOUT = "images/NNNNN.png and labels/NNNNN.png"
+    LABEL_SIZE_MAY_DIFFER = True  # both are resized
 
     def get_metadata(self, name):
         return self.root / "images" / name, self.root / "labels" / name

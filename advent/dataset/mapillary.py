@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from advent.dataset.base_dataset import BaseDataset, open_image, preprocess, read_list, resize_ids, \
-    rgb_pixels
+from advent.dataset.base_dataset import BaseDataset, preprocess, read_list, resize_ids, rgb_pixels
 from advent.dataset.class_info import IGNORE_LABEL, INFO7_PATH
 from advent.utils.errors import UserError
 
@@ -138,13 +137,12 @@ class MapillaryDataSet(BaseDataset):
         count = len(read_mapillary_labels(self.root))
         return tuple(range(count)), f"the {count} class indices of config.json"
 
-    def get_image(self, path):
-        image = open_image(path)
-        pixels = rgb_pixels(image, fit_size(image.size, self.image_size))
+    def get_image(self, picture):
+        pixels = rgb_pixels(picture, fit_size(picture.size, self.image_size))
         return preprocess(pad_to(pixels, self.image_size, 0.0), self.mean)  # black, then minus mean
 
-    def get_label(self, path):
-        image = self.open_label(path)
+    def get_label(self, path, image_size):
+        image = self.checked_label(path, image_size)
         if self.native_labels:
             ids, size = np.asarray(image, dtype=np.uint8), padded_size(image.size, self.image_size)
         else:

@@ -103,9 +103,10 @@ def expected_snapshots(step, max_iter):
 
 
 def wait_for_file(path, timeout, section):
-    """Return once `path` exists, saying once that we wait; a UserError after `timeout` seconds.
-    `section` ('TEST' or 'ESL') names the WAIT_MODEL / WAIT_TIMEOUT keys in the messages. An
-    existing snapshot is complete: the trainer renames a finished temporary file into place."""
+    """Return once `path` (a file or a folder) exists, saying once that we wait; a UserError after
+    `timeout` seconds. `section` ('TEST' or 'ESL') names the WAIT_MODEL / WAIT_TIMEOUT keys in the
+    messages. An existing snapshot is complete: the trainer renames a finished temporary file
+    into place."""
     path = Path(path)
     if path.exists():
         return
@@ -123,25 +124,9 @@ def wait_for_file(path, timeout, section):
 
 def torch_save_atomic(obj, path):
     """torch.save through a temporary file + fsync + rename (atomic_path, recorded as train.py's
-    in the folder's manifest); a failed write raises the OSError behind it, naming `path` (`writing`)."""
-    with writing(path), atomic_path(path, WRITER) as tmp, open(tmp, "wb") as f:
+    in the folder's manifest); a failed write raises the OSError behind it, naming `path`."""
+    with atomic_path(path, WRITER) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
-
-
-@contextmanager
-def writing(path):
-    """For a block that writes `path`: a file-system failure (a full disk) raises the OSError behind
-    it, naming `path` (torch.save raises a RuntimeError with the OSError only as its context, and
-    a failed write or flush of an open file names no file)."""
-    try:
-        yield
-    except (OSError, RuntimeError) as error:
-        cause = error
-        while cause is not None and not (isinstance(cause, OSError) and cause.errno):
-            cause = cause.__cause__ or cause.__context__
-        if cause is None:
-            raise
-        raise OSError(cause.errno, cause.strerror, str(path)) from error
 
 
 def cpu_state_dict(module):
@@ -323,12 +308,10 @@ class Checkpointer:
         if self.saved is not None:
             set_rng_state(self.saved["rng"])
         if is_main_process():
-            with writing(self.folder / "config.yml"):
-                yaml_dump(cfg_to_dict(self.cfg), self.folder / "config.yml", WRITER)
+            yaml_dump(cfg_to_dict(self.cfg), self.folder / "config.yml", WRITER)
             record = {**build_run_record("train", cfg_to_dict(self.cfg), device, self.weights),
                       "processes": get_world_size()}
-            with writing(self.folder):
-                write_run_record(self.folder, record, WRITER)
+            write_run_record(self.folder, record, WRITER)
         return 0 if self.saved is None else self.saved["iteration"]
 
     def save(self, n_iter, snapshot=True):

@@ -23,6 +23,7 @@ single process finds; each writes its own images' labels into the shared staging
 report's counts are summed too, and the main process alone writes the report and swaps the
 staging folder in (after all have finished).
 """
+import io
 import logging
 import os
 import shutil
@@ -44,7 +45,7 @@ from advent.utils.distributed import (
     get_rank, is_main_process, shard_batches, sum_over_processes,
 )
 from advent.utils.errors import UserError
-from advent.utils.output_dir import FolderReplacement, prepare_folder
+from advent.utils.output_dir import FolderReplacement, prepare_folder, writing
 from advent.utils.run_record import write_run_record
 from advent.utils.serialization import json_dump
 from advent.utils.viz_segmask import save_png
@@ -77,9 +78,15 @@ class MapSpill:
         self.folder.mkdir()
 
     def put(self, index, label, score, gt):
-        with open(self.folder / f"{index}.npy", "wb") as f:
-            for array in (label, score, gt):
-                np.save(f, array)
+        """Spill one image's maps. They are written as one block of bytes: numpy's own writes to a
+        file lose the cause of a failure (a full disk gives 'N requested and M written'), a
+        plain write raises the OSError behind it, here naming the file (`writing`)."""
+        block = io.BytesIO()
+        for array in (label, score, gt):
+            np.save(block, array)
+        path = self.folder / f"{index}.npy"
+        with writing(path), open(path, "wb") as f:
+            f.write(block.getbuffer())
 
     def get(self, index):
         with open(self.folder / f"{index}.npy", "rb") as f:

@@ -4,10 +4,10 @@ single  the models of TEST.RESTORE_FROM; several make an ensemble whose output i
         TEST.MODEL_WEIGHT[i] times model i's upsampled main logits (as the original).
 best    every snapshot model_{k}.pth in TEST.SNAPSHOT_DIR[0], k = SNAPSHOT_STEP, 2 * SNAPSHOT_STEP,
         ... up to and including SNAPSHOT_MAXITER (checkpoint.expected_snapshots). TEST.WAIT_MODEL
-        waits for snapshots the trainer has not written yet (at most TEST.WAIT_TIMEOUT seconds
-        each); otherwise missing ones are skipped. Each snapshot's confusion matrix is cached in
-        <snapshot dir>/test_cache.json under its SHA-256 and every evaluation setting, so a
-        re-run evaluates only what changed. Both the last snapshot and the best one are
+        waits for the snapshot folder and the snapshots the trainer has not written yet (at most
+        TEST.WAIT_TIMEOUT seconds each); otherwise missing ones are skipped. Each snapshot's
+        confusion matrix is cached in <snapshot dir>/test_cache.json under its SHA-256 and every
+        evaluation setting, so a re-run evaluates only what changed. Both the last snapshot and the best one are
         reported: picking the best on the validation set is an oracle selection (as the papers).
 
 Per image, on the model's device (advent.model.inference): main logits of the INPUT_SIZE image
@@ -219,13 +219,17 @@ def eval_single(cfg, device, cfg_path="", argv=None):
 # --- 'best' mode ---
 
 def snapshot_dir_of(cfg):
-    """TEST.SNAPSHOT_DIR[0], checked to hold a snapshot to evaluate (or, TEST.WAIT_MODEL, to exist)."""
+    """TEST.SNAPSHOT_DIR[0], checked to hold a snapshot to evaluate, or with TEST.WAIT_MODEL to
+    exist: waited for (TEST.WAIT_TIMEOUT) when the trainer has not created it yet. It is never
+    created here: the results and the cache go into the trainer's folder."""
     folder = Path(cfg.TEST.SNAPSHOT_DIR[0])
-    if not folder.is_dir():
-        raise UserError(f"snapshot folder {folder} not found (TEST.SNAPSHOT_DIR)")
     if len(cfg.TEST.MODEL) != 1:
         raise UserError(f"'best' mode evaluates one model per snapshot, but TEST.MODEL lists "
                         f"{len(cfg.TEST.MODEL)}; use 'single' mode for an ensemble")
+    if cfg.TEST.WAIT_MODEL:
+        wait_for_file(folder, cfg.TEST.WAIT_TIMEOUT, "TEST")
+    if not folder.is_dir():
+        raise UserError(f"snapshot folder {folder} not found (TEST.SNAPSHOT_DIR)")
     expected = expected_snapshots(cfg.TEST.SNAPSHOT_STEP, cfg.TEST.SNAPSHOT_MAXITER)
     if not cfg.TEST.WAIT_MODEL and not any(model_snapshot_path(folder, n).exists() for n in expected):
         raise no_snapshot(cfg, folder)

@@ -4,11 +4,13 @@
 
 For the source, each target split the config uses (TRAIN / TEST / ESL.SET_TARGET) and the
 pseudo-label folder when set: the layout, listed vs present files (one directory listing per
-folder), label values and image/label sizes on an evenly spaced sample, and which splits have
+folder), label values and image/label sizes on an evenly spaced sample (the rules by which the
+loaders stop train.py, esl.py and test.py at such a file), and which splits have
 labels against which need them (training: none; test: required; esl: optional, for its
 quality report only). Exit code 0: all well; 1: problems found (listed last); 2: a user
 error such as a bad config file.
 """
+import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
 import argparse
 import sys
 from dataclasses import dataclass, field
@@ -84,9 +86,10 @@ def count_files(dataset, names, path_of, what, title, report, required=True):
 
 
 def check_label_values(dataset, names, title, report):
-    """Decode a sample of label files; values outside the dataset's id set are a problem."""
+    """Decode a sample of label files; values outside the dataset's id set are a problem (the
+    loader's rule: `unexpected_label_ids`, which stops test.py, esl.py and train.py at such a file)."""
     try:
-        allowed, description = dataset.expected_label_ids()
+        _, description = dataset.expected_label_ids()
     except UserError as error:
         report.problem(f"{title}: {error}")
         return
@@ -94,11 +97,10 @@ def check_label_values(dataset, names, title, report):
     for name in names:
         path = dataset.label_path(name)
         try:
-            values = np.unique(dataset.read_label_ids(path))
+            outside = dataset.unexpected_label_ids(dataset.open_label(path))
         except UserError as error:
             report.problem(f"{title}: {error}")
             continue
-        outside = np.setdiff1d(values, np.asarray(allowed))
         if outside.size:
             bad.append((path, outside))
     if bad:
@@ -109,8 +111,9 @@ def check_label_values(dataset, names, title, report):
         report.add(f"  label values: {len(names)} sampled files hold only {description}")
 
 
-def check_sizes(dataset, names, title, report, harmless=False):
-    """Image and label sizes (file headers) must agree; `harmless` for GTA5, whose loader resizes both."""
+def check_sizes(dataset, names, title, report):
+    """Image and label sizes (file headers) must agree, as the loader requires, except where it
+    allows a difference (LABEL_SIZE_MAY_DIFFER: GTA5, whose loader resizes both)."""
     try:
         pairs = [(n, image_size(dataset.image_path(n)), image_size(dataset.label_path(n), "label"))
                  for n in names]
@@ -120,7 +123,7 @@ def check_sizes(dataset, names, title, report, harmless=False):
     differ = [(n, a, b) for n, a, b in pairs if a != b]
     if not differ:
         report.add(f"  sizes: image and label agree in {len(pairs)} sampled pairs")
-    elif harmless:
+    elif dataset.LABEL_SIZE_MAY_DIFFER:
         report.add(f"  sizes: {len(differ)} of {len(pairs)} sampled pairs differ "
                    "(harmless: both are resized)")
     else:
@@ -129,7 +132,7 @@ def check_sizes(dataset, names, title, report, harmless=False):
                        f"first: {name} (image {a[0]}x{a[1]}, label {b[0]}x{b[1]})")
 
 
-def check_split(dataset, title, need, report, sample, harmless_sizes=False):
+def check_split(dataset, title, need, report, sample):
     """Images, ground-truth labels (as `need` demands), label values and sizes of one split."""
     names = list(dict.fromkeys(dataset.img_ids))
     report.add(f"  listed: {len(names)} (from {dataset.list_source()})")
@@ -144,7 +147,7 @@ def check_split(dataset, title, need, report, sample, harmless_sizes=False):
     both = evenly_spaced([n for n in images if n in labelled], sample)
     if both:
         check_label_values(dataset, both, title, report)
-        check_sizes(dataset, both, title, report, harmless_sizes)
+        check_sizes(dataset, both, title, report)
 
 
 def check_source(cfg, report, sample):
@@ -152,7 +155,7 @@ def check_source(cfg, report, sample):
     report.add(f"{title}: labels required")
     dataset = build(lambda: factory.get_source_dataset(cfg, check_files=False), title, report)
     if dataset is not None:
-        check_split(dataset, title, "required", report, sample, harmless_sizes=cfg.SOURCE == "GTA")
+        check_split(dataset, title, "required", report, sample)
 
 
 def target_uses(cfg):

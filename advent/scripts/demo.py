@@ -11,6 +11,7 @@ which it replaces as a whole once the new run is complete. The stages: advent/de
 Exit code 2 with one line on a user error (among them an --out holding files the project did not
 write, or in use by another demo).
 """
+import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
 import argparse
 import sys
 

@@ -11,9 +11,11 @@ Then train on them with train.py and the same config.
 
 PSEUDO_LABEL_DIRECTORY_TARGET is replaced as a whole, so it must be a new or empty folder or
 an earlier output of esl.py; a folder holding anything else (another script's output included)
-is refused. A second esl.py run
-into the same folder stops while the first holds it. Ctrl-C or a kill keeps the previous labels.
+is refused. A second esl.py run into the same folder stops while the first holds it. Ctrl-C or
+a kill keeps the previous labels; so does a full disk, which stops the run with one line naming
+the file (exit code 2).
 """
+import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
 import argparse
 import logging
 import os

@@ -7,6 +7,7 @@
 The files are in the real GTA5 and Cityscapes layouts (see advent.demo.synthetic); the
 config values that point at them are printed at the end, as YAML.
 """
+import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
 import argparse
 import sys
 import time

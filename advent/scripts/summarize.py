@@ -7,6 +7,7 @@ Takes results_single.json / results_best.json files, or folders searched for the
 results give two rows of figures: the last snapshot, and the best on val (an oracle selection,
 as in the papers). std is the sample standard deviation (n - 1); min and max give the range.
 """
+import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
 import argparse
 import sys
 from pathlib import Path

@@ -13,6 +13,7 @@ are shown).
 TEST.SAVE_PREDICTIONS replaces the predictions folder as a whole, all or nothing, and refuses
 one holding files the project did not write.
 """
+import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
 import argparse
 import sys
 

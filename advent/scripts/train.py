@@ -14,6 +14,7 @@ cannot be written and a full disk (the files written before stay intact); 128 + 
 after SIGINT / SIGTERM, with a train state saved for --resume.
 Under torchrun each process takes TRAIN.BATCH_SIZE_* images per iteration (README "Several GPUs").
 """
+import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
 import argparse
 import logging
 import os

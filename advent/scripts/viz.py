@@ -11,6 +11,7 @@ One PNG per image goes to --out (default EXP_ROOT_LOGS/viz/EXP_NAME), written be
 folder holds: its manifest lists the files viz.py wrote there (output_dir), which a later run may
 replace; a file of that name it did not write is refused with one line, before any model work.
 """
+import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
 import argparse
 import logging
 import sys

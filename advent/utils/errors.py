@@ -21,8 +21,9 @@ class UserError(Exception):
         super().__init__(message)
 
 
-# OSErrors that say what the user must fix about the file system, not a bug of ours
-FILE_SYSTEM_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+# OSErrors that say what the user must fix about the file system, not a bug of ours (EFBIG: a
+# file over the file system's or the process's size limit, e.g. 4 GiB on FAT32, `ulimit -f`)
+FILE_SYSTEM_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def file_system_fault(error):

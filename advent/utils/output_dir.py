@@ -249,6 +249,22 @@ def _is_gone(process):
 
 
 @contextlib.contextmanager
+def writing(path):
+    """For a block that writes `path`: a file-system failure (a full disk) raises the OSError behind
+    it, naming `path`. A failed write, flush or fsync of an open file names no file, and torch.save
+    raises a RuntimeError with the OSError only as its context."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        cause = error
+        while cause is not None and not (isinstance(cause, OSError) and cause.errno):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise OSError(cause.errno, cause.strerror, str(path)) from error
+
+
+@contextlib.contextmanager
 def atomic_path(path, writer=None):
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`, so a
     crash or a kill leaves `path` as it was, never a truncated file.
@@ -267,11 +283,11 @@ def atomic_path(path, writer=None):
             manifest.files[path.name] = writer
             manifest.temporary[tmp.name] = _process()
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        with writing(path):  # a full disk names `path`
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
@@ -376,8 +392,9 @@ def exclusive_lock(folder, what):
                             f"finish or write to another folder") from None
         holder = {"what": what, "pid": os.getpid(), "host": socket.gethostname(),
                   "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        with writing(path):  # a full disk: one line naming the lock file
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
         _HELD_LOCKS.add(fd)
         yield
     finally:

@@ -8,6 +8,7 @@ import torch
 
 from advent.utils.distributed import get_rank, is_main_process, leave_process_group, lost_another_process
 from advent.utils.errors import UserError, file_system_fault
+from advent.utils.startup import loud_interrupts
 
 
 def memory_format(channels_last):
@@ -35,8 +36,10 @@ def run_main(main, argv=None):
     Under torchrun each failing process says why in one line (the main process as "error: ...",
     the others naming their rank) and torchrun stops the rest; a process that loses contact with
     one that failed says so in one line (exit code 1). An error every process raised together
-    (`all_processes`, e.g. a diverged loss averaged over them) is said by the main process alone."""
+    (`all_processes`, e.g. a diverged loss averaged over them) is said by the main process alone.
+    Ctrl-C before, while the script's imports load, is one line too (advent.utils.startup)."""
     try:
+        loud_interrupts()  # from here Ctrl-C is a KeyboardInterrupt, handled below or by `main`
         return main(argv)
     except (UserError, OSError) as error:
         line = str(error) if isinstance(error, UserError) else file_system_fault(error)
