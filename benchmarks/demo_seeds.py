@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from advent import PROJECT_ROOT
-from advent.scripts.demo import per_class_table
+from advent.demo.report import per_class_table
 from advent.utils.serialization import json_dump, json_load
 
 DEMO = PROJECT_ROOT / "advent" / "scripts" / "demo.py"

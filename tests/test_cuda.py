@@ -30,6 +30,7 @@ from advent.utils.cuda_flags import cuda_flags, set_cuda_flags
 from advent.utils.runtime import memory_format
 from advent.utils.serialization import json_load
 from fake_data import write_cfg_yaml
+from processes import HANG_GUARD_S
 from test_distributed import ENV, SCRIPTS, check, free_port, torchrun
 from test_esl import esl_config
 from test_eval import save_tiny, single_cfg
@@ -193,7 +194,7 @@ def test_an_nccl_process_group_of_one_process_runs_the_collectives_and_ddp_train
     (tmp_path / "nccl.py").write_text(NCCL_ONE_PROCESS)
     command = [sys.executable, str(tmp_path / "nccl.py"), str(write_cfg_yaml(cfg, tmp_path / "run.yml")),
                str(free_port())]
-    result = check(subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300))
+    result = check(subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=HANG_GUARD_S))
     assert np.isfinite(float(result.stdout.split()[-1]))
 
 

@@ -1,6 +1,6 @@
-"""The demo (advent/scripts/demo.py): the shipped demo configs, the --study oracles' configs and
-pseudo-labels, its output folder, and one --quick run of the whole pipeline whose table must be
-what the stages' results files say."""
+"""The demo (advent/scripts/demo.py, advent/demo/): the shipped demo configs, the --study oracles'
+configs and pseudo-labels, its output folder, and one --quick run of the whole pipeline whose
+table must be what the stages' results files say."""
 import importlib.util
 import re
 import subprocess
@@ -15,14 +15,15 @@ from PIL import Image
 from advent import PROJECT_ROOT
 from advent.config import cfg_to_dict, flat_items, get_key, load_config
 from advent.dataset import get_target_dataset, png_name
+from advent.demo import configs, oracle_labels, pictures, pipeline, report
 from advent.demo.synthetic import _demo_data, write_demo_data
-from advent.scripts import demo
 from advent.utils.errors import UserError
 from advent.utils.output_dir import MANIFEST_NAME, read_manifest
-from advent.utils.serialization import json_dump, json_load
+from advent.utils.serialization import json_dump, json_load, yaml_load
+from processes import HANG_GUARD_S
 
 pytestmark = pytest.mark.slow
-DEMO = Path(demo.__file__)
+DEMO = PROJECT_ROOT / "advent" / "scripts" / "demo.py"
 DATA_KEYS = ("DATA_DIRECTORY_SOURCE", "DATA_LIST_SOURCE", "DATA_DIRECTORY_TARGET", "DATA_LIST_TARGET")
 # EXP_ROOT and the folders derived from it
 OUTPUT_KEYS = ("EXP_ROOT", "EXP_ROOT_LOGS", "EXP_ROOT_SNAPSHOT", "TRAIN.SNAPSHOT_DIR", "TEST.SNAPSHOT_DIR",
@@ -39,13 +40,13 @@ def same(a, b):
 def test_shipped_configs_are_what_the_default_demo_runs():
     """With the default arguments, every value demo.py sets (data, outputs, seed, the earlier
     stages' final models) is already the shipped value: the configs run as they are by hand."""
-    run = SimpleNamespace(data=_demo_data(demo.DEFAULT_DATA.resolve() / "seed0", demo.DATA["size"], {}),
-                          seed=demo.DEFAULT_SEED, quick=False)
+    run = SimpleNamespace(data=_demo_data(pipeline.DEFAULT_DATA.resolve() / "seed0", pipeline.DATA["size"], {}),
+                          seed=pipeline.DEFAULT_SEED, quick=False)
     loaded = {}
-    for name in demo.CONFIGS:
-        shipped_path = demo.CONFIG_DIR / f"{name}.yml"
+    for name in configs.CONFIGS:
+        shipped_path = configs.CONFIG_DIR / f"{name}.yml"
         shipped = load_config(shipped_path)
-        settings = demo.run_settings(name, demo.yaml_load(shipped_path), run, demo.DEFAULT_OUT.resolve(), loaded)
+        settings = configs.run_settings(name, yaml_load(shipped_path), run, pipeline.DEFAULT_OUT.resolve(), loaded)
         assert "TRAIN.RESTORE_FROM" in settings or name == "source_only"
         for key, value in settings.items():
             expected = get_key(cfg_to_dict(shipped), key)
@@ -56,14 +57,14 @@ def test_shipped_configs_are_what_the_default_demo_runs():
 def test_quick_shortens_every_run_and_keeps_the_chain_consistent():
     run = SimpleNamespace(data=_demo_data(Path("/data/seed0"), (128, 64), {}), seed=3, quick=True)
     loaded = {}
-    for name in demo.CONFIGS:
-        data = demo.yaml_load(demo.CONFIG_DIR / f"{name}.yml")
-        settings = demo.run_settings(name, data, run, Path("/out"), loaded)
-        for key in demo.ITERATION_KEYS:
-            assert settings[key] == max(1, round(get_key(data, key) * demo.QUICK_SCALE))
+    for name in configs.CONFIGS:
+        data = yaml_load(configs.CONFIG_DIR / f"{name}.yml")
+        settings = configs.run_settings(name, data, run, Path("/out"), loaded)
+        for key in configs.ITERATION_KEYS:
+            assert settings[key] == max(1, round(get_key(data, key) * configs.QUICK_SCALE))
         assert settings["TRAIN.RANDOM_SEED"] == 3
         for key, value in settings.items():
-            demo.set_key(data, key, value)
+            configs.set_key(data, key, value)
         loaded[name] = SimpleNamespace(TRAIN=SimpleNamespace(
             SNAPSHOT_DIR=f"/out/snapshots/{data['EXP_NAME']}", EARLY_STOP=data["TRAIN"]["EARLY_STOP"],
             MAX_ITERS=data["TRAIN"]["MAX_ITERS"]))
@@ -77,15 +78,15 @@ def small_run(tmp_path, study=True):
     data = write_demo_data(tmp_path / "data", seed=0, num_source=2, num_source_val=1, num_target_train=3,
                            num_target_val=1, size=(32, 16))
     run = SimpleNamespace(data=data, work=tmp_path / "work", seed=0, quick=False, study=study)
-    written, loaded = demo.write_configs(run, tmp_path / "final")
+    written, loaded = configs.write_configs(run, tmp_path / "final")
     return run, written, loaded
 
 
 def test_study_oracles_retrain_as_esl_with_only_their_labels_and_names_changed(tmp_path):
     run, written, loaded = small_run(tmp_path)
-    assert list(written) == [*demo.CONFIGS, *demo.ORACLES]
+    assert list(written) == [*configs.CONFIGS, *configs.ORACLES]
     esl = dict(flat_items(cfg_to_dict(loaded["esl"])))
-    for name in demo.ORACLES:
+    for name in configs.ORACLES:
         oracle = dict(flat_items(cfg_to_dict(loaded[name])))
         changed = {key for key in esl if oracle[key] != esl[key]}
         # the labels, and the name of the run with the folders named after it
@@ -94,7 +95,7 @@ def test_study_oracles_retrain_as_esl_with_only_their_labels_and_names_changed(t
         assert Path(oracle["PSEUDO_LABEL_DIRECTORY_TARGET"]) == tmp_path / "final" / "pseudo_labels" / name
         assert Path(oracle["TRAIN.SNAPSHOT_DIR"]) == tmp_path / "final" / "snapshots" / f"demo_{name}"
         assert f"moved to {tmp_path / 'final'}" in written[name].read_text()
-    assert list(small_run(tmp_path, study=False)[1]) == list(demo.CONFIGS)
+    assert list(small_run(tmp_path, study=False)[1]) == list(configs.CONFIGS)
 
 
 def test_oracle_labels_are_the_ground_truth_in_the_pseudo_label_format(tmp_path):
@@ -111,8 +112,8 @@ def test_oracle_labels_are_the_ground_truth_in_the_pseudo_label_format(tmp_path)
         kept[rng.random(gt.shape) < 0.5] = 255
         Image.fromarray(kept).save(kept_dir / png_name(name))
         truth[name] = gt, kept
-    folders = [Path(loaded[name].PSEUDO_LABEL_DIRECTORY_TARGET) for name in demo.ORACLES]
-    shares = demo.write_oracle_labels(dataset, kept_dir, *folders)
+    folders = [Path(loaded[name].PSEUDO_LABEL_DIRECTORY_TARGET) for name in configs.ORACLES]
+    shares = oracle_labels.write_oracle_labels(dataset, kept_dir, *folders)
 
     pixels = sum(gt.size for gt, _ in truth.values())
     all_dir, coverage_dir = folders
@@ -127,7 +128,7 @@ def test_oracle_labels_are_the_ground_truth_in_the_pseudo_label_format(tmp_path)
     assert shares[all_dir] == sum(np.count_nonzero(gt != 255) for gt, _ in truth.values()) / pixels
     assert shares[coverage_dir] == sum(np.count_nonzero((gt != 255) & (k != 255)) for gt, k in truth.values()) / pixels
     # train.py's loader reads them as the target labels
-    for name, folder in zip(demo.ORACLES, folders):
+    for name, folder in zip(configs.ORACLES, folders):
         assert read_manifest(folder) == {png_name(n) for n in truth}
         train_set = get_target_dataset(loaded[name], "train")
         for index in range(len(train_set)):
@@ -140,8 +141,8 @@ def test_oracle_labels_are_the_ground_truth_in_the_pseudo_label_format(tmp_path)
 def old_demo_folder(path):
     """An output folder as the demo wrote it before the manifest."""
     (path / "snapshots" / "demo_esl").mkdir(parents=True)
-    (path / demo.RESULTS_NAME).write_text("{}")
-    (path / demo.OLD_MARKER).write_text("written by advent/scripts/demo.py\n")
+    (path / pipeline.RESULTS_NAME).write_text("{}")
+    (path / pipeline.OLD_MARKER).write_text("written by advent/scripts/demo.py\n")
     return path
 
 
@@ -152,21 +153,21 @@ def leftovers(out):
 
 def test_out_folder_is_replaced_whole_and_only_at_the_end(tmp_path):
     out = old_demo_folder(tmp_path / "demo")
-    with demo.staged_out(out) as work:
+    with pipeline.staged_out(out) as work:
         assert work.parent == tmp_path and work.name.startswith(".demo.partial-")
-        (work / demo.RESULTS_NAME).write_text('{"new": 1}')
+        (work / pipeline.RESULTS_NAME).write_text('{"new": 1}')
         assert (out / "snapshots").is_dir()  # the earlier results stay until the new ones are complete
-    assert sorted(p.name for p in out.iterdir()) == sorted([demo.RESULTS_NAME, MANIFEST_NAME])
-    assert read_manifest(out) == {demo.RESULTS_NAME}
+    assert sorted(p.name for p in out.iterdir()) == sorted([pipeline.RESULTS_NAME, MANIFEST_NAME])
+    assert read_manifest(out) == {pipeline.RESULTS_NAME}
     assert leftovers(out) == []
 
     with pytest.raises(RuntimeError):  # a crash: the earlier results as they were
-        with demo.staged_out(out) as work:
-            (work / demo.RESULTS_NAME).write_text('{"newer": 1}')
+        with pipeline.staged_out(out) as work:
+            (work / pipeline.RESULTS_NAME).write_text('{"newer": 1}')
             raise RuntimeError("crash")
-    assert (out / demo.RESULTS_NAME).read_text() == '{"new": 1}'
+    assert (out / pipeline.RESULTS_NAME).read_text() == '{"new": 1}'
     assert leftovers(out) == [work.name]
-    with demo.staged_out(out) as again:  # the next run removes what the crashed one left
+    with pipeline.staged_out(out) as again:  # the next run removes what the crashed one left
         assert leftovers(out) == [again.name]
     assert leftovers(out) == []
 
@@ -176,26 +177,26 @@ def test_out_folder_with_foreign_files_or_in_use_is_refused(tmp_path):
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("keep")
     with pytest.raises(UserError, match="holds files this project did not write"):
-        with demo.staged_out(foreign):
+        with pipeline.staged_out(foreign):
             pass
     assert [p.name for p in foreign.iterdir()] == ["thesis.tex"] and [p.name for p in tmp_path.iterdir()] == ["mine"]
 
     out = old_demo_folder(tmp_path / "demo")  # the old demo's folder with a file of the user's
     (out / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match=r"notes\.txt"):
-        with demo.staged_out(out):
+        with pipeline.staged_out(out):
             pass
     assert (out / "notes.txt").read_text() == "mine"
 
-    with demo.staged_out(tmp_path / "new"):
+    with pipeline.staged_out(tmp_path / "new"):
         with pytest.raises(UserError, match="in use by another run"):
-            with demo.staged_out(tmp_path / "new"):
+            with pipeline.staged_out(tmp_path / "new"):
                 pass
 
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(UserError, match="is not a folder"):
-        with demo.staged_out(a_file):
+        with pipeline.staged_out(a_file):
             pass
 
 
@@ -211,11 +212,11 @@ def test_bad_out_is_one_line_and_exit_2(tmp_path):
 
 def seed_results(mious, esl_accuracy, mpsl_accuracy):
     """A demo_results.json of a --study run, as far as demo_seeds.py reads it."""
-    models = {key: {"name": demo.MODELS[key], "mIoU": value, "per_class": {"road": value + 10, "pole": None}}
+    models = {key: {"name": report.MODELS[key], "mIoU": value, "per_class": {"road": value + 10, "pole": None}}
               for key, value in mious.items()}
-    labels = {key: {"name": demo.LABELS[key], "kept_fraction": 0.5, "accuracy_kept": accuracy, "mIoU_kept": 0.5}
+    labels = {key: {"name": report.LABELS[key], "kept_fraction": 0.5, "accuracy_kept": accuracy, "mIoU_kept": 0.5}
               for key, accuracy in (("esl", esl_accuracy), ("mpsl", mpsl_accuracy))}
-    labels["oracle_all"] = {"name": demo.LABELS["oracle_all"], "kept_fraction": 0.94}
+    labels["oracle_all"] = {"name": report.LABELS["oracle_all"], "kept_fraction": 0.94}
     return {"models": models, "pseudo_labels": labels}
 
 
@@ -244,7 +245,7 @@ def test_demo_seeds_reports_each_gap_per_seed_with_its_spread():
                    "ESL retrain >= MPSL retrain": 1}
     means = seeds.mean_models(runs)
     assert means["esl"] == {"mIoU": 32.5, "per_class": {"road": 42.5, "pole": None}}
-    table = demo.per_class_table(means)  # the class no model has is left out
+    table = report.per_class_table(means)  # the class no model has is left out
     assert re.search(r"^  road .* \+11\.00 +\+2\.50 +\+0\.00$", table, flags=re.M) and "pole" not in table
 
 
@@ -273,9 +274,9 @@ def quick_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo_quick")
     out = root / "out"
     result = subprocess.run([sys.executable, str(DEMO), "--quick", "--seed", "1", "--out", str(out),
-                             "--data", str(root / "data")], capture_output=True, text=True, timeout=900)
+                             "--data", str(root / "data")], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr[-3000:]
-    return out, result.stdout, json_load(out / demo.RESULTS_NAME)
+    return out, result.stdout, json_load(out / pipeline.RESULTS_NAME)
 
 
 def test_quick_demo_runs_every_stage_and_prints_the_table(quick_run):
@@ -303,33 +304,33 @@ def test_quick_demo_numbers_come_from_the_results_files(quick_run):
         assert Path(entry["results_file"]).parts[:2] == ("snapshots", f"demo_{name}")
         assert (out / entry["snapshot"]).is_file()
     for name, entry in results["pseudo_labels"].items():
-        report = json_load(out / entry["report_file"])
-        assert entry["kept_fraction"] == report["kept_fraction"]
-        assert entry["accuracy_kept"] == report["accuracy_kept"]
+        written = json_load(out / entry["report_file"])
+        assert entry["kept_fraction"] == written["kept_fraction"]
+        assert entry["accuracy_kept"] == written["accuracy_kept"]
         # no floor (ESL) and no cap (MPSL): each class keeps its better half, so about half of all
-        assert abs(report["kept_fraction"] - 0.5) < 0.01
+        assert abs(written["kept_fraction"] - 0.5) < 0.01
     assert results["pseudo_labels"]["esl"]["method"] == "entropy"
     assert results["pseudo_labels"]["mpsl"]["method"] == "maxprob"
 
 
 def test_quick_demo_writes_configs_pictures_and_logs(quick_run):
     out, _, results = quick_run
-    for name in demo.CONFIGS:
+    for name in configs.CONFIGS:
         text = (out / "configs" / f"{name}.yml").read_text()
         # the configs name the final folder: the earlier models they load are there
         cfg = load_config(out / "configs" / f"{name}.yml")
         assert Path(cfg.EXP_ROOT) == out and (name == "source_only" or Path(cfg.TRAIN.RESTORE_FROM).is_file())
         changed = re.search(r"^# Keys it set to other values than the shipped file: (.*)$", text, flags=re.M)
         allowed = {"TRAIN.RANDOM_SEED", "PSEUDO_LABEL_DIRECTORY_TARGET", "TRAIN.RESTORE_FROM", "ESL.RESTORE_FROM",
-                   *demo.ITERATION_KEYS, *DATA_KEYS, *OUTPUT_KEYS}
+                   *configs.ITERATION_KEYS, *DATA_KEYS, *OUTPUT_KEYS}
         assert set(changed.group(1).split(", ")) <= allowed, name
-    pictures = [out / p for p in results["pictures"]]
-    assert len(pictures) == 2 * demo.NUM_PICTURES
-    for path in pictures:
+    files = [out / p for p in results["pictures"]]
+    assert len(files) == 2 * pictures.NUM_PICTURES
+    for path in files:
         with Image.open(path) as image:
-            assert image.mode == "RGB" and image.height >= 64 * demo.PICTURE_SCALE
+            assert image.mode == "RGB" and image.height >= 64 * pictures.PICTURE_SCALE
     for stage in ("source_only", "advent", "esl_labels", "mpsl_labels", "esl"):
         assert "$ python advent/scripts/" in (out / "logs" / f"demo_{stage}.log").read_text()
     # the run was built beside the folder and moved there whole: nothing left over, all in the manifest
-    assert read_manifest(out) == set(demo.OUTPUTS)
+    assert read_manifest(out) == set(pipeline.OUTPUTS)
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".out.partial-")] == []

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from advent.scripts import esl as esl_script
 from advent.utils.output_dir import MANIFEST_NAME, foreign_entries, lock_path, read_manifest
 from advent.utils.runtime import run_main
 from fake_data import write_cfg_yaml
+from processes import HANG_GUARD_S, ctrl_c_as_from_a_terminal, wait_for_files
 from test_esl import esl_config, run_esl
 
 KEY = "PSEUDO_LABEL_DIRECTORY_TARGET"
@@ -42,9 +42,8 @@ def leftovers(folder):
 
 
 def waiting_esl_script(marker, release):
-    """Python source of esl.py whose second pseudo-label write waits (for the file `release`,
-    at most 60 s) after creating `marker`: a signal or a second run lands mid-run, with the
-    staging folder half written."""
+    """Python source of esl.py whose second pseudo-label write waits for the file `release` after
+    creating `marker`: a signal or a second run lands mid-run, with the staging folder half written."""
     return f"""
 import sys, time
 from pathlib import Path
@@ -54,8 +53,8 @@ def waiting(*args, **kwargs):
     calls.append(1)
     if len(calls) == 2:
         Path({str(marker)!r}).touch()
-        deadline = time.time() + 60
-        while not Path({str(release)!r}).exists() and time.time() < deadline:
+        deadline = time.monotonic() + {HANG_GUARD_S}
+        while not Path({str(release)!r}).exists() and time.monotonic() < deadline:
             time.sleep(0.02)
     return original(*args, **kwargs)
 E.apply_thresholds = waiting
@@ -71,11 +70,9 @@ def start_waiting_esl(cfg_path, tmp_path):
     marker, release = tmp_path / "mid_run", tmp_path / "release"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
     process = subprocess.Popen([sys.executable, "-c", waiting_esl_script(marker, release), "--cfg", str(cfg_path)],
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not marker.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert marker.exists(), process.communicate(timeout=60)[1][-2000:]
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=ctrl_c_as_from_a_terminal)
+    wait_for_files([marker], process)
     return process, release
 
 
@@ -134,7 +131,7 @@ def test_a_killed_run_keeps_the_old_set_and_the_next_run_removes_its_leftover(tm
     [partial] = leftovers(tmp_path / "labels")
     assert list((tmp_path / partial).glob("*.png"))  # killed with the staging folder half written
     process.kill()
-    process.communicate(timeout=60)
+    process.communicate(timeout=HANG_GUARD_S)
     assert tree(tmp_path / "labels") == before
     assert leftovers(tmp_path / "labels") == [partial]
     assert esl_script.main(["--cfg", str(maxprob)]) == 0
@@ -147,7 +144,7 @@ def test_ctrl_c_exits_130_with_one_line_and_keeps_the_old_set(tmp_path):
     _, before, maxprob = earlier_output(tmp_path)
     process, _ = start_waiting_esl(maxprob, tmp_path)
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    _, err = process.communicate(timeout=HANG_GUARD_S)
     assert process.returncode == 130, err[-2000:]
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == "interrupted (Ctrl-C); what was complete before is kept"
@@ -163,7 +160,7 @@ def test_a_second_run_into_a_folder_in_use_stops_with_one_line(tmp_path, capsys)
         code, lines = esl_exit(cfg, tmp_path / "second.yml", capsys)
     finally:
         release.touch()
-        _, err = process.communicate(timeout=120)
+        _, err = process.communicate(timeout=HANG_GUARD_S)
     assert code == 2 and len(lines) == 1
     assert lines[0].startswith(f"error: {tmp_path / 'labels'} is in use by another run (esl.py, pid {process.pid} ")
     assert process.returncode == 0, err[-2000:]
@@ -176,7 +173,7 @@ def test_files_that_appear_during_the_run_are_kept_and_the_swap_refused(tmp_path
     process, release = start_waiting_esl(maxprob, tmp_path)
     (tmp_path / "labels" / "notes.txt").write_text("mine")
     release.touch()
-    _, err = process.communicate(timeout=120)
+    _, err = process.communicate(timeout=HANG_GUARD_S)
     assert process.returncode == 2
     assert err.strip().splitlines()[-1].startswith(f"error: {KEY} {tmp_path / 'labels'} holds files this project "
                                                    f"did not write (notes.txt)")

@@ -7,7 +7,6 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -491,29 +490,19 @@ def test_best_mode_cache_is_reused_and_invalidated_by_file_or_setting_changes(tm
 
 def test_best_mode_waits_for_a_snapshot_then_evaluates_it(tmp_path, monkeypatch, caplog):
     cfg, folder = best_cfg(tmp_path, iterations=(2000, 4000), wait=True)
-    cfg.TEST.WAIT_TIMEOUT = 30
-    monkeypatch.setattr(snapshots, "POLL_SECONDS", 0.05)
-    model = tiny_model(6000)
-    waiting = threading.Event()
+    cfg.TEST.WAIT_TIMEOUT = 3600  # on the fake clock below: never reached
+    model, polls, clock = tiny_model(6000), [], [0.0]
 
-    def sleep(seconds):  # the tester's poll
-        waiting.set()
-        time.sleep(seconds)
+    def sleep(seconds):  # the tester's poll; the trainer writes model_6000.pth during its third
+        polls.append(seconds)
+        clock[0] += seconds
+        if len(polls) == 3:
+            torch_save_atomic(model.state_dict(), model_snapshot_path(folder, 6000))  # as train.py
 
-    monkeypatch.setattr(snapshots, "time", SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
-
-    def trainer():  # writes model_6000.pth (atomically, as train.py) once the tester waits for it
-        assert waiting.wait(timeout=60)
-        time.sleep(0.2)
-        torch_save_atomic(model.state_dict(), model_snapshot_path(folder, 6000))
-
-    thread = threading.Thread(target=trainer)
-    thread.start()
-    try:
-        with caplog.at_level(logging.INFO):
-            run_test(cfg, tmp_path)
-    finally:
-        thread.join()
+    monkeypatch.setattr(snapshots, "time", SimpleNamespace(monotonic=lambda: clock[0], sleep=sleep))
+    with caplog.at_level(logging.INFO):
+        run_test(cfg, tmp_path)
+    assert len(polls) == 3
     assert sum("waiting for model_6000.pth" in r.getMessage() for r in caplog.records) == 1
     results = json.loads((folder / RESULTS_BEST).read_text())
     assert [s["snapshot"] for s in results["snapshots"]] == ["model_2000", "model_4000", "model_6000"]

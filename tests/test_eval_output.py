@@ -19,6 +19,7 @@ from advent.utils import output_dir
 from advent.utils.errors import UserError
 from advent.utils.output_dir import MANIFEST_NAME, exclusive_lock, prepare_folder, read_manifest
 from fake_data import write_cfg_yaml, write_list
+from processes import HANG_GUARD_S
 from advent.scripts.test import main
 from test_eval import best_cfg, run_test, save_tiny, single_cfg, user_error
 
@@ -217,7 +218,7 @@ def test_a_killed_run_leaves_the_old_predictions_and_the_next_run_cleans_up(tmp_
               f"        os.kill(os.getpid(), signal.SIGKILL)\n"
               f"eval_output.save_png = dying\n"
               f"main(['--cfg', {str(path)!r}])\n")
-    result = subprocess.run([sys.executable, "-c", killed], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", killed], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     assert files_bytes(predictions) == before  # the complete earlier set
     partial = leftovers(predictions)

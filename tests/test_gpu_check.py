@@ -8,6 +8,7 @@ import pytest
 
 from advent import PROJECT_ROOT
 from advent.utils.serialization import json_load
+from processes import HANG_GUARD_S
 
 SCRIPT = PROJECT_ROOT / "benchmarks" / "gpu_check.py"
 STAGES = ["tests: -m cuda", "tests: fast suite", "speed: fp32", "speed: bf16", "speed: fp16",
@@ -40,7 +41,7 @@ def test_run_rate_and_the_aggregate_count_only_what_follows_the_warm_up():
 def test_dry_run_runs_every_step_and_writes_the_table(tmp_path):
     out, work = tmp_path / "check.json", tmp_path / "work"
     result = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out), "--work", str(work)],
-                            capture_output=True, text=True, timeout=900)
+                            capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = json_load(out)
     rows = {row["stage"]: row for row in table["rows"]}

@@ -70,3 +70,12 @@ def test_advent_modules_are_imported_at_module_top():
             if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef))
             for target, _ in advent_imports(function, modules)}
     assert not late, sorted(late)
+
+
+def test_utils_import_nothing_above_them():
+    """advent.utils is the bottom layer: its modules import only each other (and the package root)."""
+    modules = parsed_modules()
+    upward = {f"{name} imports {target}" for name, tree in modules.items() if name.startswith("advent.utils.")
+              for target, _ in advent_imports(tree, modules)
+              if target != "advent" and not target.startswith("advent.utils")}
+    assert not upward, sorted(upward)

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -16,6 +15,7 @@ from advent.utils.output_dir import (
     MANIFEST_NAME, FolderReplacement, atomic_path, check_complete, check_folder, check_names, exclusive_lock,
     foreign_entries, lock_path, prepare_folder, read_manifest, remove_own, remove_stale, updating_manifest,
 )
+from processes import HANG_GUARD_S
 
 
 def replace_with(final, files, writer="esl.py"):
@@ -243,17 +243,31 @@ def test_a_lock_file_name_the_project_did_not_write_is_not_overwritten(tmp_path)
     assert lock_path(tmp_path / "labels").read_text() == "the user's notes"
 
 
-def _hold_lock_code(folder, fork_child=False):
+def _hold_lock_code(folder, child_marker=None, release=None):
+    """Python source that holds the lock of `folder`, prints "locked" and waits for a line on
+    stdin; with `child_marker`, it forks a child instead and ends once the child has written its
+    pid to `child_marker`; the child lives on until the file `release` exists."""
     return textwrap.dedent(f"""
         import os, sys, time
+        from pathlib import Path
         from advent.utils.output_dir import exclusive_lock
+
+        def wait_for(path):
+            deadline = time.monotonic() + {HANG_GUARD_S}
+            while not path.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+
         with exclusive_lock({str(folder)!r}, "holder.py"):
-            if {fork_child!r} and os.fork() == 0:
-                time.sleep(10)
-                os._exit(0)
-            print("locked", flush=True)
-            if not {fork_child!r}:
+            if {child_marker is None!r}:
+                print("locked", flush=True)
                 sys.stdin.readline()
+            elif os.fork() == 0:
+                Path({str(child_marker)!r} + ".tmp").write_text(str(os.getpid()))
+                os.replace({str(child_marker)!r} + ".tmp", {str(child_marker)!r})
+                wait_for(Path({str(release)!r}))
+                os._exit(0)
+            else:
+                wait_for(Path({str(child_marker)!r}))
     """)
 
 
@@ -267,20 +281,18 @@ def test_a_second_holder_is_refused_with_the_first_ones_name(tmp_path):
             with exclusive_lock(folder, "test"):
                 pass
     finally:
-        holder.communicate("\n", timeout=30)
+        holder.communicate("\n", timeout=HANG_GUARD_S)
     with exclusive_lock(folder, "test"):  # released when its holder ended
         assert lock_path(folder).exists()
 
 
 def test_a_forked_child_does_not_keep_the_lock_after_its_parent_ends(tmp_path):
-    folder = tmp_path / "snapshots"
-    subprocess.run([sys.executable, "-c", _hold_lock_code(folder, fork_child=True)], check=True, timeout=30)
-    deadline = time.monotonic() + 5  # the child closes its copy right after the fork
-    while True:
-        try:
-            with exclusive_lock(folder, "test"):
-                break
-        except UserError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    folder, child, release = tmp_path / "snapshots", tmp_path / "child.pid", tmp_path / "release"
+    try:
+        subprocess.run([sys.executable, "-c", _hold_lock_code(folder, child, release)], check=True,
+                       timeout=HANG_GUARD_S)
+        os.kill(int(child.read_text()), 0)  # the child lives on, its copy of the lock closed as it began
+        with exclusive_lock(folder, "test"):
+            assert lock_path(folder).exists()
+    finally:
+        release.touch()

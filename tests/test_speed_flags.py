@@ -19,6 +19,7 @@ from advent.scripts import esl as esl_script
 from advent.scripts import test as test_script
 from advent.utils.serialization import json_load
 from fake_data import write_cfg_yaml
+from processes import HANG_GUARD_S
 from test_esl import esl_config
 from test_eval import base_cfg, reference_hist, save_tiny, single_cfg, tiny_model
 from test_train import interrupt_at, tiny_cfg
@@ -141,7 +142,7 @@ def test_train_speed_benchmark_runs_and_prints_ratios_to_fp32():
     result = subprocess.run([sys.executable, str(script), "--device", "cpu", "--models", "DeepLabv2-Tiny",
                              "--modes", "none", "bf16", "--channels-last", "--iters", "1", "--warmup", "1",
                              "--source-size", "64", "32", "--target-size", "64", "32", "--threads", "1"],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {line[16:40].strip(): line.split() for line in result.stdout.splitlines()
             if line.startswith("DeepLabv2-Tiny")}

@@ -9,6 +9,7 @@ import pytest
 
 from advent import PROJECT_ROOT
 from advent.utils import startup
+from processes import HANG_GUARD_S
 
 SCRIPTS = ("train", "esl", "test", "demo", "viz", "check_data", "summarize", "make_synthetic_data")
 # Runs the script at argv[1] as `python <script>` would, except that importing torch first says
@@ -40,7 +41,7 @@ def test_ctrl_c_while_the_imports_load_is_one_line_and_exit_130(name):
     try:
         assert process.stdout.readline() == "importing torch\n"
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
+        _, err = process.communicate(timeout=HANG_GUARD_S)
     finally:
         process.kill()
     assert process.returncode == 130, err

@@ -8,7 +8,6 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from advent.scripts import train as train_script
 from advent.utils.errors import UserError
 from advent.utils.runtime import run_main
 from fake_data import make_fake_cfg, write_cfg_yaml, write_pseudo_labels
+from processes import HANG_GUARD_S, train_script_stopped_at, wait_for_files
 
 CPU = torch.device("cpu")
 
@@ -374,41 +374,21 @@ def test_a_run_extended_by_a_larger_early_stop_equals_one_started_with_it(tmp_pa
                                 torch.load(Path(straight.TRAIN.SNAPSHOT_DIR) / name, weights_only=True), name)
 
 
-def slow_train_script(seconds):
-    """Python source of train.py with every training step `seconds` slower, so a signal can
-    land mid-run."""
-    return f"""
-import sys, time
-import advent.domain_adaptation.train_UDA as T
-original = T.train_step
-def slow_step(*args, **kwargs):
-    time.sleep({seconds})
-    return original(*args, **kwargs)
-T.train_step = slow_step
-from advent.scripts.train import main
-from advent.utils.runtime import run_main
-sys.argv[0] = "advent/scripts/train.py"
-run_main(main, sys.argv[1:])
-"""
-
-
 @pytest.mark.slow
 def test_sigterm_saves_a_state_that_resumes_and_finishes(tmp_path):
     cfg, _ = tiny_cfg(tmp_path / "run", "AdvEnt", iters=12, save_every=4)
     path = write_cfg_yaml(cfg, tmp_path / "run.yml")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
-    process = subprocess.Popen([sys.executable, "-c", slow_train_script(0.25), "--cfg", str(path)], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first = Path(cfg.TRAIN.SNAPSHOT_DIR) / "model_4.pth"
-    deadline = time.time() + 60
-    while not first.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    reached = tmp_path / "reached"
+    process = subprocess.Popen([sys.executable, "-c", train_script_stopped_at(5, reached), "--cfg", str(path)],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_files([f"{reached}.0"], process)  # in its sixth iteration, after the snapshot of 4
     process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
+    _, err = process.communicate(timeout=HANG_GUARD_S)
     assert process.returncode == 128 + signal.SIGTERM, err
     line = err.strip().splitlines()[-1]
-    [n_iter] = train_state_iterations(cfg.TRAIN.SNAPSHOT_DIR)
-    assert 4 <= n_iter < 12
+    n_iter = 6
+    assert train_state_iterations(cfg.TRAIN.SNAPSHOT_DIR) == [n_iter], err[-2000:]
     assert line.startswith(f"SIGTERM: stopped after {n_iter} iterations, train state saved to ")
     assert line.endswith(f"train_state_{n_iter}.pth; resume with: "
                          f"python advent/scripts/train.py --cfg {path} --resume")

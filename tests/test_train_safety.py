@@ -3,14 +3,12 @@ first train state restarts cleanly, folders that cannot be written and a full di
 errors that leave the files written before intact."""
 import errno
 import io
-import json
 import os
 import resource
 import signal
 import subprocess
 import socket
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,10 +22,11 @@ from advent.model.weights import file_sha256, read_checkpoint
 from advent.scripts import train as train_script
 from advent.utils.errors import UserError
 from advent.utils import serialization
-from advent.utils.output_dir import MANIFEST_NAME, _start_time, lock_path, updating_manifest
+from advent.utils.output_dir import MANIFEST_NAME, _start_time, updating_manifest
 from advent.utils.runtime import run_main
 from fake_data import write_cfg_yaml
-from test_train import assert_same_tensors, files_in, slow_train_script, tiny_cfg
+from processes import HANG_GUARD_S, train_script_stopped_at, wait_for_files
+from test_train import assert_same_tensors, files_in, tiny_cfg
 
 CPU = torch.device("cpu")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
@@ -51,30 +50,16 @@ def digests(folder):
 
 # --- one run per snapshot folder ---
 
-def wait_for_training(folder, pid, process, seconds=60):
-    """Wait until process `pid` holds the lock of `folder` and has written its first snapshot
-    (so it is in its training loop, where SIGTERM stops it with a train state)."""
-    deadline = time.time() + seconds
-    while time.time() < deadline and process.poll() is None:
-        try:
-            holder = json.loads(lock_path(folder).read_text() or "{}").get("pid")
-        except (OSError, ValueError):
-            holder = None
-        if holder == pid and (folder / "model_2.pth").exists():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the first run never trained in {folder}: {process.communicate()[1][-2000:]}")
-
-
 @pytest.mark.slow
 def test_a_second_run_into_a_busy_folder_stops_and_touches_nothing(tmp_path, capsys):
     cfg, _ = tiny_cfg(tmp_path / "run", "AdvEnt", iters=10, save_every=2)
     path = write_cfg_yaml(cfg, tmp_path / "run.yml")
     folder = Path(cfg.TRAIN.SNAPSHOT_DIR)
-    first = subprocess.Popen([sys.executable, "-c", slow_train_script(1.0), "--cfg", str(path)], cwd=tmp_path,
-                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reached = tmp_path / "reached"
+    first = subprocess.Popen([sys.executable, "-c", train_script_stopped_at(2, reached), "--cfg", str(path)],
+                             cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_training(folder, first.pid, first)
+        wait_for_files([f"{reached}.0"], first)  # training, under the lock, until it gets SIGTERM
         # as a temporary file of the first run (recorded as its own): the second must not remove it
         in_flight = folder / f".train_state_10.pth.{first.pid}-abcd1234.tmp"
         with updating_manifest(folder) as manifest:
@@ -91,7 +76,7 @@ def test_a_second_run_into_a_busy_folder_stops_and_touches_nothing(tmp_path, cap
         assert first.poll() is None  # undisturbed
     finally:
         first.send_signal(signal.SIGTERM)
-        _, err = first.communicate(timeout=60)
+        _, err = first.communicate(timeout=HANG_GUARD_S)
     assert first.returncode == 128 + signal.SIGTERM, err[-2000:]
     # the lock ends with its holder: the run resumes, and the stale temporary file goes
     assert train_py(["--cfg", str(path), "--resume"], capsys) == (0, [])
@@ -128,7 +113,7 @@ def test_resume_restarts_a_run_killed_in_its_first_train_state_from_zero(tmp_pat
     cfg = config()
     path = write_cfg_yaml(cfg, tmp_path / "run.yml")
     killed = subprocess.run([sys.executable, "-c", KILLED_IN_FIRST_TRAIN_STATE, "--cfg", str(path)],
-                            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+                            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     folder = Path(cfg.TRAIN.SNAPSHOT_DIR)
     assert files_in(folder) == ["model_2.pth", "model_2_D_aux.pth", "model_2_D_main.pth"]

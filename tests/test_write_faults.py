@@ -20,6 +20,7 @@ from advent.utils.runtime import run_main
 from advent.utils.serialization import atomic_path, json_dump
 from advent.utils.viz_segmask import save_png
 from fake_data import write_cfg_yaml
+from processes import HANG_GUARD_S
 from test_esl import esl_config
 from test_eval_output import predictions_cfg
 
@@ -88,7 +89,7 @@ def test_esl_whose_map_spill_hits_the_file_size_limit_is_one_line_naming_the_fil
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     result = subprocess.run([sys.executable, str(PROJECT_ROOT / "advent" / "scripts" / "esl.py"), "--cfg", str(path)],
-                            capture_output=True, text=True, timeout=300, preexec_fn=limited)
+                            capture_output=True, text=True, timeout=HANG_GUARD_S, preexec_fn=limited)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     pattern = rf"error: {re.escape(str(tmp_path))}/\.labels\.partial-\w+/\.spill-0/0\.npy: {os.strerror(errno.EFBIG)}"

@@ -309,7 +309,8 @@ class Checkpointer:
             set_rng_state(self.saved["rng"])
         if is_main_process():
             yaml_dump(cfg_to_dict(self.cfg), self.folder / "config.yml", WRITER)
-            record = {**build_run_record("train", self.cfg, device, self.weights), "processes": get_world_size()}
+            record = {**build_run_record("train", cfg_to_dict(self.cfg), device, self.weights),
+                      "processes": get_world_size()}
             write_run_record(self.folder, record, WRITER)
         return 0 if self.saved is None else self.saved["iteration"]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from advent.config import cfg_to_dict
 from advent.dataset import png_name
 from advent.utils.distributed import get_world_size, is_main_process
 from advent.utils.errors import UserError, file_system_fault
@@ -207,7 +208,7 @@ def write_outputs(folder, file_name, results, cfg, device, weights, argv):
         return
     path = Path(folder) / file_name
     json_dump(results, path, WRITER)
-    record = build_run_record("test", cfg, device, weights, argv)
+    record = build_run_record("test", cfg_to_dict(cfg), device, weights, argv)
     record.update(processes=get_world_size(), results_file=str(path))
     write_run_record(folder, record, WRITER)
     log.info("results written to %s", path)

@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 
-from advent.config import load_config
+from advent.config import cfg_to_dict, load_config
 from advent.dataset import get_target_dataset
 from advent.domain_adaptation.checkpoint import wait_for_file
 from advent.domain_adaptation.esl_UDA import format_report, generate_pseudo_labels, output_folder
@@ -77,7 +77,7 @@ def main(argv=None):
         join_process_group(device)
         record = None
         if is_main_process():
-            record = build_run_record("esl", cfg, device, [checkpoint])
+            record = build_run_record("esl", cfg_to_dict(cfg), device, [checkpoint])
             record["processes"] = get_world_size()
         log.info("ESL (%s) over %d images of '%s' -> %s", cfg.ESL.METHOD, len(dataset), cfg.ESL.SET_TARGET,
                  output_dir)

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from advent import PROJECT_ROOT
-from advent.config import cfg_to_dict
 from advent.utils.cuda_flags import cuda_flags
 from advent.utils.serialization import json_dump
 
@@ -48,9 +47,10 @@ def environment(device):
     }
 
 
-def build_run_record(kind, cfg, device, weights=(), argv=None):
-    """The record of a run of `kind` ('train', 'esl' or 'test'); `weights` are CheckpointInfo-like
-    objects (path, sha256, layout) of every weight file loaded."""
+def build_run_record(kind, config, device, weights=(), argv=None):
+    """The record of a run of `kind` ('train', 'esl' or 'test'); `config` is the resolved config
+    as plain data (advent.config.cfg_to_dict), `weights` are CheckpointInfo-like objects (path,
+    sha256, layout) of every weight file loaded."""
     commit, dirty = git_revision()
     return {
         "kind": kind,
@@ -61,7 +61,7 @@ def build_run_record(kind, cfg, device, weights=(), argv=None):
         "git_dirty": dirty,
         "environment": environment(device),
         "weights": [{"path": str(w.path), "sha256": w.sha256, "layout": w.layout} for w in weights],
-        "config": cfg_to_dict(cfg),
+        "config": config,
     }
 
 
