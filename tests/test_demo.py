@@ -18,7 +18,7 @@ from advent.dataset import get_target_dataset, png_name
 from advent.demo import configs, oracle_labels, pictures, pipeline, report
 from advent.demo.synthetic import _demo_data, write_demo_data
 from advent.utils.errors import UserError
-from advent.utils.output_dir import MANIFEST_NAME, read_manifest
+from advent.utils.output_dir import MANIFEST_NAME, foreign_entries, read_manifest
 from advent.utils.serialization import json_dump, json_load, yaml_load
 from processes import HANG_GUARD_S
 
@@ -129,7 +129,7 @@ def test_oracle_labels_are_the_ground_truth_in_the_pseudo_label_format(tmp_path)
     assert shares[coverage_dir] == sum(np.count_nonzero((gt != 255) & (k != 255)) for gt, k in truth.values()) / pixels
     # train.py's loader reads them as the target labels
     for name, folder in zip(configs.ORACLES, folders):
-        assert read_manifest(folder) == {png_name(n) for n in truth}
+        assert sorted(p.name for p in folder.iterdir()) == sorted(png_name(n) for n in truth)
         train_set = get_target_dataset(loaded[name], "train")
         for index in range(len(train_set)):
             _, label, _, image_name = train_set[index]
@@ -138,37 +138,27 @@ def test_oracle_labels_are_the_ground_truth_in_the_pseudo_label_format(tmp_path)
             assert np.array_equal(label, expected)
 
 
-def old_demo_folder(path):
-    """An output folder as the demo wrote it before the manifest."""
-    (path / "snapshots" / "demo_esl").mkdir(parents=True)
-    (path / pipeline.RESULTS_NAME).write_text("{}")
-    (path / pipeline.OLD_MARKER).write_text("written by advent/scripts/demo.py\n")
-    return path
-
-
 def leftovers(out):
-    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.") and
-                  not p.name.endswith(".lock"))
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial-"))
 
 
 def test_out_folder_is_replaced_whole_and_only_at_the_end(tmp_path):
-    out = old_demo_folder(tmp_path / "demo")
+    out = tmp_path / "demo"
+    with pipeline.staged_out(out) as work:
+        (work / "snapshots").mkdir()
     with pipeline.staged_out(out) as work:
         assert work.parent == tmp_path and work.name.startswith(".demo.partial-")
         (work / pipeline.RESULTS_NAME).write_text('{"new": 1}')
         assert (out / "snapshots").is_dir()  # the earlier results stay until the new ones are complete
     assert sorted(p.name for p in out.iterdir()) == sorted([pipeline.RESULTS_NAME, MANIFEST_NAME])
-    assert read_manifest(out) == {pipeline.RESULTS_NAME}
+    assert read_manifest(out).files == {pipeline.RESULTS_NAME: "demo.py"}
     assert leftovers(out) == []
 
-    with pytest.raises(RuntimeError):  # a crash: the earlier results as they were
+    with pytest.raises(RuntimeError):  # a crash: the earlier results as they were, no staging folder left
         with pipeline.staged_out(out) as work:
             (work / pipeline.RESULTS_NAME).write_text('{"newer": 1}')
             raise RuntimeError("crash")
     assert (out / pipeline.RESULTS_NAME).read_text() == '{"new": 1}'
-    assert leftovers(out) == [work.name]
-    with pipeline.staged_out(out) as again:  # the next run removes what the crashed one left
-        assert leftovers(out) == [again.name]
     assert leftovers(out) == []
 
 
@@ -181,7 +171,9 @@ def test_out_folder_with_foreign_files_or_in_use_is_refused(tmp_path):
             pass
     assert [p.name for p in foreign.iterdir()] == ["thesis.tex"] and [p.name for p in tmp_path.iterdir()] == ["mine"]
 
-    out = old_demo_folder(tmp_path / "demo")  # the old demo's folder with a file of the user's
+    out = tmp_path / "demo"  # an earlier demo's folder with a file of the user's
+    with pipeline.staged_out(out) as work:
+        (work / pipeline.RESULTS_NAME).write_text("{}")
     (out / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match=r"notes\.txt"):
         with pipeline.staged_out(out):
@@ -332,5 +324,6 @@ def test_quick_demo_writes_configs_pictures_and_logs(quick_run):
     for stage in ("source_only", "advent", "esl_labels", "mpsl_labels", "esl"):
         assert "$ python advent/scripts/" in (out / "logs" / f"demo_{stage}.log").read_text()
     # the run was built beside the folder and moved there whole: nothing left over, all in the manifest
-    assert read_manifest(out) == set(pipeline.OUTPUTS)
+    assert {name.split("/")[0] for name in read_manifest(out).files} == set(pipeline.OUTPUTS)
+    assert foreign_entries(out) == []
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".out.partial-")] == []
