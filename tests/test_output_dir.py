@@ -296,3 +296,19 @@ def test_a_forked_child_does_not_keep_the_lock_after_its_parent_ends(tmp_path):
             assert lock_path(folder).exists()
     finally:
         release.touch()
+
+
+def test_a_folder_that_existed_before_is_still_not_taken_over_by_another_script(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()  # made by the user, so its manifest names no owner
+    with atomic_path(folder / "model_2.pth", "train.py") as tmp:
+        tmp.write_text("weights")
+    assert read_manifest(folder).owner is None
+    with pytest.raises(UserError, match=r"^KEY .*run was written by train.py \(model_2.pth\); esl.py does not "
+                                        r"take over another script's folder"):
+        check_folder(folder, "esl.py", "KEY")
+    with atomic_path(folder / "results_best.json", "test.py") as tmp:
+        tmp.write_text("{}")
+    check_folder(folder, "train.py", "KEY", guests=("test.py",))  # test.py's results beside the run
+    with pytest.raises(UserError, match=r"was written by test.py \(results_best.json\)"):
+        check_folder(folder, "train.py", "KEY")

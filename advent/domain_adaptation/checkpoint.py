@@ -250,13 +250,13 @@ class Checkpointer:
         with ExitStack() as held:
             if is_main_process():
                 check_folder(folder, WRITER, SNAPSHOT_KEY, advice="change EXP_NAME / --exp-suffix or "
-                             "TRAIN.SNAPSHOT_DIR to a new or empty folder")
+                             "TRAIN.SNAPSHOT_DIR to a new or empty folder", guests=("test.py",))
                 prepare_folder(folder, WRITER, f"the snapshots ({SNAPSHOT_KEY})")
                 if logdir:
                     prepare_folder(logdir, WRITER, "the TensorBoard events (TRAIN.TENSORBOARD_LOGDIR)")
                     held.callback(record_new_entries, logdir, WRITER, set(tree_entries(logdir)))
                 held.enter_context(exclusive_lock(folder, WRITER))
-                check_folder(folder, WRITER, SNAPSHOT_KEY)  # no other run can change it now
+                check_folder(folder, WRITER, SNAPSHOT_KEY, guests=("test.py",))  # no other run can change it now
             yield
 
     def find(self, resume):

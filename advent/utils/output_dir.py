@@ -179,17 +179,20 @@ def prepare_folder(folder, writer, what):
     return folder
 
 
-def check_folder(folder, writer, key, advice="choose a new or empty folder"):
+def check_folder(folder, writer, key, advice="choose a new or empty folder", guests=()):
     """`writer` may write `folder` freely (replace it, or remove its own files in it): it does not
-    exist, or it was not created by another script and holds only what the project wrote.
-    Otherwise a UserError naming `key`, the folder, the other script or a foreign entry, and what
-    to do (`advice`)."""
+    exist, or it was not created by another script and holds only what `writer` (or one of the
+    scripts `guests`, which add their files beside its own) wrote there. Otherwise a UserError
+    naming `key`, the folder, the other script or a foreign entry, and what to do (`advice`)."""
     folder = Path(folder)
     if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
         raise UserError(f"{key} {folder} exists and is not a folder")
-    manifest = read_manifest(folder)
-    if manifest is not None and manifest.owner not in (None, writer):
-        raise UserError(f"{key} {folder} was written by {manifest.owner}; {writer} does not take over "
+    manifest = read_manifest(folder) or Manifest()
+    others = sorted(name for name, by in manifest.files.items() if by not in (writer, *guests))
+    if manifest.owner not in (None, writer) or others:
+        other = manifest.owner if manifest.owner not in (None, writer) else manifest.files[others[0]]
+        what = "" if manifest.owner not in (None, writer) else f" ({others[0]})"
+        raise UserError(f"{key} {folder} was written by {other}{what}; {writer} does not take over "
                         f"another script's folder: {advice}")
     foreign = foreign_entries(folder)
     if foreign:
