@@ -312,3 +312,19 @@ def test_a_folder_that_existed_before_is_still_not_taken_over_by_another_script(
     check_folder(folder, "train.py", "KEY", guests=("test.py",))  # test.py's results beside the run
     with pytest.raises(UserError, match=r"was written by test.py \(results_best.json\)"):
         check_folder(folder, "train.py", "KEY")
+
+
+def test_an_entry_recorded_by_an_enclosing_manifest_is_the_projects(tmp_path):
+    """The demo's folder: its manifest records the whole tree, while a subfolder's own manifest
+    records only the lock files a script put there."""
+    out = tmp_path / "out"
+    (out / "snapshots" / "run").mkdir(parents=True)
+    (out / "snapshots" / "run" / "model_2.pth").write_text("weights")
+    with updating_manifest(out / "snapshots") as manifest:
+        manifest.files[".run.lock"] = "train.py"
+    (out / "snapshots" / ".run.lock").write_text("")
+    with updating_manifest(out, owner="demo.py") as manifest:
+        manifest.files.update({name: "demo.py" for name in ("snapshots", "snapshots/run", "snapshots/run/model_2.pth")})
+    assert foreign_entries(out) == []
+    (out / "snapshots" / "run" / "notes.txt").write_text("mine")
+    assert foreign_entries(out) == ["snapshots/run/notes.txt"]

@@ -119,29 +119,35 @@ def updating_manifest(folder, owner=None):
 
 def foreign_entries(folder):
     """Relative paths of the entries under `folder` the project did not write, sorted: every entry
-    when it has no manifest. A recorded subfolder with a manifest of its own is judged by that one;
-    a foreign folder is named, not entered."""
+    when it has no manifest. An entry is the project's when the manifest of `folder` or of any
+    recorded subfolder on its way records it (a subfolder a script wrote keeps a manifest of its
+    own; the demo's records its whole tree); a foreign folder is named, not entered."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(_foreign(folder, read_manifest(folder) or Manifest(), Path(".")))
+    return sorted(_foreign(folder, set()))
 
 
-def _foreign(folder, manifest, relative):
-    known = set(manifest.files) | set(manifest.temporary)
-    found = []
-    for entry in os.scandir(folder / relative):
-        key = str(relative / entry.name)
-        if key in _RESERVED:
-            continue
-        if key not in known:
-            found.append(key)
-        elif key in manifest.files and entry.is_dir(follow_symlinks=False):
-            own = read_manifest(folder / key)
-            if own is None:
-                found += _foreign(folder, manifest, Path(key))
-            else:
-                found += [f"{key}/{name}" for name in _foreign(folder / key, own, Path("."))]
+def _foreign(folder, inherited):
+    """Foreign entries under `folder`, where `inherited` holds the paths (relative to it) that an
+    enclosing folder's manifest records."""
+    manifest = read_manifest(folder) or Manifest()
+    known = inherited | set(manifest.files) | set(manifest.temporary)
+    found, pending = [], [Path(".")]
+    while pending:
+        relative = pending.pop()
+        for entry in os.scandir(folder / relative):
+            key = str(relative / entry.name)
+            if key in _RESERVED:
+                continue
+            if key not in known:
+                found.append(key)
+            elif entry.is_dir(follow_symlinks=False) and key not in manifest.temporary:
+                if (folder / key / MANIFEST_NAME).exists():
+                    below = {k[len(key) + 1:] for k in known if k.startswith(key + "/")}
+                    found += [f"{key}/{name}" for name in _foreign(folder / key, below)]
+                else:
+                    pending.append(Path(key))
     return found
 
 
