@@ -185,8 +185,8 @@ def test_a_second_run_replaces_its_own_predictions(tmp_path):
     path, predictions, written = predictions_cfg(tmp_path, seed=5)
     assert main(["--cfg", str(path)]) == 0
     manifest = read_manifest(predictions)
-    assert manifest.owner == "test.py" and sorted(manifest.files) == sorted(
-        ["color", "labelIds"] + [f"{kind}/{png_name(n)}" for kind in ("color", "labelIds") for n in written["val"].names])
+    pngs = [f"{kind}/{png_name(n)}" for kind in ("color", "labelIds") for n in written["val"].names]
+    assert manifest.owner == "test.py" and sorted(manifest.files) == sorted(["color", "labelIds"] + pngs)
     assert len(list((predictions / "labelIds").iterdir())) == 4
     # the second run: another model over 2 of the 4 images
     write_list(written["val"].list_path, written["val"].names[:2])

@@ -247,16 +247,20 @@ class Checkpointer:
         files get new names) checked writable. TensorBoard's new files are recorded at the end."""
         folder = self.cfg.TRAIN.SNAPSHOT_DIR  # as given: the messages name it so
         logdir = self.cfg.TRAIN.TENSORBOARD_LOGDIR if tensorboard else None
+        advice = "change EXP_NAME / --exp-suffix or TRAIN.SNAPSHOT_DIR to a new or empty folder"
+
+        def check():  # test.py's 'best' results may stand beside the run
+            check_folder(folder, WRITER, SNAPSHOT_KEY, advice, guests=("test.py",))
+
         with ExitStack() as held:
             if is_main_process():
-                check_folder(folder, WRITER, SNAPSHOT_KEY, advice="change EXP_NAME / --exp-suffix or "
-                             "TRAIN.SNAPSHOT_DIR to a new or empty folder", guests=("test.py",))
+                check()
                 prepare_folder(folder, WRITER, f"the snapshots ({SNAPSHOT_KEY})")
                 if logdir:
                     prepare_folder(logdir, WRITER, "the TensorBoard events (TRAIN.TENSORBOARD_LOGDIR)")
                     held.callback(record_new_entries, logdir, WRITER, set(tree_entries(logdir)))
                 held.enter_context(exclusive_lock(folder, WRITER))
-                check_folder(folder, WRITER, SNAPSHOT_KEY, guests=("test.py",))  # no other run can change it now
+                check()  # again: no other run can change it now
             yield
 
     def find(self, resume):

@@ -478,7 +478,7 @@ class FolderReplacement:
         if not is_main_process():
             return
         self.check()  # a folder that came to hold foreign files meanwhile is refused, not replaced
-        with updating_manifest(staging, owner=self.writer) as manifest:
+        with updating_manifest(staging) as manifest:
             manifest.owner, manifest.files = self.writer, {e: self.writer for e in tree_entries(staging)}
         if self.final.exists():
             if not _exchange(staging, self.final):
