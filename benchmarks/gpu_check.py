@@ -1,34 +1,48 @@
 """The GPU check: one command a GPU owner runs, one table, also as JSON. Sized to finish within 8
-minutes on one GPU (not yet run on one: each row shows its seconds).
+minutes on one GPU (474 s on an H200 without --mps); docs/speed.md shows its latest output.
 
-    python benchmarks/gpu_check.py [--out gpu_check.json] [--gpu 0] [--images 32]
-        [--sweep 1 2 4 8] [--sweep-iters 100] [--sweep-warmup 20] [--skip-tests] [--work DIR]
+    python benchmarks/gpu_check.py [--out gpu_check.json] [--gpu 0] [--images 100]
+        [--sweep 1 2 4 8] [--sweep-iters 40] [--sweep-warmup 8] [--sweep-amp bf16]
+        [--sweep-channels-last | --no-sweep-channels-last] [--mps 4 8] [--skip-tests] [--work DIR]
     python benchmarks/gpu_check.py --dry-run [--out FILE]   # CPU, Tiny model, tiny images, few iterations
 
-In order, each a row of the table:
+In order, each a row of the table (the JSON is rewritten after every row, so a check cut short
+keeps what it measured):
   tests        `pytest -m cuda` (tests/test_cuda.py and the other CUDA-marked tests), then the fast
-               suite (`-m "not slow and not cuda"`); exit status and pytest's summary line.
+               suite (`-m "not slow and not cuda"`); exit status and pytest's summary line (the
+               whole output beside the JSON, in <out>_pytest.log).
   speed        benchmarks/train_speed.py's AdvEnt iteration (train_step on random data, R101 at
-               1280x720 / 1024x512, batch 1 + 1) in fp32, bf16, fp16 and bf16 + CHANNELS_LAST, each
-               in its own process: it/s and torch.cuda.max_memory_allocated.
+               1280x720 / 1024x512, batch 1 + 1) in fp32, fp32 with TF32 off, bf16, fp16,
+               bf16 + CHANNELS_LAST, the latter with the cuDNN autotuner, and fp32 and
+               bf16 + CHANNELS_LAST with TRAIN.CUDA_GRAPH; each in its own process: it/s and
+               torch.cuda.max_memory_allocated (warm-up and graph capture included).
+  profile      torch.profiler over 5 eager iterations of bf16 + CHANNELS_LAST: the share of the
+               wall time the GPU ran kernels, and the operators and (operator, input shapes) that
+               took the most kernel time (<out>_profile.txt).
   seed sweep   1, 2, 4 and 8 train.py runs started together on the GPU (the paper's settings: R101,
-               AdvEnt multi-level, 1280x720 / 1024x512; random initial weights), each with its own
-               --exp-suffix and TRAIN.RANDOM_SEED, on GTA5 (1914x1052) and Cityscapes (2048x1024)
-               images written in the real formats (tests/fake_data.py; random pixels, which decode
-               slower than photographs). Per run: its iterations/s after --sweep-warmup iterations,
-               from its own loop (loaders included), and its torch.cuda.max_memory_allocated; the
-               aggregate counts every run's iterations in the window where all of them were past
-               their warm-up and none had finished. The 1-run sweep is train.py end to end.
+               AdvEnt multi-level, 1280x720 / 1024x512, in the fastest setting: --sweep-amp
+               (default bf16), CHANNELS_LAST and TRAIN.CUDA_GRAPH; random initial weights), each with its own --exp-suffix and
+               TRAIN.RANDOM_SEED, on GTA5 (1914x1052) and Cityscapes (2048x1024) images written in
+               the real formats (tests/fake_data.py; random pixels, which decode slower than
+               photographs). Per run: its iterations/s after --sweep-warmup iterations, from its
+               own loop (loaders included), and its torch.cuda.max_memory_allocated; the aggregate
+               counts every run's iterations in the window where all of them were past their
+               warm-up and none had finished. The 1-run sweep is train.py end to end; its note
+               compares its loop with the step alone (the speed row of the same setting).
+               --mps N ...: the same for N runs under an MPS daemon the check starts (and stops),
+               which lets the runs' kernels share the GPU at once instead of by time slices.
   esl.py       over the --images target training images, from the 1-run sweep's snapshot:
-               images/s from its first forward to its end (thresholds and PNG writing included).
+               images/s from its first forward to its end (thresholds and PNG writing included),
+               and the share of that time spent in the forwards.
   test.py      'single' mode over the --images validation images at 2048x1024: images/s of its
                evaluation loop (loader, forward, upsampling, confusion matrix).
-Every row also shows the most GPU memory nvidia-smi reported in use during it (the whole GPU,
-polled every 0.2 s: other users of the GPU count too), and its seconds.
+Every row also shows the most GPU memory nvidia-smi reported in use during it and the GPU's mean
+utilisation (the share of time a kernel ran; the whole GPU, polled every 0.2 s: other users of the
+GPU count too), and its seconds.
 
 --dry-run runs the same steps on the CPU at tiny sizes with the Tiny model (the suites are only
-collected, the sweep is 1 and 2 runs, nvidia-smi is skipped), so that a test can keep the script
-working where no GPU is (tests/test_gpu_check.py).
+collected, the sweep is 1 and 2 runs, the CUDA-graph row is skipped, nvidia-smi is skipped), so
+that a test can keep the script working where no GPU is (tests/test_gpu_check.py).
 """
 import argparse
 import importlib
@@ -40,6 +54,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -55,21 +70,40 @@ PAPER = {"model": "DeepLabv2", "gta": (1914, 1052), "cityscapes": (2048, 1024), 
          "target": (1024, 512), "test_output": (2048, 1024)}
 TINY = {"model": "DeepLabv2-Tiny", "gta": (96, 52), "cityscapes": (64, 32), "source": (64, 32),
         "target": (64, 32), "test_output": (64, 32)}
-SPEED_VARIANTS = (("none", False), ("bf16", False), ("fp16", False), ("bf16", True))
-# the function each timed script runs per unit of work (its module, its name)
-TIMED = {"train": ("advent.domain_adaptation.train_UDA", "train_step"),
-         "esl": ("advent.domain_adaptation.esl_UDA", "main_logits"),
-         "test": ("advent.domain_adaptation.eval_UDA", "evaluate")}
+FASTEST = {"amp": "bf16", "channels_last": True, "cuda_graph": True}
+# the speed rows: (TRAIN.AMP, CHANNELS_LAST, TF32, CUDNN_BENCHMARK, CUDA graph)
+SPEED_VARIANTS = (("none", False, True, False, False), ("none", False, False, False, False),
+                  ("bf16", False, True, False, False), ("fp16", False, True, False, False),
+                  ("bf16", True, True, False, False), ("bf16", True, True, True, False),
+                  ("none", False, True, False, True), ("bf16", True, True, False, True))
+STAGES = ("tests", "speed", "profile", "sweep", "esl", "test", "mps")
+PROFILED_ITERS = 5
+CHILD_TIMEOUT_S = 300  # a child (a timed script, a speed variant) still running after this is killed
+# the function each timed script runs per unit of work: (its module, its name, whether that name
+# is a factory whose result is the function: train_UDA.iteration gives train.py's step function)
+TIMED = {"train": ("advent.domain_adaptation.train_UDA", "iteration", True),
+         "esl": ("advent.domain_adaptation.esl_UDA", "main_logits", False),
+         "test": ("advent.domain_adaptation.eval_UDA", "evaluate", False)}
 
 
 def get_arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="gpu_check.json", help="the table as JSON (default gpu_check.json)")
     parser.add_argument("--gpu", type=int, default=0, help="the GPU (GPU_ID, nvidia-smi -i)")
-    parser.add_argument("--images", type=int, default=None, help="target train and val images (default 32)")
+    parser.add_argument("--images", type=int, default=None, help="target train and val images (default 100)")
     parser.add_argument("--sweep", type=int, nargs="+", default=None, help="concurrent runs (default 1 2 4 8)")
-    parser.add_argument("--sweep-iters", type=int, default=None, help="iterations per run (default 100)")
-    parser.add_argument("--sweep-warmup", type=int, default=None, help="untimed first iterations (default 20)")
+    parser.add_argument("--sweep-iters", type=int, default=None, help="iterations per run (default 40)")
+    parser.add_argument("--sweep-warmup", type=int, default=None, help="untimed first iterations (default 8)")
+    parser.add_argument("--sweep-amp", choices=("none", "bf16", "fp16"), default=FASTEST["amp"],
+                        help="TRAIN.AMP of the sweep's runs (default bf16)")
+    parser.add_argument("--sweep-channels-last", action=argparse.BooleanOptionalAction,
+                        default=FASTEST["channels_last"], help="CHANNELS_LAST in the sweep's runs (default on)")
+    parser.add_argument("--sweep-cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                        help="TRAIN.CUDA_GRAPH in the sweep's runs (default: on with a GPU)")
+    parser.add_argument("--mps", type=int, nargs="*", default=[], metavar="N",
+                        help="also sweep N runs under an MPS daemon (GPU only)")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                        help="the parts to run (default: all; esl and test need the 1-run sweep)")
     parser.add_argument("--skip-tests", action="store_true", help="leave out the two test rows")
     parser.add_argument("--work", default=None, help="folder for the data and runs (default: a temporary one)")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, few iterations")
@@ -77,13 +111,17 @@ def get_arguments(argv=None):
     dry = args.dry_run
     args.sizes = TINY if dry else PAPER
     args.device = "cpu" if dry else f"cuda:{args.gpu}"
-    args.images = 2 * max(1, (args.images or (4 if dry else 32)) // 2)  # two cities of as many each
+    args.images = 2 * max(1, (args.images or (4 if dry else 100)) // 2)  # two cities of as many each
     args.sweep = args.sweep or ([1, 2] if dry else [1, 2, 4, 8])
+    if args.sweep_cuda_graph is None:
+        args.sweep_cuda_graph = FASTEST["cuda_graph"] and not dry
     # enough iterations that runs started together overlap past their warm-up, whatever their start-up
-    args.sweep_iters = args.sweep_iters or (3 if dry else 100)
-    args.sweep_warmup = args.sweep_warmup if args.sweep_warmup is not None else (1 if dry else 20)
+    args.sweep_iters = args.sweep_iters or (3 if dry else 40)
+    args.sweep_warmup = args.sweep_warmup if args.sweep_warmup is not None else (1 if dry else 8)
     if not 1 <= args.sweep_warmup < args.sweep_iters:
         parser.error("--sweep-warmup must be at least 1 and below --sweep-iters")
+    if dry and args.mps:
+        parser.error("--mps needs a GPU (not with --dry-run)")
     return args
 
 
@@ -99,18 +137,24 @@ def nvidia_smi(gpu, *fields):
     return [value.strip() for value in out.strip().split(",")]
 
 
-class MemoryPoller:
-    """The most GPU memory nvidia-smi reports in use while the `with` block runs (MiB; None when off)."""
+class SmiPoller:
+    """While the `with` block runs: the most GPU memory nvidia-smi reports in use (MiB) and the mean
+    GPU utilisation (%); both None when off or without nvidia-smi."""
 
     def __init__(self, gpu, enabled):
-        self.gpu, self.enabled, self.peak = gpu, enabled, None
+        self.gpu, self.enabled, self.peak, self.utilisation = gpu, enabled, None, []
         self._stop = threading.Event()
 
     def _poll(self):
         while not self._stop.wait(0.2):
-            values = nvidia_smi(self.gpu, "memory.used")
+            values = nvidia_smi(self.gpu, "memory.used", "utilization.gpu")
             if values:
                 self.peak = max(self.peak or 0, int(values[0]))
+                self.utilisation.append(float(values[1]))
+
+    @property
+    def mean_utilisation(self):
+        return round(sum(self.utilisation) / len(self.utilisation)) if self.utilisation else None
 
     def __enter__(self):
         if self.enabled:
@@ -125,11 +169,16 @@ class MemoryPoller:
 
 
 def stage(args, name, work):
-    """Run `work()` (a dict of row fields) under the poller; the row, with its seconds and footprint."""
+    """Run `work()` (a dict of row fields) under the poller; the row, with its seconds and the GPU's
+    footprint and mean utilisation. An exception fails the row, not the check."""
     start = time.monotonic()
-    with MemoryPoller(args.gpu, not args.dry_run) as poller:
-        row = work()
-    return {"stage": name, **row, "seconds": round(time.monotonic() - start, 1), "smi_mib": poller.peak}
+    with SmiPoller(args.gpu, not args.dry_run) as poller:
+        try:
+            row = work()
+        except Exception as error:  # noqa: BLE001 -- a broken row must not cost the others
+            row = {"status": "failed", "note": f"{type(error).__name__}: {error}"[:300]}
+    return {"stage": name, **row, "seconds": round(time.monotonic() - start, 1), "smi_mib": poller.peak,
+            "gpu_util": poller.mean_utilisation}
 
 
 # --- a script run, timed from inside (the child process) ---
@@ -140,19 +189,21 @@ def run_timed(kind, out, argv):
     peak memory into the JSON file `out`."""
     from advent.utils.runtime import run_main
 
-    module, name = TIMED[kind]
+    module, name, factory = TIMED[kind]
     target = importlib.import_module(module)
     original, stamps = getattr(target, name), []
 
-    def timed(*a, **k):
-        start = time.monotonic()
-        result = original(*a, **k)
-        if torch.cuda.is_initialized():
-            torch.cuda.synchronize()  # the work done, not only queued
-        stamps.append((start, time.monotonic()))
-        return result
+    def timed(function):
+        def call(*a, **k):
+            start = time.monotonic()
+            result = function(*a, **k)
+            if torch.cuda.is_initialized():
+                torch.cuda.synchronize()  # the work done, not only queued
+            stamps.append((start, time.monotonic()))
+            return result
+        return call
 
-    setattr(target, name, timed)
+    setattr(target, name, (lambda *a, **k: timed(original(*a, **k))) if factory else timed(original))
     code = 0
     try:
         run_main(importlib.import_module(f"advent.scripts.{kind}").main, argv)
@@ -166,17 +217,24 @@ def run_timed(kind, out, argv):
     return code
 
 
-def start_timed(kind, out, argv, log):
+def start_timed(kind, out, argv, log, env=None):
     """A child process running `run_timed`, its output into the file `log`."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, **(env or {}),
+           "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
     with open(log, "w") as stream:
         return subprocess.Popen([sys.executable, __file__, "--timed", kind, str(out), *map(str, argv)],
                                 stdout=stream, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT)
 
 
-def finished(process, out, log):
-    """The child's JSON record once it ended, or {'exit': code, 'error': the last log line}."""
-    code = process.wait()
+def finished(process, out, log, deadline):
+    """The child's JSON record once it ended, or {'exit': code, 'error': the last log line}; a
+    child still running at `deadline` (time.monotonic) is killed."""
+    try:
+        code = process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return {"exit": -9, "error": "killed at its deadline"}
     if code == 0 and Path(out).is_file():
         return json_load(out)
     lines = Path(log).read_text(errors="replace").strip().splitlines() or ["no output"]
@@ -185,18 +243,34 @@ def finished(process, out, log):
 
 # --- the data and the configs ---
 
-def write_data(root, sizes, images):
-    """GTA5 (8 images) and Cityscapes train / val (`images` each) in the real formats; (cfg paths)."""
-    sys.path.insert(0, str(PROJECT_ROOT / "tests"))
-    from fake_data import write_cityscapes, write_gta5
+def _write_city(root, split, city, per_city, size, seed):
+    from fake_data import write_cityscapes
 
-    per_city = images // 2
+    write_cityscapes(root, split, (city,), per_city, size, seed=seed)
+
+
+def write_data(root, sizes, images):
+    """GTA5 (8 images) and Cityscapes train / val (`images` each, in 8 cities written in parallel)
+    in the real formats; {cfg key: value}."""
+    sys.path.insert(0, str(PROJECT_ROOT / "tests"))
+    from fake_data import cityscapes_names, write_gta5, write_list
+
     gta = write_gta5(root / "GTA5", 8, size=sizes["gta"], seed=1)
-    size = sizes["cityscapes"]
-    train = write_cityscapes(root / "Cityscapes", "train", ("aachen", "bochum"), per_city, size, seed=2)
-    write_cityscapes(root / "Cityscapes", "val", ("frankfurt", "lindau"), per_city, size, seed=3)
+    cityscapes = root / "Cityscapes"
+    cities = {"train": ["aachen", "bochum", "bremen", "cologne", "darmstadt", "dusseldorf", "erfurt", "hamburg"],
+              "val": ["frankfurt", "lindau", "munster", "berlin", "bielefeld", "bonn", "leverkusen", "mainz"]}
+    counts = [images // 8 + (i < images % 8) for i in range(8)]
+    with ProcessPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        jobs = [pool.submit(_write_city, cityscapes, split, city, count, sizes["cityscapes"], seed)
+                for split, names in cities.items() for seed, (city, count) in enumerate(zip(names, counts))
+                if count]
+        for job in jobs:
+            job.result()
+    for split, names in cities.items():  # each writer wrote its own city's list: the whole split's
+        write_list(cityscapes / "lists" / f"{split}.txt",
+                   [name for city, count in zip(names, counts) for name in cityscapes_names((city,), count)])
     return {"DATA_DIRECTORY_SOURCE": str(gta.root), "DATA_LIST_SOURCE": gta.list_template,
-            "DATA_DIRECTORY_TARGET": str(train.root), "DATA_LIST_TARGET": train.list_template}
+            "DATA_DIRECTORY_TARGET": str(cityscapes), "DATA_LIST_TARGET": str(cityscapes / "lists" / "{}.txt")}
 
 
 def base_cfg(args, data, exp_root):
@@ -226,78 +300,161 @@ def write_cfg(cfg, path):
 
 def test_rows(args):
     """The CUDA-marked tests, then the fast suite (collected only in a dry run)."""
-    rows = []
+    log = Path(args.out).with_name(Path(args.out).stem + "_pytest.log")
+    log.write_text("")
     for name, marks in (("tests: -m cuda", "cuda"), ("tests: fast suite", "not slow and not cuda")):
         command = [sys.executable, "-m", "pytest", "-q", "-m", marks, "tests"]
         command += ["--collect-only"] if args.dry_run else []
-        rows.append(stage(args, name, lambda: pytest_row(command)))
-    return rows
+        yield stage(args, name, lambda: pytest_row(command, log))
 
 
-def pytest_row(command):
-    result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True)
+def pytest_row(command, log):
+    try:
+        result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired as error:
+        with open(log, "a") as stream:
+            stream.write(f"$ {' '.join(command)}\n{error.stdout or ''}\n")
+        return {"status": "failed", "note": f"killed after {CHILD_TIMEOUT_S} s"}
+    with open(log, "a") as stream:
+        stream.write(f"$ {' '.join(command)}\n{result.stdout}{result.stderr}\n")
     summary = ([line for line in result.stdout.splitlines() if line.strip()] or ["no output"])[-1]
     return {"status": "ok" if result.returncode == 0 else "failed", "note": summary.strip("= ")}
 
 
+def speed_spec(args, amp, channels_last, tf32=True, cudnn_benchmark=False, cuda_graph=False, profile=0):
+    sizes = args.sizes
+    return {"model": sizes["model"], "amp": amp, "channels_last": channels_last, "tf32": tf32,
+            "cudnn_benchmark": cudnn_benchmark, "cuda_graph": cuda_graph, "profile": profile,
+            "device": args.device, "source": sizes["source"], "target": sizes["target"],
+            "iters": 2 if args.dry_run else 15, "warmup": 1 if args.dry_run else 3,
+            "budget": 5 if args.dry_run else 0, "threads": 0}
+
+
 def speed_rows(args):
-    """train_speed.py's variants, each in its own process."""
-    sizes, rows = args.sizes, []
-    for amp, channels_last in SPEED_VARIANTS:
-        spec = {"model": sizes["model"], "amp": amp, "channels_last": channels_last, "device": args.device,
-                "source": sizes["source"], "target": sizes["target"], "iters": 2 if args.dry_run else 20,
-                "warmup": 1 if args.dry_run else 5, "budget": 5 if args.dry_run else 0, "threads": 0}
-        name = f"speed: {train_speed.variant_name(amp, channels_last)}"
-        rows.append(stage(args, name, lambda: speed_row(spec)))
-    return rows
+    """train_speed.py's variants, each in its own process (the CUDA graph needs a GPU)."""
+    for variant in SPEED_VARIANTS:
+        name = f"speed: {train_speed.variant_name(*variant)}"
+        if variant[-1] and args.dry_run:
+            yield skipped(name, "CUDA only")
+            continue
+        yield stage(args, name, lambda: speed_row(speed_spec(args, *variant)))
 
 
 def speed_row(spec):
-    result = train_speed.measure(spec)
+    result = train_speed.measure(spec, timeout=CHILD_TIMEOUT_S)
     if "error" in result:
         return {"status": "failed", "note": result["error"]}
     return {"status": "ok", "rate": result["it_s"], "unit": "it/s", "peak_mib": result["peak_mib"],
             "note": f"{result['timed']} timed iterations"}
 
 
-def sweep_rows(args, data, work):
-    """One row per sweep size; also the 1-run sweep's last snapshot (or None)."""
-    rows, snapshot = [], None
+def profile_row(args):
+    """The fastest setting under torch.profiler; its tables into <out>_profile.txt."""
+    result = train_speed.measure(speed_spec(args, "bf16", True, profile=PROFILED_ITERS), timeout=CHILD_TIMEOUT_S)
+    if "error" in result:
+        return {"status": "failed", "note": result["error"]}
+    profile = result["profile"]
+    path = Path(args.out).with_name(Path(args.out).stem + "_profile.txt")
+    path.write_text(profile["tables"] + "\n")
+    return {"status": "ok", "rate": 1e3 / profile["wall_ms_per_iter"], "unit": "it/s (profiled)",
+            "peak_mib": result["peak_mib"], "busy_share": profile["busy_share"],
+            "note": f"kernels {profile['kernel_ms_per_iter']:.1f} of {profile['wall_ms_per_iter']:.1f} ms per "
+                    f"iteration ({profile['busy_share']:.0%} busy); tables: {path.name}"}
+
+
+def sweep_rows(args, data, work, state):
+    """One row per sweep size; the 1-run sweep's last snapshot goes into state['snapshot']."""
     for runs in args.sweep:
         folder = work / f"sweep{runs}"
-        rows.append(stage(args, f"seed sweep: {runs} train.py", lambda: sweep_row(args, data, folder, runs)))
-        if runs == 1 and rows[-1]["status"] == "ok":
-            snapshot = folder / "snapshots" / "sweep_seed0" / f"model_{args.sweep_iters}.pth"
+        row = stage(args, f"seed sweep: {runs} train.py", lambda: sweep_row(args, data, folder, runs))
+        if runs == 1 and row["status"] == "ok":
+            state["snapshot"] = folder / "snapshots" / "sweep_seed0" / f"model_{args.sweep_iters}.pth"
         else:
             shutil.rmtree(folder, ignore_errors=True)  # several GB of snapshots
-    return rows, snapshot
+        yield row
 
 
-def sweep_row(args, data, folder, runs):
-    """`runs` train.py processes started together, seeds 0..runs-1."""
+def mps_rows(args, data, work):
+    """One row per --mps size: the sweep under an MPS daemon."""
+    for runs in args.mps:
+        name = f"seed sweep: {runs} train.py (MPS)"
+        with mps_daemon(work / "mps") as mps:
+            if mps.get("error"):
+                yield skipped(name, mps["error"])
+                continue
+            folder = work / f"sweep{runs}_mps"
+            # a shorter deadline: clients of a daemon that does not work may hang
+            row = stage(args, name, lambda: sweep_row(args, data, folder, runs, mps["env"], CHILD_TIMEOUT_S / 2))
+            shutil.rmtree(folder, ignore_errors=True)
+            yield row
+
+
+class mps_daemon:
+    """An MPS control daemon for the `with` block (its pipe and log folders under `folder`): yields
+    {'env': what its clients need} or {'error': why none started}."""
+
+    def __init__(self, folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.env = {"CUDA_MPS_PIPE_DIRECTORY": str(folder / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(folder / "log")}
+        self.started = False
+
+    def _control(self, text=None, *options):
+        return subprocess.run(["nvidia-cuda-mps-control", *options], input=text, capture_output=True, text=True,
+                              env={**os.environ, **self.env}, timeout=30)
+
+    def __enter__(self):
+        if shutil.which("nvidia-cuda-mps-control") is None:
+            return {"error": "no nvidia-cuda-mps-control on the PATH"}
+        for path in self.env.values():
+            Path(path).mkdir(exist_ok=True)
+        result = self._control(None, "-d")
+        if result.returncode != 0:
+            return {"error": f"the MPS daemon did not start: {(result.stderr or result.stdout).strip()[:200]}"}
+        self.started = True
+        return {"env": self.env}
+
+    def __exit__(self, *exc):
+        if self.started:
+            self._control("quit\n")
+
+
+def sweep_row(args, data, folder, runs, env=None, timeout=CHILD_TIMEOUT_S):
+    """`runs` train.py processes started together, seeds 0..runs-1 (killed after `timeout` s)."""
     children = []
+    deadline = time.monotonic() + timeout
     for seed in range(runs):
         cfg = base_cfg(args, data, folder)
         cfg.EXP_NAME, cfg.TRAIN.RANDOM_SEED = "sweep", seed
+        cfg.TRAIN.AMP, cfg.CHANNELS_LAST = args.sweep_amp, args.sweep_channels_last
+        cfg.TRAIN.CUDA_GRAPH = args.sweep_cuda_graph
         cfg.TRAIN.EARLY_STOP = cfg.TRAIN.SAVE_PRED_EVERY = args.sweep_iters
         path = write_cfg(cfg, folder / f"seed{seed}.yml")
         out, log = folder / f"seed{seed}.json", folder / f"seed{seed}.log"
-        children.append((start_timed("train", out, ["--cfg", path, "--exp-suffix", f"seed{seed}"], log), out, log))
-    records = [finished(*child) for child in children]
+        process = start_timed("train", out, ["--cfg", path, "--exp-suffix", f"seed{seed}"], log, env)
+        children.append((process, out, log))
+    records = [finished(*child, deadline) for child in children]
     failed = [r for r in records if r["exit"] != 0]
     if failed:
         return {"status": "failed", "note": f"{len(failed)} of {runs} failed: {failed[0].get('error', '')}"}
     rates = [run_rate([end for _, end in r["stamps"]], args.sweep_warmup) for r in records]
     total, note = aggregate_rate(records, args.sweep_warmup)
     peaks = [round(r["peak_mib"]) for r in records]
+    shares = [step_share(r["stamps"], args.sweep_warmup) for r in records]
     return {"status": "ok" if total else "failed", "rate": total, "unit": "it/s (all runs)",
-            "peak_mib": max(peaks), "per_run_it_s": rates, "per_run_peak_mib": peaks,
+            "peak_mib": max(peaks), "per_run_it_s": rates, "per_run_peak_mib": peaks, "step_share": min(shares),
             "note": note or f"per run: {', '.join(f'{r:.2f}' for r in rates)} it/s; peaks {peaks} MiB"}
 
 
 def run_rate(ends, warmup):
     """Iterations per second of one run after its first `warmup` iterations."""
     return (len(ends) - warmup) / (ends[-1] - ends[warmup - 1])
+
+
+def step_share(stamps, warmup):
+    """The share of a run's time after its warm-up spent inside its iterations' step (the rest:
+    waiting for the loaders, reporting, snapshots)."""
+    timed = stamps[warmup:]
+    return sum(end - start for start, end in timed) / (timed[-1][1] - stamps[warmup - 1][1])
 
 
 def aggregate_rate(records, warmup):
@@ -318,8 +475,10 @@ def esl_row(args, data, work, snapshot):
     record = timed_script(args, "esl", write_cfg(cfg, work / "esl" / "esl.yml"))
     if "error" in record:
         return record
-    first_forward = record["stamps"][0][0]
-    return script_row(record, args.images / (record["end"] - first_forward), "first forward to the end")
+    stamps = record["stamps"]
+    elapsed = record["end"] - stamps[0][0]
+    forwards = sum(end - start for start, end in stamps) / elapsed
+    return script_row(record, args.images / elapsed, f"first forward to the end; {forwards:.0%} in the forwards")
 
 
 def test_row(args, data, work, snapshot):
@@ -334,7 +493,8 @@ def test_row(args, data, work, snapshot):
 
 def timed_script(args, kind, cfg_path):
     out, log = cfg_path.with_suffix(".json"), cfg_path.with_suffix(".log")
-    record = finished(start_timed(kind, out, ["--cfg", cfg_path], log), out, log)
+    record = finished(start_timed(kind, out, ["--cfg", cfg_path], log), out, log,
+                      time.monotonic() + CHILD_TIMEOUT_S)
     if record["exit"] != 0:
         return {"status": "failed", "error": record.get("error", ""), "note": record.get("error", "")}
     return record
@@ -355,40 +515,70 @@ def environment(args):
     cudnn = torch.backends.cudnn.version() if torch.cuda.is_available() else None
     return {"device": args.device, "gpu": smi[0] if smi else None, "driver": smi[1] if smi else None,
             "gpu_memory_mib": int(smi[2]) if smi else None, "torch": torch.__version__,
-            "cuda": torch.version.cuda, "cudnn": cudnn, "dry_run": args.dry_run,
+            "cuda": torch.version.cuda, "cudnn": cudnn, "cpus": os.cpu_count(), "dry_run": args.dry_run,
             "nvidia_smi": "skipped (dry run)" if args.dry_run else ("ok" if smi else "not found")}
+
+
+def format_row(row):
+    rate = f"{row['rate']:>10.2f}" if row.get("rate") is not None else f"{'':>10}"
+    peak = f"{row['peak_mib']:>9.0f}" if row.get("peak_mib") is not None else f"{'':>9}"
+    smi = f"{row['smi_mib']:>9}" if row.get("smi_mib") is not None else f"{'':>9}"
+    util = f"{row['gpu_util']:>5}" if row.get("gpu_util") is not None else f"{'':>5}"
+    seconds = f"{row['seconds']:>6.0f}" if "seconds" in row else f"{'':>6}"
+    return (f"{row['stage']:<48}{row['status']:<8}{rate} {row.get('unit', ''):<16}{peak}{smi}{util}{seconds}  "
+            f"{row.get('note', '')}")
 
 
 def print_table(env, rows):
     dry = " -- DRY RUN (CPU, tiny sizes)" if env["dry_run"] else ""
     print(f"GPU check on {env['device']} ({env['gpu'] or 'no GPU'}), driver {env['driver']}, "
-          f"torch {env['torch']}, CUDA {env['cuda']}, cuDNN {env['cudnn']}{dry}")
-    header = f"{'stage':<32}{'status':<9}{'rate':>10} {'unit':<16}{'peak MiB':>9}{'smi MiB':>9}{'s':>7}  note"
+          f"torch {env['torch']}, CUDA {env['cuda']}, cuDNN {env['cudnn']}, {env['cpus']} CPUs{dry}")
+    header = f"{'stage':<48}{'status':<8}{'rate':>10} {'unit':<16}{'peak MiB':>9}{'smi MiB':>9}{'util%':>5}{'s':>6}  note"
     print(header)
     print("-" * len(header))
     for row in rows:
-        rate = f"{row['rate']:>10.2f}" if row.get("rate") is not None else f"{'':>10}"
-        peak = f"{row['peak_mib']:>9.0f}" if row.get("peak_mib") is not None else f"{'':>9}"
-        smi = f"{row['smi_mib']:>9}" if row.get("smi_mib") is not None else f"{'':>9}"
-        seconds = f"{row['seconds']:>7.0f}" if "seconds" in row else f"{'':>7}"
-        print(f"{row['stage']:<32}{row['status']:<9}{rate} {row.get('unit', ''):<16}{peak}{smi}{seconds}  "
-              f"{row.get('note', '')}")
+        print(format_row(row))
     if env["dry_run"]:
         print("nvidia-smi columns skipped in a dry run; peak MiB on the CPU is the process's peak RSS")
 
 
-def run_check(args, work):
-    rows = [] if args.skip_tests else test_rows(args)
-    rows += speed_rows(args)
+def with_loop_comparison(row, speed):
+    """The 1-run sweep's row, its note saying how its loop compares with train_step alone."""
+    if row["status"] == "ok" and speed.get("rate"):
+        row["loop_vs_step"] = row["rate"] / speed["rate"]
+        row["note"] += (f"; loop at {row['loop_vs_step']:.0%} of {speed['stage'][7:]} steps alone, "
+                        f"{row['step_share']:.0%} of its time in the steps")
+    return row
+
+
+def check_rows(args, work):
+    """The rows of the --stages asked for, each yielded as soon as it is measured."""
+    stages = set(args.stages)
+    if "tests" in stages and not args.skip_tests:
+        yield from test_rows(args)
+    speed = {}
+    for row in speed_rows(args) if "speed" in stages else ():
+        speed[row["stage"]] = row
+        yield row
+    if "profile" in stages:
+        yield stage(args, "profile: bf16 + channels_last", lambda: profile_row(args))
+    if not stages & {"sweep", "esl", "test", "mps"}:
+        return
     data = write_data(work / "data", args.sizes, args.images)
-    sweep, snapshot = sweep_rows(args, data, work)
-    rows += sweep
-    for name, row in (("esl.py", esl_row), ("test.py", test_row)):
-        if snapshot is None:
-            rows.append(skipped(name, "no snapshot: the 1-run sweep failed or was not run"))
+    state = {"snapshot": None}
+    same = "speed: " + train_speed.variant_name(args.sweep_amp, args.sweep_channels_last,
+                                                 cuda_graph=args.sweep_cuda_graph)
+    for row in sweep_rows(args, data, work, state) if "sweep" in stages else ():
+        yield with_loop_comparison(row, speed.get(same, {})) if row["stage"] == "seed sweep: 1 train.py" else row
+    for name, make in (("esl.py", esl_row), ("test.py", test_row)):
+        if name[:-3] not in stages:
+            continue
+        if state["snapshot"] is None:
+            yield skipped(name, "no snapshot: the 1-run sweep failed or was not run")
         else:
-            rows.append(stage(args, name, lambda: row(args, data, work, snapshot)))
-    return rows
+            yield stage(args, name, lambda: make(args, data, work, state["snapshot"]))
+    if "mps" in stages:
+        yield from mps_rows(args, data, work)
 
 
 def main(argv=None):
@@ -396,12 +586,15 @@ def main(argv=None):
     if argv[:1] == ["--timed"]:
         return run_timed(argv[1], argv[2], argv[3:])
     args = get_arguments(argv)
-    env = environment(args)
+    env, rows = environment(args), []
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as temporary:
         work = Path(args.work or temporary).resolve()
-        rows = run_check(args, work)
+        for row in check_rows(args, work):
+            rows.append(row)
+            print(format_row(row), flush=True)
+            json_dump({"environment": env, "rows": rows}, Path(args.out))
+    print()
     print_table(env, rows)
-    json_dump({"environment": env, "rows": rows}, Path(args.out))
     print(f"written: {args.out}")
     return 0 if all(row["status"] != "failed" for row in rows) else 1
 

@@ -5,7 +5,7 @@ each also with CHANNELS_LAST when asked.
                                                 # CPU: Tiny and R101 at 256x128
     python benchmarks/train_speed.py [--device cpu|cuda] [--models DeepLabv2 ...] [--iters 20]
         [--warmup 3] [--budget SECONDS] [--rounds N] [--source-size W H] [--target-size W H]
-        [--modes none bf16 fp16] [--channels-last] [--threads N]
+        [--modes none bf16 fp16] [--channels-last] [--cuda-graph] [--threads N]
 
 What is timed: one AdvEnt iteration of `train_UDA.train_step` as training runs it (source and
 target segmenter passes, multi-level, both discriminators frozen then trained, the faithful
@@ -17,8 +17,9 @@ machine whose load changes. --budget stops timing a variant after that many seco
 least one iteration is timed): some CPU kernels for half precision are very slow. Printed:
 iterations per second and peak memory, each also as a ratio to fp32 of the same model.
 
-Peak memory: CUDA: torch.cuda.max_memory_allocated (tensors only, not the caching allocator's
-reserve or the CUDA context); CPU: the process's peak resident set size (ru_maxrss) above what it
+Peak memory: CUDA: torch.cuda.max_memory_allocated over the whole variant, warm-up included (the
+cuDNN autotuner's trials, a CUDA graph's capture), tensors only, not the caching allocator's
+reserve (max_memory_reserved, in the JSON) or the CUDA context; CPU: the process's peak resident set size (ru_maxrss) above what it
 held before the networks were built.
 """
 import argparse
@@ -48,6 +49,8 @@ def get_arguments(argv=None):
     parser.add_argument("--modes", nargs="+", choices=MODES, default=None,
                         help="TRAIN.AMP values to compare (default: none and those the device supports)")
     parser.add_argument("--channels-last", action="store_true", help="also run each mode with CHANNELS_LAST")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="also run each variant with TRAIN.CUDA_GRAPH (CUDA; not with fp16)")
     parser.add_argument("--iters", type=int, default=None, help="timed iterations (default 20 CUDA, 5 CPU)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed first iterations (default 5 CUDA, 2 CPU)")
@@ -82,6 +85,9 @@ def training_cfg(spec):
 
     cfg = get_default_cfg()
     cfg.TRAIN.MODEL, cfg.TRAIN.AMP, cfg.CHANNELS_LAST = spec["model"], spec["amp"], spec["channels_last"]
+    cfg.TF32 = spec.get("tf32", cfg.TF32)
+    cfg.CUDNN_BENCHMARK = spec.get("cudnn_benchmark", cfg.CUDNN_BENCHMARK)
+    cfg.TRAIN.CUDA_GRAPH = spec.get("cuda_graph", cfg.TRAIN.CUDA_GRAPH)
     cfg.TRAIN.INPUT_SIZE_SOURCE, cfg.TRAIN.INPUT_SIZE_TARGET = tuple(spec["source"]), tuple(spec["target"])
     cfg.TRAIN.DA_METHOD, cfg.TRAIN.MULTI_LEVEL = "AdvEnt", True
     return cfg
@@ -103,7 +109,7 @@ def peak_rss_mib():
 
 def run_variant(spec):
     """{'it_s', 'peak_mib'} of `spec` (model, amp, channels_last, sizes, device, iters, warmup)."""
-    from advent.domain_adaptation.train_UDA import build_setup, train_step
+    from advent.domain_adaptation.train_UDA import build_setup, iteration
     from advent.utils.cuda_flags import set_cuda_flags
 
     device = torch.device(spec["device"])
@@ -120,39 +126,94 @@ def run_variant(spec):
     setup = build_setup(cfg, device)
     setup.model.train()
     budget = spec["budget"] or float("inf")
+    one_iteration = iteration(setup, cfg)  # as train.py runs it: with TRAIN.CUDA_GRAPH, graphed from the second
+
+    def step(i_iter):
+        return one_iteration(src, trg, i_iter)
+
     start = time.perf_counter()
     for i_iter in range(max(1, spec["warmup"])):
-        train_step(setup, src, trg, cfg, i_iter)
+        step(i_iter)
         if time.perf_counter() - start > budget / 4:
             break  # a slow variant: one warm-up iteration is enough
-    if cuda:
+    if cuda:  # the peak is the whole run's, warm-up included: the autotuner's trials, a graph's capture
         torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
     start, timed = time.perf_counter(), 0
     while timed < spec["iters"] and (timed == 0 or time.perf_counter() - start < budget):
-        metrics, _ = train_step(setup, src, trg, cfg, 1000 + timed)  # includes one device sync (the losses)
+        step(1000 + timed)  # includes one device sync (the losses)
         timed += 1
     if cuda:
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if cuda else peak_rss_mib() - rss_before
-    return {"it_s": timed / elapsed, "timed": timed, "peak_mib": peak}
+    result = {"it_s": timed / elapsed, "timed": timed, "peak_mib": peak,
+              "reserved_mib": torch.cuda.max_memory_reserved(device) / 2 ** 20 if cuda else None}
+    if spec.get("profile"):
+        result["profile"] = profile_steps(step, spec["profile"], device)
+    return result
+
+
+def device_time_us(event, self_only=True):
+    """An event's kernel time in microseconds (the attribute's name changed across torch versions)."""
+    prefix = "self_" if self_only else ""
+    for name in (f"{prefix}device_time_total", f"{prefix}cuda_time_total"):
+        if hasattr(event, name):
+            return getattr(event, name)
+    return 0.0
+
+
+def sorted_table(averages, sorts, rows):
+    """The profiler's table sorted by the first of `sorts` this torch knows (else by CPU time)."""
+    for sort in (*sorts, "self_cpu_time_total"):
+        try:
+            return averages.table(sort_by=sort, row_limit=rows)
+        except (AttributeError, KeyError, ValueError):
+            continue
+    return ""
+
+
+def profile_steps(step, iters, device):
+    """torch.profiler over `iters` steps: the wall time, the kernel time (its share is how busy
+    the GPU was) and the operators and (operator, input shapes) that took the most kernel time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        start = time.perf_counter()
+        for i_iter in range(iters):
+            step(2000 + i_iter)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        wall_us = (time.perf_counter() - start) * 1e6
+    averages = prof.key_averages()
+    # the kernels' own rows (an operator's row repeats the time of the kernels it launched)
+    kernel_us = sum(device_time_us(e) for e in averages if e.device_type != torch.autograd.DeviceType.CPU)
+    sorts = ("self_device_time_total", "self_cuda_time_total") if device.type == "cuda" else ()
+    tables = [sorted_table(prof.key_averages(), sorts, 25),
+              sorted_table(prof.key_averages(group_by_input_shape=True), sorts, 40)]
+    return {"iters": iters, "wall_ms_per_iter": wall_us / iters / 1e3,
+            "kernel_ms_per_iter": kernel_us / iters / 1e3, "busy_share": kernel_us / wall_us,
+            "tables": "\n\n".join(tables)}
 
 
 # --- the table ---
 
-def measure(spec):
+def measure(spec, timeout=None):
     """Run one variant in a fresh Python process; its result dict, or {'error': ...}."""
     command = [sys.executable, __file__, "--one", json.dumps(spec)]
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])} if spec["threads"] else None
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"killed after {timeout} s"}
     if result.returncode != 0:
         return {"error": (result.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def variant_name(amp, channels_last):
-    return LABEL[amp] + (" + channels_last" if channels_last else "")
+def variant_name(amp, channels_last, tf32=True, cudnn_benchmark=False, cuda_graph=False):
+    return (LABEL[amp] + (" + channels_last" if channels_last else "") + ("" if tf32 else " (TF32 off)")
+            + (" + cudnn.benchmark" if cudnn_benchmark else "") + (" + CUDA graph" if cuda_graph else ""))
 
 
 def summarize(model, variant, runs):
@@ -206,16 +267,19 @@ def main(argv=None):
     print(f"device {args.device} ({device_name}), torch {torch.__version__}, {threads} CPU threads; "
           f"source {sw}x{sh}, target {tw}x{th}; {args.warmup} warm-up + {args.iters} timed AdvEnt iterations "
           f"per variant{budget}, {args.rounds} round(s)", flush=True)
-    variants = [(model, amp, channels_last) for model in args.models for amp in args.modes
-                for channels_last in ((False, True) if args.channels_last else (False,))]
+    graphs = (False, True) if args.cuda_graph else (False,)
+    variants = [(model, amp, channels_last, graph) for model in args.models for amp in args.modes
+                for channels_last in ((False, True) if args.channels_last else (False,)) for graph in graphs
+                if not (graph and amp == "fp16")]  # train.py refuses fp16 with a graph
     runs = {variant: [] for variant in variants}
     for _ in range(args.rounds):
-        for model, amp, channels_last in variants:
-            spec = {"model": model, "amp": amp, "channels_last": channels_last, "device": args.device,
-                    "source": args.source_size, "target": args.target_size, "iters": args.iters,
-                    "warmup": args.warmup, "budget": args.budget, "threads": args.threads}
-            runs[(model, amp, channels_last)].append(measure(spec))
-    rows = [summarize(model, variant_name(amp, cl), runs[(model, amp, cl)]) for model, amp, cl in variants]
+        for model, amp, channels_last, graph in variants:
+            spec = {"model": model, "amp": amp, "channels_last": channels_last, "cuda_graph": graph,
+                    "device": args.device, "source": args.source_size, "target": args.target_size,
+                    "iters": args.iters, "warmup": args.warmup, "budget": args.budget, "threads": args.threads}
+            runs[(model, amp, channels_last, graph)].append(measure(spec))
+    rows = [summarize(model, variant_name(amp, cl, cuda_graph=graph), runs[(model, amp, cl, graph)])
+            for model, amp, cl, graph in variants]
     print_table(add_ratios(rows), args.rounds)
     return 0
 

@@ -23,9 +23,10 @@ from PIL import Image
 from advent.dataset import png_name
 from advent.domain_adaptation.esl_UDA import REPORT_NAME
 from advent.domain_adaptation.eval_UDA import RESULTS_SINGLE
-from advent.domain_adaptation.train_UDA import build_setup, train_step
+from advent.domain_adaptation.train_UDA import build_setup, iteration, train_step
 from advent.scripts import esl as esl_script
 from advent.scripts import test as test_script
+from advent.scripts import train as train_script
 from advent.utils.cuda_flags import cuda_flags, set_cuda_flags
 from advent.utils.runtime import memory_format
 from advent.utils.serialization import json_load
@@ -113,6 +114,41 @@ def test_channels_last_on_the_gpu_is_nhwc_with_the_same_losses(tmp_path):
         runs[channels_last] = losses
     for nhwc, plain in zip(runs[True], runs[False]):  # the same computation, other kernels
         assert nhwc == pytest.approx(plain, rel=1e-3)
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_a_cuda_graph_computes_what_eager_iterations_compute(tmp_path, amp):
+    """TRAIN.CUDA_GRAPH from the same initial weights on the same (changing) batches: the same losses
+    and weights as eager iterations. The same kernels run, but some accumulate with atomic adds
+    (the upsampling's backward), whose order varies between any two runs: hence a tolerance."""
+    runs = {}
+    set_cuda_flags(tf32=False, cudnn_benchmark=False)
+    for graphed in (False, True):
+        cfg, _ = tiny_cfg(tmp_path / str(graphed), "AdvEnt", iters=8)
+        cfg.TRAIN.AMP, cfg.TRAIN.CUDA_GRAPH = amp, graphed
+        torch.manual_seed(0)
+        setup = build_setup(cfg, GPU)
+        setup.model.train()
+        step, batches = iteration(setup, cfg), random_batches(8)
+        metrics = [step(batches[2 * i], batches[2 * i + 1], i)[0] for i in range(4)]
+        runs[graphed] = metrics, {k: v.float().cpu() for k, v in setup.model.state_dict().items()}
+    (eager, eager_weights), (graphed, graphed_weights) = runs[False], runs[True]
+    for before, after in zip(eager, graphed):
+        assert before.keys() == after.keys()
+        assert after == pytest.approx(before, rel=1e-4, abs=1e-6)
+    assert len({m["loss_seg_src_main"] for m in graphed}) == 4  # each replay saw its own batch
+    for name, value in eager_weights.items():
+        torch.testing.assert_close(graphed_weights[name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_train_py_with_a_cuda_graph_trains_and_records_it(tmp_path):
+    cfg, _ = tiny_cfg(tmp_path, "AdvEnt", iters=4, save_every=2)
+    cfg.GPU_ID, cfg.TRAIN.AMP, cfg.CHANNELS_LAST, cfg.TRAIN.CUDA_GRAPH = 0, "bf16", True, True
+    assert train_script.main(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "run.yml"))]) == 0
+    folder = Path(cfg.TRAIN.SNAPSHOT_DIR)
+    assert (folder / "model_2.pth").is_file() and (folder / "model_4.pth").is_file()
+    record = json_load(next(folder.glob("run_train_*.json")))
+    assert record["environment"]["device"] == "cuda:0" and record["config"]["TRAIN"]["CUDA_GRAPH"] is True
 
 
 def esl_run(tmp_path, method, gpu_id):

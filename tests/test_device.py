@@ -17,6 +17,7 @@ from advent.scripts import train as train_script
 from advent.utils import distributed
 from advent.utils.cuda_flags import cuda_flags, set_cuda_flags
 from advent.utils.errors import UserError
+from advent.utils.runtime import run_main
 from advent.utils.serialization import json_load
 from fake_data import write_cfg_yaml
 from test_esl import esl_config
@@ -114,3 +115,36 @@ def test_each_script_sets_tf32_and_the_autotuner_from_the_config_and_records_the
     assert cuda_flags() == expected
     assert {key: record["environment"][key] for key in expected} == expected
     assert record["config"]["TF32"] is False and record["config"]["CUDNN_BENCHMARK"] is True
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ({"GPU_ID": -1}, r"TRAIN.CUDA_GRAPH needs a CUDA GPU, but this run uses cpu \(GPU_ID -1\)"),
+    ({"WORLD_SIZE": 2}, r"TRAIN.CUDA_GRAPH runs in one process, not under torchrun"),
+    ({"TRAIN.AMP": "fp16"}, r"TRAIN.CUDA_GRAPH works with TRAIN.AMP 'none' or 'bf16', not 'fp16'"),
+])
+def test_cuda_graph_is_refused_where_a_graph_cannot_hold_the_iteration(monkeypatch, problem, expected):
+    """train.py checks TRAIN.CUDA_GRAPH right after choosing the device, before any data or model."""
+    cfg = get_default_cfg()
+    cfg.TRAIN.CUDA_GRAPH = True
+    device = torch.device("cuda", 0)
+    if "GPU_ID" in problem:
+        cfg.GPU_ID, device = -1, CPU
+    if "WORLD_SIZE" in problem:
+        monkeypatch.setattr(train_script, "get_world_size", lambda: 2)
+    if "TRAIN.AMP" in problem:
+        cfg.TRAIN.AMP = "fp16"
+    with pytest.raises(UserError, match=f"^{expected}"):
+        train_script.check_cuda_graph(cfg, device)
+    cfg.TRAIN.CUDA_GRAPH = False  # off: nothing to check
+    train_script.check_cuda_graph(cfg, device)
+
+
+def test_train_py_with_cuda_graph_on_the_cpu_is_one_line_and_writes_nothing(tmp_path, capsys):
+    cfg, _ = tiny_cfg(tmp_path, "AdvEnt", iters=2)
+    cfg.TRAIN.CUDA_GRAPH = True  # tiny_cfg runs on the CPU (GPU_ID -1)
+    with pytest.raises(SystemExit) as stop:
+        run_main(train_script.main, ["--cfg", str(write_cfg_yaml(cfg, tmp_path / "run.yml"))])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "TRAIN.CUDA_GRAPH needs a CUDA GPU" in err[0], err
+    assert not Path(cfg.TRAIN.SNAPSHOT_DIR).exists()

@@ -11,8 +11,11 @@ from advent.utils.serialization import json_load
 from processes import HANG_GUARD_S
 
 SCRIPT = PROJECT_ROOT / "benchmarks" / "gpu_check.py"
-STAGES = ["tests: -m cuda", "tests: fast suite", "speed: fp32", "speed: bf16", "speed: fp16",
-          "speed: bf16 + channels_last", "seed sweep: 1 train.py", "seed sweep: 2 train.py", "esl.py", "test.py"]
+STAGES = ["tests: -m cuda", "tests: fast suite", "speed: fp32", "speed: fp32 (TF32 off)", "speed: bf16", "speed: fp16",
+          "speed: bf16 + channels_last", "speed: bf16 + channels_last + cudnn.benchmark",
+          "speed: fp32 + CUDA graph", "speed: bf16 + channels_last + CUDA graph", "profile: bf16 + channels_last",
+          "seed sweep: 1 train.py", "seed sweep: 2 train.py", "esl.py", "test.py"]
+CUDA_ONLY = ["speed: fp32 + CUDA graph", "speed: bf16 + channels_last + CUDA graph"]
 
 
 def gpu_check():
@@ -46,12 +49,18 @@ def test_dry_run_runs_every_step_and_writes_the_table(tmp_path):
     table = json_load(out)
     rows = {row["stage"]: row for row in table["rows"]}
     assert list(rows) == STAGES
+    for name in CUDA_ONLY:
+        assert rows.pop(name) == {"stage": name, "status": "skipped", "note": "CUDA only"}
     assert all(row["status"] == "ok" for row in rows.values()), table["rows"]
     assert all(stage in result.stdout for stage in STAGES) and f"written: {out}" in result.stdout
     assert "tests collected" in rows["tests: -m cuda"]["note"]  # a dry run collects the suites only
-    for name in STAGES[2:]:
-        assert rows[name]["rate"] > 0 and rows[name]["peak_mib"] > 0, name
-        assert rows[name]["smi_mib"] is None  # no nvidia-smi in a dry run
+    for name in rows:
+        assert rows[name]["smi_mib"] is None and rows[name]["gpu_util"] is None  # no nvidia-smi in a dry run
+        if not name.startswith("tests"):
+            assert rows[name]["rate"] > 0 and rows[name]["peak_mib"] > 0, name
+    assert "Name" in (tmp_path / "check_profile.txt").read_text()  # the profiler's tables
+    assert "$ " in (tmp_path / "check_pytest.log").read_text()  # pytest's whole output
+    assert 0 < rows["seed sweep: 1 train.py"]["step_share"] <= 1 and rows["seed sweep: 1 train.py"]["loop_vs_step"] > 0
     sweep = rows["seed sweep: 2 train.py"]
     assert len(sweep["per_run_it_s"]) == len(sweep["per_run_peak_mib"]) == 2
     assert table["environment"]["dry_run"] is True and table["environment"]["nvidia_smi"] == "skipped (dry run)"

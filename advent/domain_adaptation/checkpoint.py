@@ -63,6 +63,7 @@ RESUME_MAY_CHANGE = {
     "TRAIN.RESTORE_FROM", "TRAIN.SNAPSHOT_DIR", "TRAIN.TENSORBOARD_LOGDIR",
     "TRAIN.TENSORBOARD_VIZRATE", "TRAIN.SAVE_PRED_EVERY", "TRAIN.EARLY_STOP",
     "CUDNN_BENCHMARK",  # only chooses among kernels of the same computation, as CHANNELS_LAST does
+    "TRAIN.CUDA_GRAPH",  # launches the same kernels another way
 }
 
 

@@ -226,14 +226,12 @@ def step_optimizers(setup):
         setup.scaler.update()
 
 
-def train_step(setup, batch_src, batch_trg, cfg, i_iter):
-    """One iteration (module docstring) on (images, labels) batches; `batch_trg` None when the
-    run uses no target. Returns ({metric: float}, {'source' / 'target': main logits, detached})."""
+def forward_backward(setup, batch_src, batch_trg, cfg):
+    """Steps (1) to (3) of an iteration: the losses and every network's gradients, with nothing
+    read back to the host (so that it can be captured in a CUDA graph). Returns ({metric: 0-dim
+    tensor}, source predictions, target predictions ({} without a target))."""
     train, amp = cfg.TRAIN, cfg.TRAIN.AMP
     seg_w, adv_w, ent_w = (level_weights(cfg, kind) for kind in ("SEG", "ADV", "ENT"))
-    rates = set_learning_rates(setup, cfg, i_iter)
-    for optimizer in setup.optimizers():
-        optimizer.zero_grad()
     metrics = {}
     segmenter = setup.ddp_model if setup.ddp_model is not None else setup.model  # DDP under torchrun
     # (1) supervised loss on the source; under torchrun its gradients are averaged over the
@@ -262,12 +260,74 @@ def train_step(setup, batch_src, batch_trg, cfg, i_iter):
         # (3) the discriminators, on detached maps
         set_requires_grad(setup.discriminators.values(), True)
         train_discriminators(setup, pred_src, pred_trg, metrics, amp)
+    return metrics, pred_src, pred_trg
+
+
+def train_step(setup, batch_src, batch_trg, cfg, i_iter):
+    """One iteration (module docstring) on (images, labels) batches; `batch_trg` None when the
+    run uses no target. Returns ({metric: float}, {'source' / 'target': main logits, detached})."""
+    rates = set_learning_rates(setup, cfg, i_iter)
+    for optimizer in setup.optimizers():
+        optimizer.zero_grad()
+    metrics, pred_src, pred_trg = forward_backward(setup, batch_src, batch_trg, cfg)
     values = fetch(metrics, i_iter)
     # (4)
     step_optimizers(setup)
     outputs = {domain: preds["main"].detach() for domain, preds in (("source", pred_src), ("target", pred_trg))
                if preds}
     return {**values, **rates}, outputs
+
+
+class GraphedStep:
+    """train_step with TRAIN.CUDA_GRAPH: the first call is an eager iteration (on a side stream, as
+    torch's recipe for graph capture has it), after which steps (1) to (3) are captured once in a
+    CUDA graph on static copies of that call's batches; each later call copies its batches into
+    them and replays the graph. The graph runs the kernels an eager iteration runs, so it
+    computes the same numbers; the learning rates, the loss read-back and the optimiser steps
+    stay eager. The gradients live in the graph's memory and are rewritten by each replay, so
+    nothing may set them to None (zero_grad) between replays."""
+
+    def __init__(self, setup, cfg):
+        self.setup, self.cfg, self.graph = setup, cfg, None
+
+    def __call__(self, batch_src, batch_trg, i_iter):
+        if self.graph is None:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                result = train_step(self.setup, batch_src, batch_trg, self.cfg, i_iter)
+            torch.cuda.current_stream().wait_stream(side)
+            self._capture(batch_src, batch_trg)
+            return result
+        for static, batch in ((self.static_src, batch_src), (self.static_trg, batch_trg)):
+            for static_tensor, tensor in zip(static or (), batch or ()):
+                if static_tensor.shape != tensor.shape:
+                    raise ValueError(f"TRAIN.CUDA_GRAPH needs batches of one shape: {tuple(tensor.shape)} "
+                                     f"after {tuple(static_tensor.shape)}")
+                static_tensor.copy_(tensor, non_blocking=True)
+        rates = set_learning_rates(self.setup, self.cfg, i_iter)
+        self.graph.replay()
+        values = fetch(self.metrics, i_iter)
+        step_optimizers(self.setup)
+        return {**values, **rates}, self.outputs
+
+    def _capture(self, batch_src, batch_trg):
+        self.static_src = tuple(t.clone() for t in batch_src)
+        self.static_trg = tuple(t.clone() for t in batch_trg) if batch_trg is not None else None
+        for optimizer in self.setup.optimizers():
+            optimizer.zero_grad(set_to_none=True)  # the captured backward allocates them in its memory
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.metrics, pred_src, pred_trg = forward_backward(self.setup, self.static_src, self.static_trg, self.cfg)
+        self.outputs = {domain: preds["main"].detach() for domain, preds in (("source", pred_src),
+                                                                               ("target", pred_trg)) if preds}
+
+
+def iteration(setup, cfg):
+    """The function one iteration calls: (batch_src, batch_trg, i_iter) -> train_step's result."""
+    if cfg.TRAIN.CUDA_GRAPH:
+        return GraphedStep(setup, cfg)
+    return lambda batch_src, batch_trg, i_iter: train_step(setup, batch_src, batch_trg, cfg, i_iter)
 
 
 # --- the loop ---
@@ -314,6 +374,7 @@ def train_loop(cfg, device, setup, loaders, checkpointer, monitor, start):
     signal: before each iteration the processes agree on whether any of them got one, so that all
     stop after the same iteration (one small collective under torchrun, none otherwise)."""
     total, n_iter, signum = total_iterations(cfg), start, 0
+    step = iteration(setup, cfg)
     with ExitStack() as stack:
         # closed last, however the loop ends: the loader workers end with them (forked, they
         # share the snapshot folder's lock)
@@ -329,7 +390,7 @@ def train_loop(cfg, device, setup, loaders, checkpointer, monitor, start):
             if signum:
                 break
             try:
-                metrics, outputs = train_step(setup, batch["source"], batch.get("target"), cfg, i_iter)
+                metrics, outputs = step(batch["source"], batch.get("target"), i_iter)
             except NonFiniteLoss as error:
                 failure = UserError(f"training diverged at {error}; nothing of this iteration was saved, "
                                     f"last good train state: {checkpointer.last_saved or 'none'}")

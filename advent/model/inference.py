@@ -15,7 +15,9 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def autocast(device, amp):
     """torch.autocast on `device`'s type for AMP setting `amp` ('none', 'bf16' or 'fp16')."""
     dtype = AMP_DTYPES[amp]
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    # its cache of weights cast to half precision must not outlive a CUDA graph capture
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=not capturing)
 
 
 def load_segmenter(name, num_classes, multi_level, checkpoint, device, channels_last=False):

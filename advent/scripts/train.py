@@ -74,6 +74,21 @@ def resume_command(args):
     return shlex.join(words + ["--resume"])
 
 
+def check_cuda_graph(cfg, device):
+    """TRAIN.CUDA_GRAPH runs where a graph can hold the whole iteration: CUDA, one process, and no
+    fp16 loss scaling (which reads the gradients back to the host every step)."""
+    if not cfg.TRAIN.CUDA_GRAPH:
+        return
+    if device.type != "cuda":
+        raise UserError(f"TRAIN.CUDA_GRAPH needs a CUDA GPU, but this run uses {device} "
+                        f"(GPU_ID {cfg.GPU_ID}); set TRAIN.CUDA_GRAPH: False")
+    if get_world_size() > 1:
+        raise UserError("TRAIN.CUDA_GRAPH runs in one process, not under torchrun; set TRAIN.CUDA_GRAPH: False")
+    if cfg.TRAIN.AMP == "fp16":
+        raise UserError("TRAIN.CUDA_GRAPH works with TRAIN.AMP 'none' or 'bf16', not 'fp16' (its loss scaling "
+                        "reads the gradients back every step)")
+
+
 def main(argv=None):
     args = parse_args(argv)
     setup_logging()
@@ -82,6 +97,7 @@ def main(argv=None):
     if args.viz_every_iter is not None and args.viz_every_iter <= 0:
         raise UserError(f"--viz-every-iter must be positive, got {args.viz_every_iter}")
     device = select_device(cfg.GPU_ID, cfg.TF32, cfg.CUDNN_BENCHMARK)
+    check_cuda_graph(cfg, device)
     processes = f" x {get_world_size()} processes" if get_world_size() > 1 else ""
     log.info("%s on %s%s; full config: %s/config.yml", describe(cfg), device, processes, cfg.TRAIN.SNAPSHOT_DIR)
     try:
