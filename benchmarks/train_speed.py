@@ -7,9 +7,10 @@ each also with CHANNELS_LAST when asked.
         [--warmup 3] [--budget SECONDS] [--rounds N] [--source-size W H] [--target-size W H]
         [--modes none bf16 fp16] [--channels-last] [--cuda-graph] [--threads N]
 
-What is timed: one AdvEnt iteration of `train_UDA.train_step` as training runs it (source and
+What is timed: one AdvEnt iteration as train.py runs it (`train_UDA.iteration`: source and
 target segmenter passes, multi-level, both discriminators frozen then trained, the faithful
-repeated-SGD optimiser, the GradScaler with fp16), batch 1 + 1, on random images and labels of the
+repeated-SGD optimiser, the GradScaler with fp16; with --cuda-graph, steps (1)-(3) replayed from
+a CUDA graph after the first iteration), batch 1 + 1, on random images and labels of the
 given sizes and random weights. Every variant runs in a fresh subprocess, one after the other in
 the same invocation, so that its peak memory is its own; with --rounds N the list of variants is
 run N times, interleaved, and the median (and range) of the speeds is shown, which evens out a
@@ -19,8 +20,8 @@ iterations per second and peak memory, each also as a ratio to fp32 of the same 
 
 Peak memory: CUDA: torch.cuda.max_memory_allocated over the whole variant, warm-up included (the
 cuDNN autotuner's trials, a CUDA graph's capture), tensors only, not the caching allocator's
-reserve (max_memory_reserved, in the JSON) or the CUDA context; CPU: the process's peak resident set size (ru_maxrss) above what it
-held before the networks were built.
+reserve (max_memory_reserved, in the JSON) or the CUDA context; CPU: the process's peak resident
+set size (ru_maxrss) above what it held before the networks were built.
 """
 import argparse
 import json
@@ -126,7 +127,7 @@ def run_variant(spec):
     setup = build_setup(cfg, device)
     setup.model.train()
     budget = spec["budget"] or float("inf")
-    one_iteration = iteration(setup, cfg)  # as train.py runs it: with TRAIN.CUDA_GRAPH, graphed from the second
+    one_iteration = iteration(setup, cfg)  # as train.py runs it (TRAIN.CUDA_GRAPH: graphed from the 2nd)
 
     def step(i_iter):
         return one_iteration(src, trg, i_iter)
@@ -153,10 +154,9 @@ def run_variant(spec):
     return result
 
 
-def device_time_us(event, self_only=True):
-    """An event's kernel time in microseconds (the attribute's name changed across torch versions)."""
-    prefix = "self_" if self_only else ""
-    for name in (f"{prefix}device_time_total", f"{prefix}cuda_time_total"):
+def device_time_us(event):
+    """An event's own kernel time in microseconds (the attribute's name changed across torch versions)."""
+    for name in ("self_device_time_total", "self_cuda_time_total"):
         if hasattr(event, name):
             return getattr(event, name)
     return 0.0

@@ -15,6 +15,8 @@ iteration, then
   (3) AdvEnt: each discriminator learns source (0) from target (1) on detached maps, halved;
   (4) step every optimiser.
 Every loss is weighted per level (aux, main) by its LAMBDA_*; aux exists only with MULTI_LEVEL.
+With TRAIN.CUDA_GRAPH, steps (1) to (3) of every iteration after the first are replayed from a
+CUDA graph (`GraphedStep`: the same kernels, without the host launching each one).
 SIGINT / SIGTERM stop the loop after the current iteration with a saved train state
 (TrainingInterrupted); a non-finite loss stops it before the optimisers step (UserError).
 
