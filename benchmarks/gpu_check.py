@@ -3,7 +3,8 @@ minutes on one GPU (474 s on an H200 without --mps); docs/speed.md shows its lat
 
     python benchmarks/gpu_check.py [--out gpu_check.json] [--gpu 0] [--images 100]
         [--sweep 1 2 4 8] [--sweep-iters 40] [--sweep-warmup 8] [--sweep-amp bf16]
-        [--sweep-channels-last | --no-sweep-channels-last] [--mps 4 8] [--skip-tests] [--work DIR]
+        [--[no-]sweep-channels-last] [--[no-]sweep-cuda-graph] [--mps 4 8]
+        [--stages tests speed profile sweep esl test mps] [--skip-tests] [--work DIR]
     python benchmarks/gpu_check.py --dry-run [--out FILE]   # CPU, Tiny model, tiny images, few iterations
 
 In order, each a row of the table (the JSON is rewritten after every row, so a check cut short
@@ -16,7 +17,7 @@ keeps what it measured):
                bf16 + CHANNELS_LAST, the latter with the cuDNN autotuner, and fp32 and
                bf16 + CHANNELS_LAST with TRAIN.CUDA_GRAPH; each in its own process: it/s and
                torch.cuda.max_memory_allocated (warm-up and graph capture included).
-  profile      torch.profiler over 5 eager iterations of bf16 + CHANNELS_LAST: the share of the
+  profile      torch.profiler over 3 eager iterations of bf16 + CHANNELS_LAST: the share of the
                wall time the GPU ran kernels, and the operators and (operator, input shapes) that
                took the most kernel time (<out>_profile.txt).
   seed sweep   1, 2, 4 and 8 train.py runs started together on the GPU (the paper's settings: R101,
@@ -77,7 +78,7 @@ SPEED_VARIANTS = (("none", False, True, False, False), ("none", False, False, Fa
                   ("bf16", True, True, False, False), ("bf16", True, True, True, False),
                   ("none", False, True, False, True), ("bf16", True, True, False, True))
 STAGES = ("tests", "speed", "profile", "sweep", "esl", "test", "mps")
-PROFILED_ITERS = 5
+PROFILED_ITERS = 3  # the profiler slows the iterations about 2x (5 took 42 s with R101)
 CHILD_TIMEOUT_S = 300  # a child (a timed script, a speed variant) still running after this is killed
 # the function each timed script runs per unit of work: (its module, its name, whether that name
 # is a factory whose result is the function: train_UDA.iteration gives train.py's step function)
@@ -99,7 +100,7 @@ def get_arguments(argv=None):
     parser.add_argument("--sweep-channels-last", action=argparse.BooleanOptionalAction,
                         default=FASTEST["channels_last"], help="CHANNELS_LAST in the sweep's runs (default on)")
     parser.add_argument("--sweep-cuda-graph", action=argparse.BooleanOptionalAction, default=None,
-                        help="TRAIN.CUDA_GRAPH in the sweep's runs (default: on with a GPU)")
+                        help="TRAIN.CUDA_GRAPH in the sweep's runs (default: on with a GPU, except with fp16)")
     parser.add_argument("--mps", type=int, nargs="*", default=[], metavar="N",
                         help="also sweep N runs under an MPS daemon (GPU only)")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
@@ -114,7 +115,7 @@ def get_arguments(argv=None):
     args.images = 2 * max(1, (args.images or (4 if dry else 100)) // 2)  # two cities of as many each
     args.sweep = args.sweep or ([1, 2] if dry else [1, 2, 4, 8])
     if args.sweep_cuda_graph is None:
-        args.sweep_cuda_graph = FASTEST["cuda_graph"] and not dry
+        args.sweep_cuda_graph = FASTEST["cuda_graph"] and not dry and args.sweep_amp != "fp16"  # train.py refuses fp16
     # enough iterations that runs started together overlap past their warm-up, whatever their start-up
     args.sweep_iters = args.sweep_iters or (3 if dry else 40)
     args.sweep_warmup = args.sweep_warmup if args.sweep_warmup is not None else (1 if dry else 8)
