@@ -22,10 +22,10 @@ keeps what it measured):
                took the most kernel time (<out>_profile.txt).
   seed sweep   1, 2, 4 and 8 train.py runs started together on the GPU (the paper's settings: R101,
                AdvEnt multi-level, 1280x720 / 1024x512, in the fastest setting: --sweep-amp
-               (default bf16), CHANNELS_LAST and TRAIN.CUDA_GRAPH; random initial weights), each with its own --exp-suffix and
-               TRAIN.RANDOM_SEED, on GTA5 (1914x1052) and Cityscapes (2048x1024) images written in
-               the real formats (tests/fake_data.py; random pixels, which decode slower than
-               photographs). Per run: its iterations/s after --sweep-warmup iterations, from its
+               (default bf16), CHANNELS_LAST and TRAIN.CUDA_GRAPH; random initial weights), each
+               with its own --exp-suffix and TRAIN.RANDOM_SEED, on GTA5 (1914x1052) and Cityscapes
+               (2048x1024) images written in the real formats (tests/fake_data.py; random pixels,
+               which decode slower than photographs). Per run: its iterations/s after --sweep-warmup iterations, from its
                own loop (loaders included), and its torch.cuda.max_memory_allocated; the aggregate
                counts every run's iterations in the window where all of them were past their
                warm-up and none had finished. The 1-run sweep is train.py end to end; its note
@@ -105,7 +105,8 @@ def get_arguments(argv=None):
                         help="also sweep N runs under an MPS daemon (GPU only)")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
                         help="the parts to run (default: all; esl and test need the 1-run sweep)")
-    parser.add_argument("--skip-tests", action="store_true", help="leave out the two test rows")
+    parser.add_argument("--skip-tests", action="store_true",
+                        help="leave out the two test rows (--stages without tests)")
     parser.add_argument("--work", default=None, help="folder for the data and runs (default: a temporary one)")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, few iterations")
     args = parser.parse_args(argv)
@@ -123,6 +124,8 @@ def get_arguments(argv=None):
         parser.error("--sweep-warmup must be at least 1 and below --sweep-iters")
     if dry and args.mps:
         parser.error("--mps needs a GPU (not with --dry-run)")
+    if args.skip_tests:
+        args.stages = [name for name in args.stages if name != "tests"]
     return args
 
 
@@ -313,13 +316,19 @@ def pytest_row(command, log):
     try:
         result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired as error:
-        with open(log, "a") as stream:
-            stream.write(f"$ {' '.join(command)}\n{error.stdout or ''}\n")
+        append_output(log, command, error.stdout)
         return {"status": "failed", "note": f"killed after {CHILD_TIMEOUT_S} s"}
-    with open(log, "a") as stream:
-        stream.write(f"$ {' '.join(command)}\n{result.stdout}{result.stderr}\n")
+    append_output(log, command, result.stdout + result.stderr)
     summary = ([line for line in result.stdout.splitlines() if line.strip()] or ["no output"])[-1]
     return {"status": "ok" if result.returncode == 0 else "failed", "note": summary.strip("= ")}
+
+
+def append_output(log, command, output):
+    """`command` and its output at the end of the file `log` (a timed-out run's output is bytes)."""
+    if isinstance(output, bytes):
+        output = output.decode(errors="replace")
+    with open(log, "a") as stream:
+        stream.write(f"$ {' '.join(command)}\n{output or ''}\n")
 
 
 def speed_spec(args, amp, channels_last, tf32=True, cudnn_benchmark=False, cuda_graph=False, profile=0):
@@ -350,7 +359,8 @@ def speed_row(spec):
 
 
 def profile_row(args):
-    """The fastest setting under torch.profiler; its tables into <out>_profile.txt."""
+    """Eager bf16 + CHANNELS_LAST under torch.profiler (where the host's launches leave the GPU
+    idle); its tables into <out>_profile.txt."""
     result = train_speed.measure(speed_spec(args, "bf16", True, profile=PROFILED_ITERS), timeout=CHILD_TIMEOUT_S)
     if "error" in result:
         return {"status": "failed", "note": result["error"]}
@@ -534,7 +544,8 @@ def print_table(env, rows):
     dry = " -- DRY RUN (CPU, tiny sizes)" if env["dry_run"] else ""
     print(f"GPU check on {env['device']} ({env['gpu'] or 'no GPU'}), driver {env['driver']}, "
           f"torch {env['torch']}, CUDA {env['cuda']}, cuDNN {env['cudnn']}, {env['cpus']} CPUs{dry}")
-    header = f"{'stage':<48}{'status':<8}{'rate':>10} {'unit':<16}{'peak MiB':>9}{'smi MiB':>9}{'util%':>5}{'s':>6}  note"
+    header = (f"{'stage':<48}{'status':<8}{'rate':>10} {'unit':<16}{'peak MiB':>9}{'smi MiB':>9}{'util%':>5}{'s':>6}"
+              "  note")
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -555,7 +566,7 @@ def with_loop_comparison(row, speed):
 def check_rows(args, work):
     """The rows of the --stages asked for, each yielded as soon as it is measured."""
     stages = set(args.stages)
-    if "tests" in stages and not args.skip_tests:
+    if "tests" in stages:
         yield from test_rows(args)
     speed = {}
     for row in speed_rows(args) if "speed" in stages else ():

@@ -135,9 +135,14 @@ def deviation(curves, reference, window):
     return result
 
 
+def allowances(floor, tolerance):
+    """{judged loss: the deviation it may reach: `tolerance` or FLOOR_FACTOR noise floors, the larger}."""
+    return {loss: max(tolerance, FLOOR_FACTOR * floor[loss]) for loss in JUDGED}
+
+
 def judge(deviations, floor, tolerance):
-    """Whether a variant passes: each judged loss within `tolerance` or FLOOR_FACTOR noise floors."""
-    return all(deviations[loss] <= max(tolerance, FLOOR_FACTOR * floor[loss]) for loss in JUDGED)
+    """Whether a variant passes: each judged loss within its allowance."""
+    return all(deviations[loss] <= allowed for loss, allowed in allowances(floor, tolerance).items())
 
 
 def main(argv=None):
@@ -165,7 +170,7 @@ def main(argv=None):
         print(f"{row['variant']:<24}" + "".join(f"{row['deviation'][name]:>15.2%}" for name in names) + f"  {verdict}")
     ref = smoothed(reference["loss_seg_src_main"], args.window)
     print(f"reference seg_src_main (smoothed): {ref[0]:.4f} -> {ref[-1]:.4f}; allowed: "
-          + ", ".join(f"{loss[5:]} {max(args.tolerance, FLOOR_FACTOR * floor[loss]):.2%}" for loss in JUDGED))
+          + ", ".join(f"{loss[5:]} {allowed:.2%}" for loss, allowed in allowances(floor, args.tolerance).items()))
     if args.json:
         json_dump({"settings": {k: v for k, v in vars(args).items() if k != "json"}, "noise_floor": floor,
                    "reference": {"variant": REFERENCE[0], "curves": reference}, "variants": rows}, Path(args.json))

@@ -189,7 +189,7 @@ def profile_steps(step, iters, device):
     # the kernels' own rows (an operator's row repeats the time of the kernels it launched)
     kernel_us = sum(device_time_us(e) for e in averages if e.device_type != torch.autograd.DeviceType.CPU)
     sorts = ("self_device_time_total", "self_cuda_time_total") if device.type == "cuda" else ()
-    tables = [sorted_table(prof.key_averages(), sorts, 25),
+    tables = [sorted_table(averages, sorts, 25),
               sorted_table(prof.key_averages(group_by_input_shape=True), sorts, 40)]
     return {"iters": iters, "wall_ms_per_iter": wall_us / iters / 1e3,
             "kernel_ms_per_iter": kernel_us / iters / 1e3, "busy_share": kernel_us / wall_us,
