@@ -178,6 +178,9 @@ _C.ESL.WAIT_MODEL = True  # wait for ESL.RESTORE_FROM to appear (it may still be
 _C.ESL.WAIT_TIMEOUT = 86400  # seconds
 _C.ESL.MAX_MEDIAN_BATCH = 3000
 _C.ESL.AMP = "none"
+# Threads for the per-image host work (counting, spilling, thresholding, writing the PNGs), which
+# limits esl.py on a GPU; 0: all in the main thread. The labels do not depend on it.
+_C.ESL.THREADS = 4
 freeze(_C)
 
 PATH_KEYS = {
@@ -202,6 +205,7 @@ PER_MODEL_TEST_KEYS = ("TEST.MODEL", "TEST.MODEL_WEIGHT", "TEST.MULTI_LEVEL", "T
 POSITIVE_KEYS = ("TRAIN.SAVE_PRED_EVERY", "TRAIN.MAX_ITERS", "TRAIN.EARLY_STOP", "TEST.SNAPSHOT_STEP",
                  "ESL.MAX_MEDIAN_BATCH", "TRAIN.BATCH_SIZE_SOURCE", "TRAIN.BATCH_SIZE_TARGET",
                  "TEST.BATCH_SIZE_TARGET", "ESL.BATCH_SIZE_TARGET", "TRAIN.DISCRIMINATOR_WIDTH")
+NON_NEGATIVE_KEYS = ("NUM_WORKERS", "ESL.THREADS")
 
 
 def get_default_cfg():
@@ -351,6 +355,9 @@ def check_cfg(config, filename="config"):
     for key in POSITIVE_KEYS:
         if get_key(config, key) <= 0:
             raise UserError(f"{filename}: {key} must be positive, got {get_key(config, key)}")
+    for key in NON_NEGATIVE_KEYS:
+        if get_key(config, key) < 0:
+            raise UserError(f"{filename}: {key} must be 0 or more, got {get_key(config, key)}")
 
 
 def derive_paths(config, exp_suffix=""):

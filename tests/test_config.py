@@ -33,6 +33,7 @@ PUBLISHED_DEFAULTS = {
     "ESL.THRESHOLD": 0.1, "ESL.RESTORE_FROM": "", "ESL.MODEL": "DeepLabv2", "ESL.MULTI_LEVEL": True,
     "ESL.SET_TARGET": "train", "ESL.BATCH_SIZE_TARGET": 1, "ESL.INPUT_SIZE_TARGET": (1024, 512),
     "ESL.OUTPUT_SIZE_TARGET": (1024, 512), "ESL.WAIT_MODEL": True, "ESL.MAX_MEDIAN_BATCH": 3000,
+    "ESL.THREADS": 4,
 }
 
 
@@ -123,6 +124,9 @@ def test_invalid_choices_and_sizes(tmp_path):
     assert "[width, height]" in _error(tmp_path, "TEST:\n  OUTPUT_SIZE_TARGET: [2048]\n")
     assert "one entry per model" in _error(tmp_path, "TEST:\n  RESTORE_FROM: [a.pth, b.pth]\n")
     assert "TRAIN.DISCRIMINATOR_WIDTH" in _error(tmp_path, "TRAIN:\n  DISCRIMINATOR_WIDTH: 0\n")
+    assert "ESL.THREADS must be 0 or more, got -1" in _error(tmp_path, "ESL:\n  THREADS: -1\n")
+    assert "NUM_WORKERS must be 0 or more, got -2" in _error(tmp_path, "NUM_WORKERS: -2\n")
+    assert _load(tmp_path, "NUM_WORKERS: 0\nESL:\n  THREADS: 0\n").ESL.THREADS == 0
 
 
 def test_missing_file_and_non_mapping(tmp_path):

@@ -109,9 +109,10 @@ def reference(cfg, order="published"):
     return labels, thresholds_per_group
 
 
-@pytest.mark.parametrize("method", ["entropy", "maxprob"])
-def test_labels_and_report_equal_direct_reference(tmp_path, method):
+@pytest.mark.parametrize("method, threads", [("entropy", 0), ("entropy", 3), ("maxprob", 3)])
+def test_labels_and_report_equal_direct_reference(tmp_path, method, threads):
     cfg, _ = esl_config(tmp_path, method=method, group=4, count=6)  # 6 images: groups of 4 and 2
+    cfg.ESL.THREADS = threads
     report = run_esl(cfg, tmp_path)
     expected, thresholds = reference(cfg)
     assert len(expected) == 6 and [g["images"] for g in report["groups"]] == [[0, 4], [4, 6]]

@@ -42,13 +42,15 @@ def leftovers(folder):
 
 
 def waiting_esl_script(marker, release):
-    """Python source of esl.py whose second pseudo-label write waits for the file `release` after
-    creating `marker`: a signal or a second run lands mid-run, with the staging folder half written."""
+    """Python source of esl.py whose writing pass waits, in the main thread where it counts the
+    second image's labels for the report, for the file `release` after creating `marker`: a signal
+    or a second run lands mid-run, with the staging folder half written (the PNGs are written by
+    ESL.THREADS threads, which finish the images in flight)."""
     return f"""
 import sys, time
 from pathlib import Path
 import advent.domain_adaptation.esl_UDA as E
-original, calls = E.apply_thresholds, []
+original, calls = E.QualityStats.update, []
 def waiting(*args, **kwargs):
     calls.append(1)
     if len(calls) == 2:
@@ -57,7 +59,7 @@ def waiting(*args, **kwargs):
         while not Path({str(release)!r}).exists() and time.monotonic() < deadline:
             time.sleep(0.02)
     return original(*args, **kwargs)
-E.apply_thresholds = waiting
+E.QualityStats.update = waiting
 from advent.scripts.esl import main
 from advent.utils.runtime import run_main
 sys.argv[0] = "advent/scripts/esl.py"

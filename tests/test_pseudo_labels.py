@@ -109,17 +109,21 @@ def test_scores_adjacent_in_bits_are_told_apart():
     assert kth.item() == scores[2]  # round(1.5) = 2: the largest of three neighbours
 
 
-def test_labels_outside_classes_are_not_counted():
-    labels = np.array([0, 255, 0, 7])
-    scores = np.float32([0.2, 0.9, 0.4, 0.9])
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8])
+def test_labels_outside_classes_are_not_counted(dtype):
+    labels = np.array([0, 255, 0, 7, 1, 2], dtype=dtype)
+    if dtype == np.int64:
+        labels[3] = -1
+    scores = np.float32([0.2, 0.0, 0.4, 0.9, 0.6, 0.1])
     kth, counts = select(labels, scores, 2)
-    assert counts.tolist() == [2, 0] and kth[0].item() == pytest.approx(0.4)
+    assert counts.tolist() == [2, 1] and kth.tolist() == [pytest.approx(0.4), pytest.approx(0.6)]
 
 
-def test_selector_rejects_non_finite_scores():
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1e-30, -0.0])
+def test_selector_rejects_scores_that_do_not_sort_by_their_bits(bad):
     selector = PerClassSelector(2)
-    with pytest.raises(ValueError):
-        selector.count_high(torch.tensor([0, 1]), torch.tensor([0.1, float("nan")]))
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        selector.count_high(torch.tensor([0, 1]), torch.tensor([0.1, bad]))
 
 
 def test_floor_and_cap_and_strict_comparisons():

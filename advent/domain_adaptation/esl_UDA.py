@@ -9,7 +9,9 @@ just shorter). Per group, three passes over the images:
      which gives the exact per-class threshold (pseudo_labels.PerClassSelector);
   3. the thresholds are applied and one 8-bit PNG is written per image.
 Memory does not grow with the number of images (the original held float64 maps of every
-image in memory, about 25 GB for Cityscapes train).
+image in memory, about 25 GB for Cityscapes train). Each pass's work per image runs in
+ESL.THREADS threads (utils.threads.map_in_threads: in order, a few images in flight), pass 1's
+beside the model's forward of the next batch: on a GPU the host is the limit.
 
 The output folder (PSEUDO_LABEL_DIRECTORY_TARGET) is replaced as a whole (output_dir.FolderReplacement):
 the labels, the report and the run record are built in a staging folder beside it and swapped in
@@ -48,6 +50,7 @@ from advent.utils.errors import UserError
 from advent.utils.output_dir import FolderReplacement, prepare_folder, writing
 from advent.utils.run_record import write_run_record
 from advent.utils.serialization import json_dump
+from advent.utils.threads import map_in_threads
 from advent.utils.viz_segmask import save_png
 
 log = logging.getLogger(__name__)
@@ -137,7 +140,7 @@ def generate_pseudo_labels(model, dataset, cfg, output, device, record=None):
             spill_folder = staging / f".spill-{get_rank()}"  # each process its own
             names, spill, thresholds = _threshold_group(model, dataset, range(start, stop), spill_folder,
                                                         cfg, device)
-            _write_group(names, spill, thresholds, esl.METHOD, staging, stats, dataset.has_labels)
+            _write_group(names, spill, thresholds, esl.METHOD, staging, stats, dataset.has_labels, esl.THREADS)
             shutil.rmtree(spill.folder)
             groups.append({"images": [start, stop], "thresholds": thresholds.tolist()})
         stats.reduce_from_all_processes()
@@ -152,46 +155,66 @@ def generate_pseudo_labels(model, dataset, cfg, output, device, record=None):
 def _threshold_group(model, dataset, indices, spill_folder, cfg, device):
     """Passes 1 and 2 over one group (this process's share of its images): spill the maps to
     `spill_folder`, select the exact per-class thresholds from the counts of all processes.
+    The host work per image runs in ESL.THREADS threads, pass 1's beside the model's next batch.
 
     Returns the image names this process handled, their MapSpill and the thresholds."""
     esl = cfg.ESL
     names = []
     selector = PerClassSelector(cfg.NUM_CLASSES)
-    loader = DataLoader(dataset, batch_sampler=shard_batches(indices, esl.BATCH_SIZE_TARGET),
-                        num_workers=cfg.NUM_WORKERS, pin_memory=device.type == "cuda")
-    desc = f"ESL images {indices.start}-{indices.stop} (model)"
     spill = MapSpill(spill_folder)
-    for image, gt, _, batch_names in tqdm(loader, desc=desc, disable=not is_main_process()):
-        logits = main_logits(model, to_model(image, device, cfg.CHANNELS_LAST), esl.AMP)
-        if nonfinite_images(logits):
-            raise UserError("the model produced non-finite logits (NaN or inf): check ESL.RESTORE_FROM"
-                            + ("; or try ESL.AMP 'bf16' or 'none'" if esl.AMP == "fp16" else ""))
-        label, score = predict_with_confidence(logits, esl.OUTPUT_SIZE_TARGET, esl.METHOD)
-        label, score = label.to(torch.uint8).cpu(), score.cpu()
-        selector.count_high(label, score)
-        for i, name in enumerate(batch_names):
-            gt_map = gt[i].numpy().astype(np.uint8) if dataset.has_labels else np.zeros(0, np.uint8)
-            spill.put(len(names), label[i].numpy(), score[i].numpy(), gt_map)
-            names.append(name)
+
+    def model_maps():
+        """(spill index, label, score, ground truth) of each image, in order, as numpy arrays."""
+        loader = DataLoader(dataset, batch_sampler=shard_batches(indices, esl.BATCH_SIZE_TARGET),
+                            num_workers=cfg.NUM_WORKERS, pin_memory=device.type == "cuda")
+        desc = f"ESL images {indices.start}-{indices.stop} (model)"
+        for image, gt, _, batch_names in tqdm(loader, desc=desc, disable=not is_main_process()):
+            logits = main_logits(model, to_model(image, device, cfg.CHANNELS_LAST), esl.AMP)
+            if nonfinite_images(logits):
+                raise UserError("the model produced non-finite logits (NaN or inf): check ESL.RESTORE_FROM"
+                                + ("; or try ESL.AMP 'bf16' or 'none'" if esl.AMP == "fp16" else ""))
+            label, score = predict_with_confidence(logits, esl.OUTPUT_SIZE_TARGET, esl.METHOD)
+            label, score = label.to(torch.uint8).cpu().numpy(), score.cpu().numpy()
+            for i, name in enumerate(batch_names):
+                gt_map = gt[i].numpy().astype(np.uint8) if dataset.has_labels else np.zeros(0, np.uint8)
+                names.append(name)
+                yield len(names) - 1, label[i], score[i], gt_map
+
+    def count_and_spill(maps):
+        index, label, score, gt = maps
+        selector.count_high(torch.from_numpy(label), torch.from_numpy(score))
+        spill.put(index, label, score, gt)
+
+    for _ in map_in_threads(count_and_spill, model_maps(), esl.THREADS):
+        pass
     selector.high_counts = sum_over_processes(selector.high_counts)
     selector.choose_bins()
-    for index in tqdm(range(len(names)), desc="ESL thresholds", disable=not is_main_process()):
+
+    def count_low(index):
         label, score, _ = spill.get(index)
         selector.count_low(torch.from_numpy(label), torch.from_numpy(score))
+
+    for _ in tqdm(map_in_threads(count_low, range(len(names)), esl.THREADS), total=len(names),
+                  desc="ESL thresholds", disable=not is_main_process()):
+        pass
     selector.low_counts = sum_over_processes(selector.low_counts)
     return names, spill, finish_thresholds(selector.kth_values(), selector.counts(), esl.METHOD,
                                            floor=esl.THRESHOLD, cap=esl.MAXPROB_THRESHOLD)
 
 
-def _write_group(names, spill, thresholds, method, folder, stats, has_labels):
-    """Pass 3: apply the thresholds and write one PNG per image."""
-    for index, name in enumerate(tqdm(names, desc="ESL writing", disable=not is_main_process())):
+def _write_group(names, spill, thresholds, method, folder, stats, has_labels, threads):
+    """Pass 3: apply the thresholds and write one PNG per image (in `threads` threads)."""
+    def write(index):
         label, score, gt = spill.get(index)
         pseudo = apply_thresholds(torch.from_numpy(label), torch.from_numpy(score), thresholds, method)
         pseudo = pseudo.numpy().astype(np.uint8)
-        save_png(Image.fromarray(pseudo), folder / png_name(name))
-        stats.update(label, pseudo, gt if has_labels else None)
+        save_png(Image.fromarray(pseudo), folder / png_name(names[index]))
         spill.remove(index)
+        return label, pseudo, gt
+
+    for label, pseudo, gt in tqdm(map_in_threads(write, range(len(names)), threads), total=len(names),
+                                  desc="ESL writing", disable=not is_main_process()):
+        stats.update(label, pseudo, gt if has_labels else None)
 
 
 def build_report(cfg, stats, groups, has_labels, num_images):

@@ -9,6 +9,7 @@ threshold; MPSL lowers each threshold to at most a cap and drops a pixel whose
 max-probability is strictly below it. Dropped pixels become 255.
 """
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from advent.model.inference import upsample
 
 IGNORE_LABEL = 255
 _BINS = 1 << 16  # one pass of the selector resolves 16 of the 32 bits of a float32
+_INF_BITS = 0x7F800000  # float32 +inf: non-negative finite scores have smaller bit patterns
 
 
 def normalized_entropy(prob):
@@ -82,22 +84,31 @@ class PerClassSelector:
         self.low_counts = torch.zeros(num_classes, _BINS, dtype=torch.int64, device=device)
         self.bin = None
         self.rank_in_bin = None
+        self._lock = threading.Lock()  # counting may run in several threads at once
 
     def _bits(self, label, score):
-        label = label.reshape(-1).long()
-        score = score.reshape(-1).float()
-        if not bool(torch.isfinite(score).all()) or bool((score < 0).any()):
-            raise ValueError("scores must be finite and non-negative")
-        valid = (label >= 0) & (label < self.num_classes)
-        return label[valid], score[valid].contiguous().view(torch.int32).long()
+        """(row, bits): int32 label (classes outside [0, C) moved to the spare row C) and the
+        scores' int32 bit patterns, as flat tensors. The checks are two min/max reductions, not
+        masks: boolean indexing of a million-pixel map costs ten times the counting itself."""
+        label = label.reshape(-1).to(torch.int32)
+        bits = score.reshape(-1).float().contiguous().view(torch.int32)
+        low, high = torch.aminmax(bits)
+        if int(low) < 0 or int(high) >= _INF_BITS:  # negative (or -0.0), inf or NaN
+            raise ValueError("scores must be finite and non-negative (+0.0, not -0.0)")
+        low, high = torch.aminmax(label)
+        if int(low) < 0 or int(high) >= self.num_classes:
+            label = torch.where((label >= 0) & (label < self.num_classes), label, self.num_classes)
+        return label, bits
 
-    def _count(self, table, label, index):
-        flat = torch.bincount(label * _BINS + index, minlength=self.num_classes * _BINS)
-        table += flat.view(self.num_classes, _BINS)
+    def _count(self, table, row, index):
+        """Add one to table[row, index] for each pixel; the spare row C is dropped."""
+        flat = torch.bincount((row << 16) | index, minlength=(self.num_classes + 1) * _BINS)
+        with self._lock:
+            table += flat[:self.num_classes * _BINS].view(self.num_classes, _BINS)
 
     def count_high(self, label, score):
-        label, bits = self._bits(label, score)
-        self._count(self.high_counts, label, bits >> 16)
+        row, bits = self._bits(label, score)
+        self._count(self.high_counts, row, bits >> 16)
 
     def counts(self):
         """Number of pixels predicted as each class (after pass 1)."""
@@ -114,9 +125,10 @@ class PerClassSelector:
 
     def count_low(self, label, score):
         assert self.bin is not None, "choose_bins() must run between the two passes"
-        label, bits = self._bits(label, score)
-        in_bin = (bits >> 16) == self.bin[label]
-        self._count(self.low_counts, label[in_bin], bits[in_bin] & (_BINS - 1))
+        row, bits = self._bits(label, score)
+        bins = torch.cat([self.bin.to(torch.int32), self.bin.new_full((1,), -1, dtype=torch.int32)])
+        in_bin = (bits >> 16) == bins.index_select(0, row)  # the spare row's bin -1 matches nothing
+        self._count(self.low_counts, torch.where(in_bin, row, self.num_classes), bits & (_BINS - 1))
 
     def kth_values(self):
         """The exact element of rank round(n/2) of each class's scores (0 for an empty class)."""
