@@ -1,0 +1,49 @@
+"""benchmarks/esl_speed.py: a tiny run against HEAD (both versions' labels compared), and its
+label comparison on hand-made folders."""
+import importlib.util
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from advent import PROJECT_ROOT
+from advent.utils.serialization import json_load
+from processes import HANG_GUARD_S
+
+SCRIPT = PROJECT_ROOT / "benchmarks" / "esl_speed.py"
+
+
+def esl_speed():
+    spec = importlib.util.spec_from_file_location("esl_speed", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_tiny_run_against_head_writes_the_same_labels(tmp_path):
+    out = tmp_path / "esl_speed.json"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--baseline", "HEAD", "--images", "3", "--rounds", "1",
+                           "--image-size", "128", "64", "--input-size", "64", "32", "--output-size", "64", "32",
+                           "--json", str(out)], capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1].strip() == "the same labels and thresholds"
+    median = json_load(out)["median"]
+    for version in ("baseline", "ours"):
+        assert set(median[version]) == {"loader_s", "main_s", "maps_s"}
+        assert all(value > 0 for value in median[version].values())
+
+
+def test_label_folders_are_compared_pixel_for_pixel(tmp_path):
+    check = esl_speed()
+    labels = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(labels).save(tmp_path / name / "x.png")
+    assert check.same_labels(tmp_path / "a", tmp_path / "b")
+    labels[2, 3] = 255
+    Image.fromarray(labels).save(tmp_path / "b" / "x.png")
+    assert not check.same_labels(tmp_path / "a", tmp_path / "b")
+    Image.fromarray(labels).save(tmp_path / "b" / "y.png")
+    Image.fromarray(labels).save(tmp_path / "a" / "x.png")
+    assert not check.same_labels(tmp_path / "a", tmp_path / "b")  # a file the other lacks
