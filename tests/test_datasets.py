@@ -85,7 +85,7 @@ def test_image_preprocessing_equals_spec_statement(fake_gta5):
     assert image.dtype == np.float32 and image.shape == (3, 20, 48)
     np.testing.assert_array_equal(image, expected)
     np.testing.assert_array_equal(shape, [3, 20, 48])
-    assert name == fake_gta5.names[1] and label.shape == (20, 48) and label.dtype == np.int64
+    assert name == fake_gta5.names[1] and label.shape == (20, 48) and label.dtype == np.uint8
 
 
 def test_image_at_file_size_is_bgr_minus_mean(fake_cityscapes):
@@ -229,7 +229,7 @@ def test_unlabelled_mode_never_touches_labels(tmp_path, monkeypatch):
     dataset = cityscapes(split, load_labels=False, labels_size=(16, 8))
     image, label, _, _ = dataset[1]
     assert not dataset.has_labels and image.shape == (3, 32, 64)
-    assert label.shape == (8, 16) and label.dtype == np.int64 and (label == 255).all()
+    assert label.shape == (8, 16) and label.dtype == np.uint8 and (label == 255).all()
     assert not cityscapes(split, load_labels="auto").has_labels
     with pytest.raises(UserError, match=one_line("2 of 2 label files", tmp_path / "gtFine" / "train" / "aachen")):
         cityscapes(split, load_labels=True)
@@ -354,7 +354,7 @@ def test_dataset_survives_pickling_and_batching(fake_gta5):
     copy = pickle.loads(pickle.dumps(dataset))
     np.testing.assert_array_equal(copy[2][0], dataset[2][0])
     images, labels, shapes, names = next(iter(DataLoader(dataset, batch_size=2)))
-    assert images.shape == (2, 3, 32, 64) and labels.dtype == torch.int64
+    assert images.shape == (2, 3, 32, 64) and labels.dtype == torch.uint8
     assert list(names) == fake_gta5.names[:2]
 
 

@@ -127,8 +127,8 @@ def test_labels_and_report_equal_direct_reference(tmp_path, method, threads):
         kept += (pseudo != 255).sum()
         predicted += label.size
         valid = (pseudo != 255) & (gt != 255)
-        hist += np.bincount(NUM_CLASSES * gt[valid] + pseudo[valid], minlength=NUM_CLASSES ** 2).reshape(
-            NUM_CLASSES, NUM_CLASSES)
+        index = NUM_CLASSES * gt[valid].astype(np.int64) + pseudo[valid]  # the loader's labels are 8-bit
+        hist += np.bincount(index, minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, NUM_CLASSES)
     assert 0 < kept < predicted
     assert report["kept_fraction"] == pytest.approx(kept / predicted)
     assert report["accuracy_kept"] == pytest.approx(np.trace(hist) / hist.sum())

@@ -4,8 +4,10 @@ An item is `(image, label, shape, name)`, as in the original ADVENT loaders:
   image  float32 C x H x W: opened, converted to RGB, resized to the input size
          (width, height) with PIL bicubic, reversed to BGR, minus the BGR mean
          (no /255, no std, no crop, no flip);
-  label  int64 H x W of train ids (255 = ignored): resized with PIL nearest to the
-         label size BEFORE the ids are mapped; all 255 when the dataset has no labels;
+  label  uint8 H x W of train ids (255 = ignored): resized with PIL nearest to the
+         label size BEFORE the ids are mapped; all 255 when the dataset has no labels
+         (8 bits, not the original's int64: an eighth of the bytes between the loader's
+         processes and to the GPU; the losses and the confusion matrix widen them there);
          a ground-truth file must hold only the dataset's ids (`expected_label_ids`) and be
          its image's size (unless LABEL_SIZE_MAY_DIFFER), else a UserError naming it;
   shape  np.array(image.shape);
@@ -126,8 +128,9 @@ def open_label(path):
 
 
 def resize_ids(image, size):
-    """Nearest-neighbour resize of an id image to `size` (width, height), as a uint8 array."""
-    return np.asarray(image.resize(tuple(size), Image.NEAREST), dtype=np.uint8)
+    """Nearest-neighbour resize of an id image to `size` (width, height), as a writable uint8 array
+    (torch warns about a read-only one handed to the loader)."""
+    return np.array(image.resize(tuple(size), Image.NEAREST), dtype=np.uint8)
 
 
 class BaseDataset(data.Dataset):
@@ -179,6 +182,11 @@ class BaseDataset(data.Dataset):
     def label_lookup(self):
         """256-entry int64 table: raw label id -> train id."""
         return self.info.label2train
+
+    @cached_property
+    def train_ids(self):
+        """`label_lookup` as a uint8 table (train ids and 255 fit 8 bits): raw id -> train id."""
+        return self.label_lookup.astype(np.uint8)
 
     @property
     def num_classes(self):
@@ -234,7 +242,7 @@ class BaseDataset(data.Dataset):
         picture = open_image(img_file)
         image = self.get_image(picture)
         if not self.has_labels:
-            label = np.full(self.labels_size[::-1], IGNORE_LABEL, dtype=np.int64)
+            label = np.full(self.labels_size[::-1], IGNORE_LABEL, dtype=np.uint8)
         elif self.pseudo_label_dir:
             label = self.get_pseudo_label(label_file)
         else:
@@ -285,11 +293,11 @@ class BaseDataset(data.Dataset):
 
     def get_label(self, path, image_size):
         """The ground truth (checked against its image's size `image_size`) as train ids."""
-        return self.label_lookup[resize_ids(self.checked_label(path, image_size), self.labels_size)]
+        return self.train_ids[resize_ids(self.checked_label(path, image_size), self.labels_size)]
 
     def get_pseudo_label(self, path):
         """Train ids as written by esl.py: resized, not mapped; other values are a UserError."""
-        label = resize_ids(open_label(path), self.labels_size).astype(np.int64)
+        label = resize_ids(open_label(path), self.labels_size)
         bad = (label >= self.num_classes) & (label != IGNORE_LABEL)
         if bad.any():
             values = np.unique(label[bad])[:5].tolist()

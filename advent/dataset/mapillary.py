@@ -147,4 +147,4 @@ class MapillaryDataSet(BaseDataset):
             ids, size = np.asarray(image, dtype=np.uint8), padded_size(image.size, self.image_size)
         else:
             ids, size = resize_ids(image, fit_size(image.size, self.labels_size)), self.labels_size
-        return pad_to(self.label_lookup[ids], size, IGNORE_LABEL)
+        return pad_to(self.train_ids[ids], size, IGNORE_LABEL)

@@ -1,20 +1,22 @@
-"""Benchmark of esl.py's host-side work per image: this checkout against an earlier revision.
+"""Benchmark of the host-side work of esl.py and test.py per image: this checkout against an
+earlier revision, in the same run.
 
-    python benchmarks/esl_speed.py [--baseline REV] [--images 24] [--rounds 2]
+    python benchmarks/host_speed.py [--baseline REV] [--images 24] [--rounds 2]
         [--image-size 2048 1024] [--input-size 1024 512] [--output-size 1024 512]
-        [--device cpu|cuda] [--threads N] [--no-labels] [--json FILE]
+        [--test-output-size 2048 1024] [--device cpu|cuda] [--threads N] [--json FILE]
 
-On a GPU esl.py is limited by the host (docs/speed.md), in two places, timed apart:
+On a GPU esl.py and test.py are limited by the host (docs/speed.md), in two places, timed apart:
   loader        one worker process's time per item (decode, resize, the label), through a
-                DataLoader with one worker; NUM_WORKERS of them share the work;
+                DataLoader with one worker, for esl.py's items (labels at --output-size) and
+                test.py's (labels at --test-output-size); NUM_WORKERS of them share the work;
   main process  `generate_pseudo_labels` (advent.domain_adaptation.esl_UDA) on items decoded
                 beforehand, less the time in `predict_with_confidence` (softmax, upsampling,
                 argmax, entropy: GPU work on a GPU, timed apart as 'the maps' arithmetic'):
                 the three passes (counting, spilling, thresholds, PNGs, report counts).
 The data: Cityscapes-format train images it writes once (smooth colour fields, PNGs at
---image-size; label ids as PNGs unless --no-labels). The model is a stand-in whose forward costs
-almost nothing (an average pool and a 1x1 convolution with fixed random weights) and whose maps
-have smooth class regions, as a trained segmenter's, so the PNGs compress as real pseudo-labels do.
+--image-size; label ids as PNGs). The model is a stand-in whose forward costs almost nothing (an
+average pool and a 1x1 convolution with fixed random weights) and whose maps have smooth class
+regions, as a trained segmenter's, so the PNGs compress as real pseudo-labels do.
 
 Each code version runs in its own subprocess with PYTHONPATH set to it (the baseline: `git
 archive REV` unpacked into a temporary folder), alternating, --rounds times each; printed: the
@@ -35,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_BASELINE = "685a1e5"  # the last revision before the ESL host-side work of issue 20
+DEFAULT_BASELINE = "685a1e5"  # the last revision before the host-side work on esl.py and test.py
 
 
 def get_arguments(argv=None):
@@ -46,9 +48,9 @@ def get_arguments(argv=None):
     parser.add_argument("--image-size", type=int, nargs=2, default=(2048, 1024), metavar=("W", "H"))
     parser.add_argument("--input-size", type=int, nargs=2, default=(1024, 512), metavar=("W", "H"))
     parser.add_argument("--output-size", type=int, nargs=2, default=(1024, 512), metavar=("W", "H"))
+    parser.add_argument("--test-output-size", type=int, nargs=2, default=(2048, 1024), metavar=("W", "H"))
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--no-labels", action="store_true", help="no ground truth (no accuracy report)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", nargs=3, metavar=("CODE", "DATA", "OUT"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -68,7 +70,7 @@ def smooth_field(rng, size, channels, cells=(16, 8)):
 
 
 def write_data(folder, args):
-    """Cityscapes train: leftImg8bit PNGs, gtFine label ids (unless --no-labels), lists/train.txt."""
+    """Cityscapes train: leftImg8bit PNGs, gtFine label ids, lists/train.txt."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -77,11 +79,10 @@ def write_data(folder, args):
         image = folder / "leftImg8bit" / "train" / name
         image.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(smooth_field(rng, args.image_size, 3)).save(image)
-        if not args.no_labels:
-            ids = smooth_field(rng, args.image_size, 1, cells=(32, 16))[:, :, 0] % 34
-            label = folder / "gtFine" / "train" / name.replace("_leftImg8bit", "_gtFine_labelIds")
-            label.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(ids).save(label)
+        ids = smooth_field(rng, args.image_size, 1, cells=(32, 16))[:, :, 0] % 34
+        label = folder / "gtFine" / "train" / name.replace("_leftImg8bit", "_gtFine_labelIds")
+        label.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(ids).save(label)
     (folder / "lists").mkdir()
     (folder / "lists" / "train.txt").write_text("".join(f"{name}\n" for name in names))
 
@@ -130,10 +131,19 @@ class InMemory:
         return self.items[index]
 
 
+def seconds_per_item(dataset):
+    """Seconds per item of `dataset` through a loader with one worker process."""
+    from torch.utils.data import DataLoader
+
+    start = time.perf_counter()
+    for _ in DataLoader(dataset, batch_size=1, num_workers=1):
+        pass
+    return (time.perf_counter() - start) / len(dataset)
+
+
 def run_child(args):
     code, data, out = (Path(p) for p in args.child)
     import torch
-    from torch.utils.data import DataLoader
 
     import advent
     import advent.domain_adaptation.esl_UDA as esl_UDA
@@ -151,11 +161,8 @@ def run_child(args):
     dataset = get_target_dataset(cfg, "esl")
 
     # the loader: items through one worker process, as the DataLoader hands them over
-    loader = DataLoader(dataset, batch_size=1, num_workers=1)
-    start = time.perf_counter()
-    for _ in loader:
-        pass
-    loader_s = (time.perf_counter() - start) / len(dataset)
+    cfg.TEST.SET_TARGET, cfg.TEST.OUTPUT_SIZE_TARGET = "train", tuple(args.test_output_size)
+    loader_s = {stage: seconds_per_item(get_target_dataset(cfg, stage)) for stage in ("esl", "test")}
 
     # the main process: the whole ESL stage on decoded items, without the maps' arithmetic
     # (softmax, upsampling, argmax, entropy), which runs on the GPU there
@@ -179,14 +186,16 @@ def run_child(args):
         start = time.perf_counter()
         report = esl_UDA.generate_pseudo_labels(model, items, cfg, output, device)
         seconds = time.perf_counter() - start
-    print(json.dumps({"loader_s": loader_s, "main_s": (seconds - maps_s[0]) / len(items),
+    print(json.dumps({"esl_loader_s": loader_s["esl"], "test_loader_s": loader_s["test"],
+                      "main_s": (seconds - maps_s[0]) / len(items),
                       "maps_s": maps_s[0] / len(items), "thresholds": report["groups"][0]["thresholds"]}))
 
 
 def measure(code, data, out, args):
     command = [sys.executable, __file__, "--child", str(code), str(data), str(out),
                "--device", args.device, "--threads", str(args.threads),
-               "--input-size", *map(str, args.input_size), "--output-size", *map(str, args.output_size)]
+               "--input-size", *map(str, args.input_size), "--output-size", *map(str, args.output_size),
+               "--test-output-size", *map(str, args.test_output_size)]
     env = {**os.environ, "PYTHONPATH": str(code)}
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode:
@@ -209,7 +218,7 @@ def main(argv=None):
     args = get_arguments(argv)
     if args.child:
         return run_child(args)
-    keys = ("loader_s", "main_s", "maps_s")
+    keys = ("esl_loader_s", "test_loader_s", "main_s", "maps_s")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_data(tmp / "data", args)
@@ -227,15 +236,16 @@ def main(argv=None):
         if not same_labels(tmp / "labels_baseline", tmp / "labels_ours"):
             sys.exit("the pseudo-labels differ between the two versions")
     median = {name: {key: statistics.median(v) for key, v in values.items()} for name, values in times.items()}
-    print(f"esl.py per image, {args.images} images of {args.image_size[0]}x{args.image_size[1]}, maps at "
+    print(f"per image, {args.images} images of {args.image_size[0]}x{args.image_size[1]}, ESL maps at "
           f"{args.output_size[0]}x{args.output_size[1]}, {args.device} (median of {args.rounds} rounds; "
           f"ms per image, baseline {args.baseline} / ours / speed-up):")
-    rows = (("loader, one worker's time per item", "loader_s"),
-            ("main process, without the maps' arithmetic", "main_s"),
+    rows = (("esl.py loader, one worker's time per item", "esl_loader_s"),
+            ("test.py loader, one worker's time per item", "test_loader_s"),
+            ("esl.py main process, without the maps' arithmetic", "main_s"),
             ("the maps' arithmetic (GPU work on a GPU)", "maps_s"))
     for label, key in rows:
         base, ours = median["baseline"][key], median["ours"][key]
-        print(f"  {label:<44}{1000 * base:8.1f}{1000 * ours:8.1f}{base / ours:8.2f}x")
+        print(f"  {label:<51}{1000 * base:8.1f}{1000 * ours:8.1f}{base / ours:8.2f}x")
     print("  the same labels and thresholds")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "seconds_per_image": times,

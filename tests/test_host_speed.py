@@ -1,4 +1,4 @@
-"""benchmarks/esl_speed.py: a tiny run against HEAD (both versions' labels compared), and its
+"""benchmarks/host_speed.py: a tiny run against HEAD (both versions' labels compared), and its
 label comparison on hand-made folders."""
 import importlib.util
 import subprocess
@@ -11,31 +11,32 @@ from advent import PROJECT_ROOT
 from advent.utils.serialization import json_load
 from processes import HANG_GUARD_S
 
-SCRIPT = PROJECT_ROOT / "benchmarks" / "esl_speed.py"
+SCRIPT = PROJECT_ROOT / "benchmarks" / "host_speed.py"
 
 
-def esl_speed():
-    spec = importlib.util.spec_from_file_location("esl_speed", SCRIPT)
+def host_speed():
+    spec = importlib.util.spec_from_file_location("host_speed", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_a_tiny_run_against_head_writes_the_same_labels(tmp_path):
-    out = tmp_path / "esl_speed.json"
+    out = tmp_path / "host_speed.json"
     done = subprocess.run([sys.executable, str(SCRIPT), "--baseline", "HEAD", "--images", "3", "--rounds", "1",
                            "--image-size", "128", "64", "--input-size", "64", "32", "--output-size", "64", "32",
+                           "--test-output-size", "128", "64",
                            "--json", str(out)], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1].strip() == "the same labels and thresholds"
     median = json_load(out)["median"]
     for version in ("baseline", "ours"):
-        assert set(median[version]) == {"loader_s", "main_s", "maps_s"}
+        assert set(median[version]) == {"esl_loader_s", "test_loader_s", "main_s", "maps_s"}
         assert all(value > 0 for value in median[version].values())
 
 
 def test_label_folders_are_compared_pixel_for_pixel(tmp_path):
-    check = esl_speed()
+    check = host_speed()
     labels = np.arange(12, dtype=np.uint8).reshape(3, 4)
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
