@@ -1,7 +1,6 @@
 """The demo (advent/scripts/demo.py, advent/demo/): the shipped demo configs, the --study oracles'
 configs and pseudo-labels, its output folder, and one --quick run of the whole pipeline whose
 table must be what the stages' results files say."""
-import importlib.util
 import re
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from advent.demo.synthetic import _demo_data, write_demo_data
 from advent.utils.errors import UserError
 from advent.utils.output_dir import MANIFEST_NAME, foreign_entries, read_manifest
 from advent.utils.serialization import json_dump, json_load, yaml_load
+from benchmark_scripts import load_benchmark
 from processes import HANG_GUARD_S
 
 pytestmark = pytest.mark.slow
@@ -213,11 +213,7 @@ def seed_results(mious, esl_accuracy, mpsl_accuracy):
 
 
 def load_demo_seeds():
-    """benchmarks/demo_seeds.py as a module (benchmarks/ is no package)."""
-    spec = importlib.util.spec_from_file_location("demo_seeds", PROJECT_ROOT / "benchmarks" / "demo_seeds.py")
-    seeds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seeds)
-    return seeds
+    return load_benchmark("demo_seeds")
 
 
 def test_demo_seeds_reports_each_gap_per_seed_with_its_spread():

@@ -1,16 +1,15 @@
 """benchmarks/gpu_check.py: its dry run (CPU, tiny sizes, the same steps) end to end, so that the GPU
 check cannot rot where no GPU is, and the seed sweep's rates on hand-made timestamps."""
-import importlib.util
 import subprocess
 import sys
 
 import pytest
 
-from advent import PROJECT_ROOT
 from advent.utils.serialization import json_load
+from benchmark_scripts import benchmark_path, load_benchmark
 from processes import HANG_GUARD_S
 
-SCRIPT = PROJECT_ROOT / "benchmarks" / "gpu_check.py"
+SCRIPT = benchmark_path("gpu_check")
 STAGES = ["tests: -m cuda", "tests: fast suite", "speed: fp32", "speed: fp32 (TF32 off)", "speed: bf16", "speed: fp16",
           "speed: bf16 + channels_last", "speed: bf16 + channels_last + cudnn.benchmark",
           "speed: fp32 + CUDA graph", "speed: bf16 + channels_last + CUDA graph", "profile: bf16 + channels_last",
@@ -19,11 +18,7 @@ CUDA_ONLY = ["speed: fp32 + CUDA graph", "speed: bf16 + channels_last + CUDA gra
 
 
 def gpu_check():
-    """benchmarks/gpu_check.py as a module (benchmarks/ is no package)."""
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_check")
 
 
 def stamps(*ends):

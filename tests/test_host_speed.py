@@ -1,24 +1,16 @@
 """benchmarks/host_speed.py: a tiny run against HEAD (both versions' labels compared), and its
 label comparison on hand-made folders."""
-import importlib.util
 import subprocess
 import sys
 
 import numpy as np
 from PIL import Image
 
-from advent import PROJECT_ROOT
 from advent.utils.serialization import json_load
+from benchmark_scripts import benchmark_path, load_benchmark
 from processes import HANG_GUARD_S
 
-SCRIPT = PROJECT_ROOT / "benchmarks" / "host_speed.py"
-
-
-def host_speed():
-    spec = importlib.util.spec_from_file_location("host_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = benchmark_path("host_speed")
 
 
 def test_a_tiny_run_against_head_writes_the_same_labels(tmp_path):
@@ -36,7 +28,7 @@ def test_a_tiny_run_against_head_writes_the_same_labels(tmp_path):
 
 
 def test_label_folders_are_compared_pixel_for_pixel(tmp_path):
-    check = host_speed()
+    check = load_benchmark("host_speed")
     labels = np.arange(12, dtype=np.uint8).reshape(3, 4)
     for name in ("a", "b"):
         (tmp_path / name).mkdir()

@@ -1,6 +1,5 @@
 """benchmarks/numerics_check.py: its comparison on hand-made curves, its data, and a short run end to
 end on the CPU (bf16 against IEEE float32, the Tiny model)."""
-import importlib.util
 import subprocess
 import sys
 
@@ -8,19 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from advent import PROJECT_ROOT
 from advent.utils.serialization import json_load
+from benchmark_scripts import benchmark_path, load_benchmark
 from processes import HANG_GUARD_S
 
-SCRIPT = PROJECT_ROOT / "benchmarks" / "numerics_check.py"
+SCRIPT = benchmark_path("numerics_check")
 
 
 @pytest.fixture(scope="module")
 def check():
-    spec = importlib.util.spec_from_file_location("numerics_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("numerics_check")
 
 
 def test_deviation_is_the_largest_smoothed_difference_over_the_reference_scale(check):
