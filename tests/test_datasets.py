@@ -160,6 +160,7 @@ def test_synthia_maps_spec_table_19_16_7(tmp_path):
         assert set(np.unique(raw)) == set(range(23))
         dataset = SYNDataSet(split.root, split.list_template, crop_size=(64, 32), mean=MEAN)
         np.testing.assert_array_equal(dataset[1][1], apply(SYNTHIA_TO_TRAIN_19, raw))
+        assert dataset[1][1].dtype == np.uint8
     kept = [s for s, _ in sorted(SYNTHIA_TO_TRAIN_19.items(), key=lambda p: p[1]) if s not in (16, 18, 20)]
     table16 = {s: kept.index(s) for s in kept}  # published: drop 16, 18, 20 and renumber in order
     names19 = load_class_info(INFO_PATH).names

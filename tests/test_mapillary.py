@@ -51,13 +51,13 @@ def test_test_labels_keep_their_native_size_padded_to_the_input_aspect(tmp_path)
                                native_labels=True)
     for index, (width, height) in enumerate(((96, 48), (128, 64), (80, 40), (91, 45))):
         label, raw = dataset[index][1], split.labels[index]
-        assert label.shape == (height, width)
+        assert label.shape == (height, width) and label.dtype == np.uint8
         original = label[:raw.shape[0], :raw.shape[1]]
         np.testing.assert_array_equal(original, train_ids(split, raw))  # pixel for pixel, unresized
         assert (original != 255).any()
         assert (label[raw.shape[0]:] == 255).all() and (label[:, raw.shape[1]:] == 255).all()
     resized = MapillaryDataSet(tmp_path, crop_size=(64, 32), mean=MEAN, labels_size=(32, 16))
-    assert all(resized[i][1].shape == (16, 32) for i in range(4))  # ESL and training: resized and padded
+    assert all(resized[i][1].shape == (16, 32) and resized[i][1].dtype == np.uint8 for i in range(4))  # ESL and training: resized and padded
 
 
 def test_images_are_padded_black_before_the_mean(tmp_path):
