@@ -128,9 +128,8 @@ def open_label(path):
 
 
 def resize_ids(image, size):
-    """Nearest-neighbour resize of an id image to `size` (width, height), as a writable uint8 array
-    (torch warns about a read-only one handed to the loader)."""
-    return np.array(image.resize(tuple(size), Image.NEAREST), dtype=np.uint8)
+    """Nearest-neighbour resize of an id image to `size` (width, height), as a uint8 array."""
+    return np.asarray(image.resize(tuple(size), Image.NEAREST), dtype=np.uint8)
 
 
 class BaseDataset(data.Dataset):
@@ -297,7 +296,7 @@ class BaseDataset(data.Dataset):
 
     def get_pseudo_label(self, path):
         """Train ids as written by esl.py: resized, not mapped; other values are a UserError."""
-        label = resize_ids(open_label(path), self.labels_size)
+        label = np.array(resize_ids(open_label(path), self.labels_size))  # writable: torch warns otherwise
         bad = (label >= self.num_classes) & (label != IGNORE_LABEL)
         if bad.any():
             values = np.unique(label[bad])[:5].tolist()

@@ -176,7 +176,7 @@ def _threshold_group(model, dataset, indices, spill_folder, cfg, device):
             label, score = predict_with_confidence(logits, esl.OUTPUT_SIZE_TARGET, esl.METHOD)
             label, score = label.to(torch.uint8).cpu().numpy(), score.cpu().numpy()
             for i, name in enumerate(batch_names):
-                gt_map = gt[i].numpy().astype(np.uint8) if dataset.has_labels else np.zeros(0, np.uint8)
+                gt_map = gt[i].numpy().astype(np.uint8, copy=False) if dataset.has_labels else np.zeros(0, np.uint8)
                 names.append(name)
                 yield len(names) - 1, label[i], score[i], gt_map
 
