@@ -4,7 +4,7 @@ minutes on one GPU (474 s on an H200 without --mps); docs/speed.md shows its lat
     python benchmarks/gpu_check.py [--out gpu_check.json] [--gpu 0] [--images 100]
         [--sweep 1 2 4 8] [--sweep-iters 40] [--sweep-warmup 8] [--sweep-amp bf16]
         [--[no-]sweep-channels-last] [--[no-]sweep-cuda-graph] [--mps 4 8]
-        [--stages tests speed profile sweep esl test mps] [--skip-tests] [--work DIR]
+        [--stages tests speed profile sweep esl test mps] [--skip-tests] [--seed-batch 4 8] [--work DIR]
     python benchmarks/gpu_check.py --dry-run [--out FILE]   # CPU, Tiny model, tiny images, few iterations
 
 In order, each a row of the table (the JSON is rewritten after every row, so a check cut short
@@ -17,6 +17,9 @@ keeps what it measured):
                bf16 + CHANNELS_LAST, the latter with the cuDNN autotuner, and fp32 and
                bf16 + CHANNELS_LAST with TRAIN.CUDA_GRAPH; each in its own process: it/s and
                torch.cuda.max_memory_allocated (warm-up and graph capture included).
+               --seed-batch N ...: also the fastest setting with N seeds computed as one network
+               (seed_batching.py), its rate in seed-iterations per second (not run by default:
+               about 40 s a row with R101, which the 8 minutes leave no room for).
   profile      torch.profiler over 3 eager iterations of bf16 + CHANNELS_LAST: the share of the
                wall time the GPU ran kernels, and the operators and (operator, input shapes) that
                took the most kernel time (<out>_profile.txt).
@@ -107,6 +110,8 @@ def get_arguments(argv=None):
                         help="the parts to run (default: all; esl and test need the 1-run sweep)")
     parser.add_argument("--skip-tests", action="store_true",
                         help="leave out the two test rows (--stages without tests)")
+    parser.add_argument("--seed-batch", type=int, nargs="*", default=[], metavar="N",
+                        help="also speed rows of N seeds batched in one network (seed_batching.py)")
     parser.add_argument("--work", default=None, help="folder for the data and runs (default: a temporary one)")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, few iterations")
     args = parser.parse_args(argv)
@@ -331,10 +336,10 @@ def append_output(log, command, output):
         stream.write(f"$ {' '.join(command)}\n{output or ''}\n")
 
 
-def speed_spec(args, amp, channels_last, tf32=True, cudnn_benchmark=False, cuda_graph=False, profile=0):
+def speed_spec(args, amp, channels_last, tf32=True, cudnn_benchmark=False, cuda_graph=False, seeds=1, profile=0):
     sizes = args.sizes
     return {"model": sizes["model"], "amp": amp, "channels_last": channels_last, "tf32": tf32,
-            "cudnn_benchmark": cudnn_benchmark, "cuda_graph": cuda_graph, "profile": profile,
+            "cudnn_benchmark": cudnn_benchmark, "cuda_graph": cuda_graph, "seeds": seeds, "profile": profile,
             "device": args.device, "source": sizes["source"], "target": sizes["target"],
             "iters": 2 if args.dry_run else 15, "warmup": 1 if args.dry_run else 3,
             "budget": 5 if args.dry_run else 0, "threads": 0}
@@ -342,9 +347,10 @@ def speed_spec(args, amp, channels_last, tf32=True, cudnn_benchmark=False, cuda_
 
 def speed_rows(args):
     """train_speed.py's variants, each in its own process (the CUDA graph needs a GPU)."""
-    for variant in SPEED_VARIANTS:
+    fastest = ("bf16", True, True, False, not args.dry_run)
+    for variant in (*SPEED_VARIANTS, *((*fastest, seeds) for seeds in args.seed_batch)):
         name = f"speed: {train_speed.variant_name(*variant)}"
-        if variant[-1] and args.dry_run:
+        if variant[4] and args.dry_run:
             yield skipped(name, "CUDA only")
             continue
         yield stage(args, name, lambda: speed_row(speed_spec(args, *variant)))

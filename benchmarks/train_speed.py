@@ -5,13 +5,15 @@ each also with CHANNELS_LAST when asked.
                                                 # CPU: Tiny and R101 at 256x128
     python benchmarks/train_speed.py [--device cpu|cuda] [--models DeepLabv2 ...] [--iters 20]
         [--warmup 3] [--budget SECONDS] [--rounds N] [--source-size W H] [--target-size W H]
-        [--modes none bf16 fp16] [--channels-last] [--cuda-graph] [--threads N]
+        [--modes none bf16 fp16] [--channels-last] [--cuda-graph] [--seed-batch N ...] [--threads N]
 
 What is timed: one AdvEnt iteration as train.py runs it (`train_UDA.iteration`: source and
 target segmenter passes, multi-level, both discriminators frozen then trained, the faithful
 repeated-SGD optimiser, the GradScaler with fp16; with --cuda-graph, steps (1)-(3) replayed from
 a CUDA graph after the first iteration), batch 1 + 1, on random images and labels of the
-given sizes and random weights. Every variant runs in a fresh subprocess, one after the other in
+given sizes and random weights. With --seed-batch N, each variant also runs as N runs (seeds)
+computed as one network (seed_batching.py), on batches of N + N; its speed is then counted in
+seed-iterations per second (N per iteration), to compare with N runs in turn. Every variant runs in a fresh subprocess, one after the other in
 the same invocation, so that its peak memory is its own; with --rounds N the list of variants is
 run N times, interleaved, and the median (and range) of the speeds is shown, which evens out a
 machine whose load changes. --budget stops timing a variant after that many seconds (once at
@@ -52,6 +54,8 @@ def get_arguments(argv=None):
     parser.add_argument("--channels-last", action="store_true", help="also run each mode with CHANNELS_LAST")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="also run each variant with TRAIN.CUDA_GRAPH (CUDA; not with fp16)")
+    parser.add_argument("--seed-batch", type=int, nargs="+", default=[], metavar="N",
+                        help="also run each variant with N seeds batched in one network (seed_batching.py)")
     parser.add_argument("--iters", type=int, default=None, help="timed iterations (default 20 CUDA, 5 CPU)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed first iterations (default 5 CUDA, 2 CPU)")
@@ -94,12 +98,12 @@ def training_cfg(spec):
     return cfg
 
 
-def random_batch(size, device, channels_last, generator):
+def random_batch(size, device, channels_last, generator, batch=1):
     from advent.utils.runtime import memory_format
 
     width, height = size
-    images = torch.randn(1, 3, height, width, generator=generator) * 60
-    labels = torch.randint(0, 19, (1, height, width), generator=generator)
+    images = torch.randn(batch, 3, height, width, generator=generator) * 60
+    labels = torch.randint(0, 19, (batch, height, width), generator=generator)
     labels[torch.rand(labels.shape, generator=generator) < 0.2] = 255
     return images.to(device, memory_format=memory_format(channels_last)), labels.to(device)
 
@@ -109,7 +113,8 @@ def peak_rss_mib():
 
 
 def run_variant(spec):
-    """{'it_s', 'peak_mib'} of `spec` (model, amp, channels_last, sizes, device, iters, warmup)."""
+    """{'it_s', 'peak_mib'} of `spec` (model, amp, channels_last, sizes, device, iters, warmup,
+    seeds); with seeds N > 1, it_s counts seed-iterations (N per iteration)."""
     from advent.domain_adaptation.train_UDA import build_setup, iteration
     from advent.utils.cuda_flags import set_cuda_flags
 
@@ -119,12 +124,18 @@ def run_variant(spec):
         torch.set_num_threads(spec["threads"])
     cfg = training_cfg(spec)
     set_cuda_flags(cfg.TF32, cfg.CUDNN_BENCHMARK)  # as train.py sets them
+    seeds = spec.get("seeds", 1)
     generator = torch.Generator().manual_seed(0)
-    src = random_batch(cfg.TRAIN.INPUT_SIZE_SOURCE, device, cfg.CHANNELS_LAST, generator)
-    trg = random_batch(cfg.TRAIN.INPUT_SIZE_TARGET, device, cfg.CHANNELS_LAST, generator)
+    src = random_batch(cfg.TRAIN.INPUT_SIZE_SOURCE, device, cfg.CHANNELS_LAST, generator, seeds)
+    trg = random_batch(cfg.TRAIN.INPUT_SIZE_TARGET, device, cfg.CHANNELS_LAST, generator, seeds)
     rss_before = peak_rss_mib()
     torch.manual_seed(0)
-    setup = build_setup(cfg, device)
+    if seeds > 1:
+        from seed_batching import seed_batched_setup
+
+        setup = seed_batched_setup(cfg, device, seeds)
+    else:
+        setup = build_setup(cfg, device)
     setup.model.train()
     budget = spec["budget"] or float("inf")
     one_iteration = iteration(setup, cfg)  # as train.py runs it (TRAIN.CUDA_GRAPH: graphed from the 2nd)
@@ -147,7 +158,7 @@ def run_variant(spec):
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if cuda else peak_rss_mib() - rss_before
-    result = {"it_s": timed / elapsed, "timed": timed, "peak_mib": peak,
+    result = {"it_s": timed * seeds / elapsed, "timed": timed, "peak_mib": peak,
               "reserved_mib": torch.cuda.max_memory_reserved(device) / 2 ** 20 if cuda else None}
     if spec.get("profile"):
         result["profile"] = profile_steps(step, spec["profile"], device)
@@ -211,9 +222,10 @@ def measure(spec, timeout=None):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def variant_name(amp, channels_last, tf32=True, cudnn_benchmark=False, cuda_graph=False):
+def variant_name(amp, channels_last, tf32=True, cudnn_benchmark=False, cuda_graph=False, seeds=1):
     return (LABEL[amp] + (" + channels_last" if channels_last else "") + ("" if tf32 else " (TF32 off)")
-            + (" + cudnn.benchmark" if cudnn_benchmark else "") + (" + CUDA graph" if cuda_graph else ""))
+            + (" + cudnn.benchmark" if cudnn_benchmark else "") + (" + CUDA graph" if cuda_graph else "")
+            + (f", {seeds} seeds batched" if seeds > 1 else ""))
 
 
 def summarize(model, variant, runs):
@@ -239,16 +251,17 @@ def add_ratios(rows):
 
 def print_table(rows, rounds):
     spread = f"{'it/s range':>15}" if rounds > 1 else ""
-    header = (f"{'model':<16}{'variant':<24}{'it/s':>8}{spread}{'s/it':>8}{'timed':>7}{'peak MiB':>10}"
+    width = max(24, *(len(row["variant"]) + 2 for row in rows))
+    header = (f"{'model':<16}{'variant':<{width}}{'it/s':>8}{spread}{'s/it':>8}{'timed':>7}{'peak MiB':>10}"
               f"{'speed x':>9}{'memory x':>10}")
     print(header)
     print("-" * len(header))
     for row in rows:
         if "error" in row:
-            print(f"{row['model']:<16}{row['variant']:<24}  failed: {row['error']}")
+            print(f"{row['model']:<16}{row['variant']:<{width}}  failed: {row['error']}")
             continue
         spread = f"{row['low']:>7.2f} - {row['high']:<5.2f}" if rounds > 1 else ""
-        print(f"{row['model']:<16}{row['variant']:<24}{row['it_s']:>8.2f}{spread}{1 / row['it_s']:>8.2f}"
+        print(f"{row['model']:<16}{row['variant']:<{width}}{row['it_s']:>8.2f}{spread}{1 / row['it_s']:>8.2f}"
               f"{row['timed']:>7}{row['peak_mib']:>10.0f}{row['speed_ratio']:>9.2f}"
               f"{row['memory_ratio']:>10.2f}")
 
@@ -268,18 +281,23 @@ def main(argv=None):
           f"source {sw}x{sh}, target {tw}x{th}; {args.warmup} warm-up + {args.iters} timed AdvEnt iterations "
           f"per variant{budget}, {args.rounds} round(s)", flush=True)
     graphs = (False, True) if args.cuda_graph else (False,)
-    variants = [(model, amp, channels_last, graph) for model in args.models for amp in args.modes
+    variants = [(model, amp, channels_last, graph, seeds) for model in args.models for amp in args.modes
                 for channels_last in ((False, True) if args.channels_last else (False,)) for graph in graphs
+                for seeds in (1, *args.seed_batch)
                 if not (graph and amp == "fp16")]  # train.py refuses fp16 with a graph
     runs = {variant: [] for variant in variants}
     for _ in range(args.rounds):
-        for model, amp, channels_last, graph in variants:
+        for variant in variants:
+            model, amp, channels_last, graph, seeds = variant
             spec = {"model": model, "amp": amp, "channels_last": channels_last, "cuda_graph": graph,
-                    "device": args.device, "source": args.source_size, "target": args.target_size,
-                    "iters": args.iters, "warmup": args.warmup, "budget": args.budget, "threads": args.threads}
-            runs[(model, amp, channels_last, graph)].append(measure(spec))
-    rows = [summarize(model, variant_name(amp, cl, cuda_graph=graph), runs[(model, amp, cl, graph)])
-            for model, amp, cl, graph in variants]
+                    "seeds": seeds, "device": args.device, "source": args.source_size,
+                    "target": args.target_size, "iters": args.iters, "warmup": args.warmup,
+                    "budget": args.budget, "threads": args.threads}
+            runs[variant].append(measure(spec))
+    rows = []
+    for variant in variants:
+        model, amp, channels_last, graph, seeds = variant
+        rows.append(summarize(model, variant_name(amp, channels_last, cuda_graph=graph, seeds=seeds), runs[variant]))
     print_table(add_ratios(rows), args.rounds)
     return 0
 

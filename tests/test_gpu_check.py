@@ -12,7 +12,8 @@ from processes import HANG_GUARD_S
 SCRIPT = benchmark_path("gpu_check")
 STAGES = ["tests: -m cuda", "tests: fast suite", "speed: fp32", "speed: fp32 (TF32 off)", "speed: bf16", "speed: fp16",
           "speed: bf16 + channels_last", "speed: bf16 + channels_last + cudnn.benchmark",
-          "speed: fp32 + CUDA graph", "speed: bf16 + channels_last + CUDA graph", "profile: bf16 + channels_last",
+          "speed: fp32 + CUDA graph", "speed: bf16 + channels_last + CUDA graph",
+          "speed: bf16 + channels_last, 2 seeds batched", "profile: bf16 + channels_last",
           "seed sweep: 1 train.py", "seed sweep: 2 train.py", "esl.py", "test.py"]
 CUDA_ONLY = ["speed: fp32 + CUDA graph", "speed: bf16 + channels_last + CUDA graph"]
 
@@ -38,7 +39,8 @@ def test_run_rate_and_the_aggregate_count_only_what_follows_the_warm_up():
 @pytest.mark.slow
 def test_dry_run_runs_every_step_and_writes_the_table(tmp_path):
     out, work = tmp_path / "check.json", tmp_path / "work"
-    result = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out), "--work", str(work)],
+    result = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out), "--work", str(work),
+                             "--seed-batch", "2"],
                             capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = json_load(out)
