@@ -204,8 +204,10 @@ SIZE_KEYS = ("TRAIN.INPUT_SIZE_SOURCE", "TRAIN.INPUT_SIZE_TARGET", "TEST.INPUT_S
 PER_MODEL_TEST_KEYS = ("TEST.MODEL", "TEST.MODEL_WEIGHT", "TEST.MULTI_LEVEL", "TEST.RESTORE_FROM")
 POSITIVE_KEYS = ("TRAIN.SAVE_PRED_EVERY", "TRAIN.MAX_ITERS", "TRAIN.EARLY_STOP", "TEST.SNAPSHOT_STEP",
                  "ESL.MAX_MEDIAN_BATCH", "TRAIN.BATCH_SIZE_SOURCE", "TRAIN.BATCH_SIZE_TARGET",
-                 "TEST.BATCH_SIZE_TARGET", "ESL.BATCH_SIZE_TARGET", "TRAIN.DISCRIMINATOR_WIDTH")
-NON_NEGATIVE_KEYS = ("NUM_WORKERS", "ESL.THREADS")
+                 "TEST.BATCH_SIZE_TARGET", "ESL.BATCH_SIZE_TARGET", "TRAIN.DISCRIMINATOR_WIDTH",
+                 "TRAIN.TENSORBOARD_VIZRATE")
+NON_NEGATIVE_KEYS = ("NUM_WORKERS", "ESL.THREADS", "TRAIN.LEARNING_RATE", "TRAIN.LEARNING_RATE_D",
+                     "TRAIN.MOMENTUM", "TRAIN.WEIGHT_DECAY")
 
 
 def get_default_cfg():
@@ -231,6 +233,10 @@ def cfg_from_file(filename, config=None):
             data = yaml.safe_load(f)
     except FileNotFoundError:
         raise UserError(f"config file not found: {filename}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {filename} is not a text (YAML) file") from None
+    except OSError as error:
+        raise UserError(f"cannot read config file {filename}: {error.strerror or error}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{filename}:{mark.line + 1}" if mark is not None else str(filename)
@@ -344,12 +350,17 @@ def check_cfg(config, filename="config"):
         size = get_key(config, key)
         if len(size) != 2 or min(size) <= 0:
             raise UserError(f"{filename}: {key} must be [width, height] with positive values, got {list(size)}")
+    for key in (*PER_MODEL_TEST_KEYS, "TEST.SNAPSHOT_DIR"):
+        if len(get_key(config, key)) == 0:
+            raise UserError(f"{filename}: {key} must have at least one entry, got []")
     lengths = {key: len(get_key(config, key)) for key in PER_MODEL_TEST_KEYS}
     if len(set(lengths.values())) != 1:
         listed = ", ".join(f"{k} has {n}" for k, n in lengths.items())
         raise UserError(f"{filename}: the per-model TEST lists must have one entry per model ({listed})")
     if config.GPU_ID < -1:
         raise UserError(f"{filename}: GPU_ID must be a GPU index (0, 1, ...) or -1 (the CPU), got {config.GPU_ID}")
+    if not 0 <= config.TRAIN.RANDOM_SEED < 2 ** 32:
+        raise UserError(f"{filename}: TRAIN.RANDOM_SEED must be in [0, 2**32 - 1], got {config.TRAIN.RANDOM_SEED}")
     if config.NUM_CLASSES < 2:
         raise UserError(f"{filename}: NUM_CLASSES must be at least 2, got {config.NUM_CLASSES}")
     for key in POSITIVE_KEYS:

@@ -127,11 +127,25 @@ def test_invalid_choices_and_sizes(tmp_path):
     assert "ESL.THREADS must be 0 or more, got -1" in _error(tmp_path, "ESL:\n  THREADS: -1\n")
     assert "NUM_WORKERS must be 0 or more, got -2" in _error(tmp_path, "NUM_WORKERS: -2\n")
     assert _load(tmp_path, "NUM_WORKERS: 0\nESL:\n  THREADS: 0\n").ESL.THREADS == 0
+    assert "TRAIN.TENSORBOARD_VIZRATE must be positive, got 0" in _error(tmp_path, "TRAIN:\n  TENSORBOARD_VIZRATE: 0\n")
+    assert "TRAIN.LEARNING_RATE must be 0 or more" in _error(tmp_path, "TRAIN:\n  LEARNING_RATE: -0.1\n")
+    assert "TRAIN.MOMENTUM must be 0 or more" in _error(tmp_path, "TRAIN:\n  MOMENTUM: -1\n")
+    for seed in (-1, 2 ** 32):  # numpy's seeding takes [0, 2**32 - 1]
+        assert f"TRAIN.RANDOM_SEED must be in [0, 2**32 - 1], got {seed}" in _error(
+            tmp_path, f"TRAIN:\n  RANDOM_SEED: {seed}\n")
+    assert _load(tmp_path, f"TRAIN:\n  RANDOM_SEED: {2 ** 32 - 1}\n").TRAIN.RANDOM_SEED == 2 ** 32 - 1
+    for key in ("SNAPSHOT_DIR", "MODEL"):
+        assert f"TEST.{key} must have at least one entry" in _error(tmp_path, f"TEST:\n  {key}: []\n")
 
 
 def test_missing_file_and_non_mapping(tmp_path):
     with pytest.raises(UserError, match="config file not found"):
         cfg_from_file(tmp_path / "nope.yml", get_default_cfg())
+    with pytest.raises(UserError, match="cannot read config file .*: Is a directory"):
+        cfg_from_file(tmp_path, get_default_cfg())
+    (tmp_path / "model.pth").write_bytes(b"\x80\x02PK\xff\xfe")  # a checkpoint given as the config
+    with pytest.raises(UserError, match="model.pth is not a text"):
+        cfg_from_file(tmp_path / "model.pth", get_default_cfg())
     assert "top level must be a mapping" in _error(tmp_path, "- a\n- b\n")
 
 

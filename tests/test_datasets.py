@@ -279,6 +279,14 @@ def test_missing_root_and_list(tmp_path, fake_gta5):
         GTA5DataSet(tmp_path / "nowhere", fake_gta5.list_template)
     with pytest.raises(UserError, match=one_line(tmp_path / "lists" / "all.txt")):
         GTA5DataSet(fake_gta5.root, str(tmp_path / "lists" / "{}.txt"))
+    with pytest.raises(UserError, match=one_line(tmp_path / "lists" / "{split}.txt")):
+        GTA5DataSet(fake_gta5.root, str(tmp_path / "lists" / "{split}.txt"))  # only '{}' is the split
+    with pytest.raises(UserError, match=one_line(fake_gta5.image_paths[0], "not a text file")):
+        GTA5DataSet(fake_gta5.root, str(fake_gta5.image_paths[0]))  # an image given as the list
+    braced = tmp_path / "runs {2}" / "all.txt"  # braces of the path's own are kept
+    braced.parent.mkdir()
+    braced.write_text(fake_gta5.list_path.read_text())
+    assert len(GTA5DataSet(fake_gta5.root, str(tmp_path / "runs {2}" / "{}.txt"), crop_size=(64, 32))) == 4
 
 
 def test_missing_listed_files_counted_once(fake_gta5):
@@ -367,11 +375,21 @@ def test_class_info_errors(tmp_path, fake_cityscapes):
     cases = (('{"label": [', "not valid JSON"),
              ('{%s, "palette": [[0, 0, 0]], "label2train": []}' % two, "1 colours for 2"),
              ('{%s}' % two, "palette"),
-             ('{%s, "palette": [[0, 0, 0], [1, 1, 1]], "label2train": [[7, 2]]}' % two, "out of range"))
+             ('{%s, "palette": [[0, 0, 0], [1, 1, 1]], "label2train": [[7, 2]]}' % two, "out of range"),
+             ('{%s, "palette": [[0, 0, 0], [1, 1, 1]], "label2train": [[7, "road"]]}' % two, "integers"),
+             ('{%s, "palette": [[0, 0, 0], [1, 1, 1]], "label2train": [[7, 0], [7, 1]]}' % two,
+              "label id 7 twice"),
+             ('{%s, "palette": [[0, 0, 0], [1, 1]], "label2train": []}' % two, "[r, g, b] lists of 0..255"),
+             ('{%s, "palette": [[0, 0, 0], [1, 1, 256]], "label2train": []}' % two, "[r, g, b] lists of 0..255"),
+             ('{%s, "palette": [[0, 0, 0], [1, 1, 1]], "label2train": [], "mapillary_groups": ["a"]}' % two,
+              "mapillary_groups"))
     for text, fragment in cases:
         bad.write_text(text)
         with pytest.raises(UserError, match=one_line(bad, fragment)):
             load_class_info(bad)
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n\xff")  # an image given as the class info
+    with pytest.raises(UserError, match=one_line(bad, "not a JSON text file")):
+        load_class_info(bad)
     with pytest.raises(UserError, match=one_line(INFO_PATH, "mapillary_groups")):
         MapillaryDataSet(tmp_path, info_path=INFO_PATH)
 

@@ -226,6 +226,22 @@ def test_output_folder_problems_fail_before_model_work(tmp_path):
         esl_script.main(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "b.yml"))])
 
 
+def test_two_images_of_one_file_name_are_refused_before_model_work(tmp_path):
+    cfg, written = esl_config(tmp_path)
+    train = written["train"]
+    first = train.names[0]  # e.g. aachen/aachen_..._leftImg8bit.png: the same file in another city
+    twin = f"elsewhere/{first.split('/')[-1]}"
+    copy = train.root / "leftImg8bit" / "train" / twin
+    copy.parent.mkdir()
+    copy.write_bytes(train.image_paths[0].read_bytes())
+    train.list_path.write_text("\n".join([*train.names, twin]) + "\n")
+    cfg.ESL.RESTORE_FROM = str(tmp_path / "absent.pth")  # would fail later, if it got there
+    with pytest.raises(UserError, match=f"two images share the file name {png_name(first)} in "
+                                        f"PSEUDO_LABEL_DIRECTORY_TARGET .*{first} and {twin}"):
+        esl_script.main(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "esl.yml"))])
+    assert not (tmp_path / "labels").exists() or not list((tmp_path / "labels").glob("*.png"))
+
+
 @pytest.mark.slow
 def test_missing_checkpoint_one_line_exit_2(tmp_path):
     cfg, _ = esl_config(tmp_path)

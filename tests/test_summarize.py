@@ -55,6 +55,14 @@ def test_best_mode_files_give_last_and_oracle_rows(tmp_path):
     assert text.startswith("best snapshot on val (oracle selection, as in the papers): 2 runs")
 
 
+def test_a_file_reached_twice_counts_once(tmp_path):
+    first = single(tmp_path / "a" / "results_single.json", 40.0, [1.0, 2.0])
+    single(tmp_path / "b" / "results_single.json", 44.0, [1.0, 2.0])
+    files = summarize.find_result_files([tmp_path, first, tmp_path / "a" / ".." / "a"])
+    assert files == [first, tmp_path / "b" / "results_single.json"]
+    assert summarize.summarize_files(files)["single"]["statistics"]["mIoU"]["mean"] == pytest.approx(42.0)
+
+
 def test_one_run_has_zero_std(tmp_path):
     summary = summarize.summarize_files([single(tmp_path / "results_single.json", 40.0, [1.0, 2.0])])
     assert summary["single"]["statistics"]["mIoU"]["std"] == 0.0
@@ -67,6 +75,12 @@ def test_bad_inputs(tmp_path):
         summarize.find_result_files([tmp_path])
     (tmp_path / "x.json").write_text("{")
     with pytest.raises(UserError, match="cannot read results"):
+        summarize.summarize_files([tmp_path / "x.json"])
+    (tmp_path / "x.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="x.json is not a test.py results file"):
+        summarize.summarize_files([tmp_path / "x.json"])
+    (tmp_path / "x.json").write_text('{"mode": "best", "snapshots": []}')
+    with pytest.raises(UserError, match="x.json is not a complete test.py 'best' results file"):
         summarize.summarize_files([tmp_path / "x.json"])
     a = single(tmp_path / "a.json", 1.0, [1.0, 2.0])
     b = single(tmp_path / "b.json", 1.0, [1.0, 2.0], names=("road", "car"))

@@ -146,6 +146,21 @@ def test_resume_restarts_a_run_killed_in_its_first_train_state_from_zero(tmp_pat
         assert_same_tensors(ours[key], theirs[key], key)
 
 
+def test_resume_refuses_snapshots_of_several_iterations_whose_train_state_is_gone(tmp_path, capsys):
+    cfg, _ = tiny_cfg(tmp_path / "run", "AdvEnt", iters=4, save_every=2)
+    folder = Path(cfg.TRAIN.SNAPSHOT_DIR)
+    folder.mkdir(parents=True)
+    for name in ("model_2.pth", "model_2_D_main.pth", "model_4.pth", "model_4_D_main.pth"):
+        torch_save_atomic({"w": torch.zeros(1)}, folder / name)  # a finished run's, as train.py records them
+    before = digests(folder)
+    code, errors = train_py(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "run.yml")), "--resume"], capsys)
+    assert code == 2
+    assert errors == [f"error: {folder} holds snapshots of 2 iterations (model_2.pth to model_4.pth) but no "
+                      f"train state, so this run cannot be resumed, and restarting it would replace them; put "
+                      f"train_state_4.pth back, or change EXP_NAME / --exp-suffix for a new run"]
+    assert digests(folder) == before
+
+
 def test_resume_restarts_a_run_that_died_before_its_first_snapshot(tmp_path, monkeypatch):
     cfg, _ = tiny_cfg(tmp_path, "SourceOnly", iters=2, save_every=2)
 

@@ -2,6 +2,7 @@
 import argparse
 import hashlib
 import logging
+import re
 from collections import OrderedDict
 
 import pytest
@@ -10,6 +11,7 @@ import torchvision
 
 from advent.model.deeplabv2 import DeepLabV2, build_segmenter, get_deeplab_v2
 from advent.model.discriminator import get_fc_discriminator
+from advent.model.inference import load_segmenter
 from advent.model.weights import file_sha256, load_checkpoint
 from advent.utils.errors import UserError
 
@@ -115,6 +117,21 @@ def test_torchvision_resnet(tmp_path, source, target):
     state = backbone(source)
     state["fc.weight"], state["fc.bias"] = torch.randn(1000, 512), torch.randn(1000)
     check_backbone_init(target, source, save(tmp_path, state), "torchvision")
+
+
+def test_inference_refuses_an_initialisation_whose_classifier_is_random(tmp_path, source):
+    # esl.py, test.py and viz.py load through load_segmenter: a backbone init gives labels of noise
+    torchvision_state = backbone(source)
+    torchvision_state["fc.weight"], torchvision_state["fc.bias"] = torch.randn(1000, 512), torch.randn(1000)
+    for name, state, kind in (("init.pth", imagenet_layout(source), "ImageNet init"),
+                              ("tv.pth", torchvision_state, "torchvision ResNet")):
+        path = save(tmp_path, state, name)
+        with pytest.raises(UserError, match=rf"^{re.escape(str(path))}: {kind} file, a backbone without "
+                                            rf"a trained classifier.*model_N.pth\)$"):
+            load_segmenter("DeepLabv2-Tiny", 19, True, str(path), torch.device("cpu"))
+    model, info = load_segmenter("DeepLabv2-Tiny", 19, True, str(save(tmp_path, source.state_dict())),
+                                 torch.device("cpu"))
+    assert info.layout == "state_dict" and not model.training
 
 
 @pytest.mark.parametrize("depth", [50, 101])

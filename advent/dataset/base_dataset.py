@@ -37,6 +37,8 @@ def read_list(list_path):
         text = Path(list_path).read_text()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise UserError(f"list file {list_path} not found") from None
+    except UnicodeDecodeError:
+        raise UserError(f"list file {list_path} is not a text file of names") from None
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise UserError(f"list file {list_path} is empty")
@@ -80,6 +82,18 @@ def png_name(name):
     viz panel): the image's file name as a .png, 'frankfurt/frankfurt_000000_000294_leftImg8bit.png'
     -> 'frankfurt_000000_000294_leftImg8bit.png' (what cityscapesscripts' evaluation matches)."""
     return Path(name).with_suffix(".png").name
+
+
+def check_png_names(names, folder):
+    """A flat folder of per-image PNGs (`folder`: what it is, for the message) needs one file name
+    per image: two list entries of one file name (in two cities, or x.jpg and x.png) would write
+    one file. Checked before any model work."""
+    seen = {}
+    for name in names:
+        file_name = png_name(name)
+        if seen.setdefault(file_name, name) != name:
+            raise UserError(f"two images share the file name {file_name} in {folder} (list entries "
+                            f"{seen[file_name]} and {name}); the flat folder cannot hold both")
 
 
 @contextmanager
@@ -162,7 +176,8 @@ class BaseDataset(data.Dataset):
         self.labels_size = self.image_size if labels_size is None else tuple(int(v) for v in labels_size)
         self.mean = np.asarray(mean, dtype=np.float32)
         self.pseudo_label_dir = str(pseudo_label_dir or "")
-        self.list_path = str(list_path).format(self.set) if list_path else ""
+        # '{}' stands for the split name; any other braces are the path's own
+        self.list_path = str(list_path).replace("{}", self.set) if list_path else ""
         self.check_root()
         names = self.read_names()
         self.img_ids = repeat_for_iters(names, max_iters)

@@ -68,6 +68,8 @@ def _read_json(path):
             data = json.load(f)
     except FileNotFoundError:
         raise UserError(f"class info file {path} not found") from None
+    except (IsADirectoryError, UnicodeDecodeError):
+        raise UserError(f"class info {path} is not a JSON text file") from None
     except json.JSONDecodeError as error:
         raise UserError(f"class info {path}:{error.lineno}: not valid JSON ({error.msg})") from None
     if not isinstance(data, dict):
@@ -75,6 +77,8 @@ def _read_json(path):
     for key in ("label", "palette", "label2train"):
         if key not in data:
             raise UserError(f"class info {path} has no '{key}' entry")
+        if not isinstance(data[key], list):
+            raise UserError(f"class info {path}: '{key}' must be a list")
     return data
 
 
@@ -92,19 +96,26 @@ def _palette(data, path, num_classes):
     palette = data["palette"]
     if len(palette) != num_classes:
         raise UserError(f"class info {path}: 'palette' has {len(palette)} colours for {num_classes} classes")
-    try:
-        return tuple(tuple(int(c) for c in colour) for colour in palette)
-    except (TypeError, ValueError):
-        raise UserError(f"class info {path}: 'palette' entries must be [r, g, b] lists") from None
+    for colour in palette:
+        if (not isinstance(colour, list) or len(colour) != 3
+                or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in colour)):
+            raise UserError(f"class info {path}: 'palette' entries must be [r, g, b] lists of 0..255, "
+                            f"got {colour!r}")
+    return tuple(tuple(colour) for colour in palette)
 
 
 def _label2train(data, path, num_classes):
     lookup = np.full(256, IGNORE_LABEL, dtype=np.int64)
+    seen = set()
     for pair in data["label2train"]:
-        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise UserError(f"class info {path}: 'label2train' entries must be [label id, train id], "
-                            f"got {pair!r}")
-        label_id, train_id = int(pair[0]), int(pair[1])
+        if (not isinstance(pair, list) or len(pair) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair)):
+            raise UserError(f"class info {path}: 'label2train' entries must be [label id, train id] "
+                            f"integers, got {pair!r}")
+        label_id, train_id = pair
+        if label_id in seen:
+            raise UserError(f"class info {path}: 'label2train' maps label id {label_id} twice")
+        seen.add(label_id)
         if label_id < 0:
             continue  # Cityscapes' license plate (-1) never occurs in an 8-bit label file
         if label_id > 255 or not (0 <= train_id < num_classes or train_id == IGNORE_LABEL):
@@ -128,6 +139,9 @@ def _train2label(label2train, num_classes):
 def _mapillary_groups(groups, names, path):
     """{group name: [Mapillary names]} -> {Mapillary name: train id}."""
     result = {}
+    if not isinstance(groups, dict) or not all(isinstance(m, list) for m in groups.values()):
+        raise UserError(f"class info {path}: 'mapillary_groups' must map each class name to a list of "
+                        f"Mapillary class names")
     for group, members in groups.items():
         if group not in names:
             raise UserError(f"class info {path}: mapillary_groups names '{group}', "

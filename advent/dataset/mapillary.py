@@ -70,7 +70,7 @@ def read_mapillary_labels(root):
         labels = json.loads(path.read_text())["labels"]
     except FileNotFoundError:
         raise UserError(f"Mapillary class list {path} not found") from None
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError, KeyError, TypeError):
         raise UserError(f"{path}: expected a JSON object with a 'labels' list") from None
     if not isinstance(labels, list) or not all(isinstance(e, dict) and "name" in e for e in labels):
         raise UserError(f"{path}: every entry of 'labels' must be an object with a 'name'")

@@ -51,6 +51,7 @@ FORMAT = "advent-train-state-1"
 COMMON_KEYS = ("format", "iteration", "model", "optimizer", "scaler", "rng", "data", "config")
 _TRAIN_STATE = re.compile(r"^train_state_(\d+)\.pth$")
 _RUN_FILE = re.compile(r"^(model_\d+(_D_(aux|main))?|train_state_\d+)\.pth$")
+_SNAPSHOT = re.compile(r"^model_(\d+)(_D_(aux|main))?\.pth$")
 # Keys a resumed run may change: where things are (moved files are fine: the class count is
 # compared and each dataset's length checked), how they are shown, the memory layout of the same
 # computation (CHANNELS_LAST), what only the start of a run reads, and where it stops (EARLY_STOP:
@@ -179,6 +180,14 @@ def check_restart(snapshot_dir, cfg):
     if not found and not config.is_file():
         log.info("--resume: %s holds no run yet; starting it from iteration 0", snapshot_dir)
         return
+    iterations = sorted({int(m.group(1)) for m in map(_SNAPSHOT.match, found) if m})
+    if len(iterations) > 1:
+        # a train state was written with the first of them, so it has been removed since: starting
+        # again would replace trained snapshots
+        raise UserError(f"{snapshot_dir} holds snapshots of {len(iterations)} iterations (model_{iterations[0]}.pth "
+                        f"to model_{iterations[-1]}.pth) but no train state, so this run cannot be resumed, "
+                        f"and restarting it would replace them; put train_state_{iterations[-1]}.pth back, "
+                        f"or change EXP_NAME / --exp-suffix for a new run")
     if config.is_file():
         try:
             saved = yaml_load(config)

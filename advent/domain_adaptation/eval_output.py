@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from advent.config import cfg_to_dict
-from advent.dataset import png_name
+from advent.dataset import check_png_names, png_name
 from advent.utils.distributed import get_world_size, is_main_process
 from advent.utils.errors import UserError, file_system_fault
 from advent.utils.output_dir import FolderReplacement
@@ -29,18 +29,6 @@ WRITER = "test.py"
 
 
 # --- saved predictions ---
-
-def check_prediction_names(names):
-    """The flat prediction folder needs one file name per image (checked before any model work)."""
-    seen = {}
-    for name in names:
-        file_name = png_name(name)
-        if file_name in seen:
-            raise UserError(f"two test images share the prediction file name {file_name} "
-                            f"(list entries {seen[file_name]} and {name}); the flat prediction folder "
-                            f"cannot hold both")
-        seen[file_name] = name
-
 
 class PredictionWriter:
     """Writes each prediction (TEST.SAVE_PREDICTIONS) as a colour PNG in color/ and an id PNG:
@@ -59,7 +47,7 @@ class PredictionWriter:
     fault while writing an image stops the writing, not the evaluation: `finish` reports it."""
 
     def __init__(self, final, info, names, stack):
-        check_prediction_names(names)
+        check_png_names(names, PREDICTIONS_KEY)
         self.subfolder, self.fault, self.staging = "", None, None
         self.palette = info.palette
         if info.train2label is not None:

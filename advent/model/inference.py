@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from advent.model import build_segmenter, load_checkpoint
+from advent.model.weights import BACKBONE_ONLY_LAYOUTS, LAYOUT_NAMES
+from advent.utils.errors import UserError
 from advent.utils.runtime import memory_format
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -25,6 +27,10 @@ def load_segmenter(name, num_classes, multi_level, checkpoint, device, channels_
     when it is None), in eval mode on `device`, in the NHWC memory format with `channels_last`."""
     model = build_segmenter(name, num_classes, multi_level)
     info = load_checkpoint(model, checkpoint) if checkpoint is not None else None
+    if info is not None and info.layout in BACKBONE_ONLY_LAYOUTS:
+        # its classifiers would keep their random init: pseudo-labels and scores of noise
+        raise UserError(f"{checkpoint}: {LAYOUT_NAMES[info.layout]} file, a backbone without a trained "
+                        f"classifier, not a segmentation model; give a snapshot of train.py (model_N.pth)")
     model.eval().to(device, memory_format=memory_format(channels_last))
     return model, info
 

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 TRAINING_STATE_KEY = "model"
 CLASSIFIER_PREFIXES = ("layer5.", "layer6.")
+BACKBONE_ONLY_LAYOUTS = ("imagenet", "torchvision")  # initialisations: their classifiers are not loaded
 LAYOUT_NAMES = {
     "state_dict": "state dict",
     "training_state": "training state",
@@ -90,7 +91,7 @@ def load_checkpoint(model, path, state_key=TRAINING_STATE_KEY):
     obj = read_checkpoint(path)
     sha256 = file_sha256(path)
     layout, state = _recognise(obj, path, state_key, model)
-    _load(model, state, path, backbone_only=layout in ("imagenet", "torchvision"))
+    _load(model, state, path, backbone_only=layout in BACKBONE_ONLY_LAYOUTS)
     logger.info("loaded %s (%s, sha256 %s)", path, LAYOUT_NAMES[layout], sha256)
     return CheckpointInfo(path, sha256, layout)
 

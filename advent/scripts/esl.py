@@ -22,7 +22,7 @@ import os
 import sys
 
 from advent.config import cfg_to_dict, load_config
-from advent.dataset import get_target_dataset
+from advent.dataset import check_png_names, get_target_dataset
 from advent.domain_adaptation.checkpoint import wait_for_file
 from advent.domain_adaptation.esl_UDA import format_report, generate_pseudo_labels, output_folder
 from advent.model.inference import load_segmenter
@@ -58,6 +58,7 @@ def prepare(cfg, device):
     dataset = get_target_dataset(cfg, "esl")
     if len(dataset) == 0:
         raise UserError(f"the target split '{esl.SET_TARGET}' lists no image")
+    check_png_names(dataset.img_ids, "PSEUDO_LABEL_DIRECTORY_TARGET")
     check_checkpoint(esl.RESTORE_FROM, esl.WAIT_MODEL, esl.WAIT_TIMEOUT)
     model, checkpoint = load_segmenter(esl.MODEL, cfg.NUM_CLASSES, esl.MULTI_LEVEL, esl.RESTORE_FROM, device,
                                        cfg.CHANNELS_LAST)

@@ -24,7 +24,8 @@ GROUPS = {"single": "single-model results", "last": "last snapshot",
 
 
 def find_result_files(paths):
-    """The result files named, and those found under the folders named, sorted per folder."""
+    """The result files named, and those found under the folders named, sorted per folder; a file
+    reached twice (a folder and a file in it, overlapping globs) counts once."""
     files = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -36,7 +37,10 @@ def find_result_files(paths):
             files.append(path)
         else:
             raise UserError(f"not found: {path}")
-    return files
+    unique = {}
+    for path in files:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 def runs_of(path):
@@ -45,9 +49,14 @@ def runs_of(path):
         results = json_load(path)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot read results {path}: {error}") from None
+    if not isinstance(results, dict):
+        raise UserError(f"{path} is not a test.py results file (not a JSON object)")
     if results.get("mode") == "best":
-        by_name = {entry["snapshot"]: entry for entry in results["snapshots"]}
-        return {"last": by_name[results["last"]], "best": by_name[results["best"]]}
+        try:
+            by_name = {entry["snapshot"]: entry for entry in results["snapshots"]}
+            return {"last": by_name[results["last"]], "best": by_name[results["best"]]}
+        except (KeyError, TypeError):
+            raise UserError(f"{path} is not a complete test.py 'best' results file") from None
     if "per_class" in results:
         return {"single": results}
     raise UserError(f"{path} is not a test.py results file (no per-class IoU)")

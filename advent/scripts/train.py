@@ -7,7 +7,8 @@
 Snapshots, the train state and the resolved config go to TRAIN.SNAPSHOT_DIR (default
 EXP_ROOT/snapshots/EXP_NAME), which one run at a time holds (a second run into it stops at once).
 --resume continues from the newest train state; in a folder without one (a run stopped before
-its first train state was written, or no run yet) it starts from iteration 0. A finished run is
+its first train state was written, or no run yet) it starts from iteration 0; snapshots of several
+iterations without a train state (one was removed) are refused. A finished run is
 extended by resuming it with a larger TRAIN.EARLY_STOP (the same MAX_ITERS): exactly as if it had
 been started so.
 Exit codes: 0 done; 2 a user error (one line on stderr), among them a folder in use, one that
