@@ -17,6 +17,7 @@ import yaml
 
 from advent import PROJECT_ROOT
 from advent.utils.errors import UserError
+from advent.utils.serialization import yaml_parse
 
 SCRIPTS_DIR = PROJECT_ROOT / "advent" / "scripts"
 DATASET_DIR = PROJECT_ROOT / "advent" / "dataset"
@@ -207,7 +208,7 @@ POSITIVE_KEYS = ("TRAIN.SAVE_PRED_EVERY", "TRAIN.MAX_ITERS", "TRAIN.EARLY_STOP",
                  "TEST.BATCH_SIZE_TARGET", "ESL.BATCH_SIZE_TARGET", "TRAIN.DISCRIMINATOR_WIDTH",
                  "TRAIN.TENSORBOARD_VIZRATE")
 NON_NEGATIVE_KEYS = ("NUM_WORKERS", "ESL.THREADS", "TRAIN.LEARNING_RATE", "TRAIN.LEARNING_RATE_D",
-                     "TRAIN.MOMENTUM", "TRAIN.WEIGHT_DECAY")
+                     "TRAIN.WEIGHT_DECAY")
 
 
 def get_default_cfg():
@@ -230,7 +231,7 @@ def cfg_from_file(filename, config=None):
     config = get_default_cfg() if config is None else config
     try:
         with open(filename) as f:
-            data = yaml.safe_load(f)
+            data = yaml_parse(f)
     except FileNotFoundError:
         raise UserError(f"config file not found: {filename}") from None
     except UnicodeDecodeError:
@@ -310,11 +311,12 @@ def _coerce(value, default, key, filename):
 
 
 def _resolve_path(value):
-    """Make a relative path from a YAML file absolute, relative to advent/scripts/."""
+    """Make a relative path from a YAML file absolute, relative to advent/scripts/; '..' applied
+    ('runs/new/../x' is 'runs/x', whether or not 'new' exists)."""
     if isinstance(value, tuple):
         return tuple(_resolve_path(v) for v in value)
     value = osp.expanduser(value)
-    return value if value == "" or osp.isabs(value) else osp.normpath(osp.join(SCRIPTS_DIR, value))
+    return value if value == "" else osp.normpath(osp.join(SCRIPTS_DIR, value))
 
 
 def get_key(config, full_key):
@@ -359,6 +361,17 @@ def check_cfg(config, filename="config"):
         raise UserError(f"{filename}: the per-model TEST lists must have one entry per model ({listed})")
     if config.GPU_ID < -1:
         raise UserError(f"{filename}: GPU_ID must be a GPU index (0, 1, ...) or -1 (the CPU), got {config.GPU_ID}")
+    for key in ("ESL.THRESHOLD", "ESL.MAXPROB_THRESHOLD"):  # a normalised entropy, a probability
+        if not 0 <= get_key(config, key) <= 1:
+            raise UserError(f"{filename}: {key} must be in [0, 1], got {get_key(config, key)}")
+    if not 0 <= config.TRAIN.MOMENTUM < 1:
+        raise UserError(f"{filename}: TRAIN.MOMENTUM must be in [0, 1), got {config.TRAIN.MOMENTUM}")
+    if config.TRAIN.IGNORE_LABEL != _C.TRAIN.IGNORE_LABEL:  # kept as a key for the published configs
+        raise UserError(f"{filename}: TRAIN.IGNORE_LABEL must be {_C.TRAIN.IGNORE_LABEL}, the ignored value of "
+                        f"every label file and loader, got {config.TRAIN.IGNORE_LABEL}")
+    weights = config.TEST.MODEL_WEIGHT
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise UserError(f"{filename}: TEST.MODEL_WEIGHT must be 0 or more with a positive sum, got {list(weights)}")
     if not 0 <= config.TRAIN.RANDOM_SEED < 2 ** 32:
         raise UserError(f"{filename}: TRAIN.RANDOM_SEED must be in [0, 2**32 - 1], got {config.TRAIN.RANDOM_SEED}")
     if config.NUM_CLASSES < 2:
@@ -377,16 +390,20 @@ def derive_paths(config, exp_suffix=""):
         config.EXP_NAME = f"{config.SOURCE}2{config.TARGET}_{config.TRAIN.MODEL}_{config.TRAIN.DA_METHOD}"
     if exp_suffix:
         config.EXP_NAME += f"_{exp_suffix}"
+    if osp.isabs(config.EXP_NAME) or ".." in config.EXP_NAME.split("/"):
+        raise UserError(f"EXP_NAME (with --exp-suffix) is {config.EXP_NAME!r}: a run's name, which may hold "
+                        f"subfolders but not lead out of EXP_ROOT; set TRAIN.SNAPSHOT_DIR for a folder elsewhere")
     if config.EXP_ROOT_SNAPSHOT == "":
-        config.EXP_ROOT_SNAPSHOT = osp.join(config.EXP_ROOT, "snapshots")
+        config.EXP_ROOT_SNAPSHOT = osp.normpath(osp.join(config.EXP_ROOT, "snapshots"))
     if config.EXP_ROOT_LOGS == "":
-        config.EXP_ROOT_LOGS = osp.join(config.EXP_ROOT, "logs")
+        config.EXP_ROOT_LOGS = osp.normpath(osp.join(config.EXP_ROOT, "logs"))
     if config.TRAIN.SNAPSHOT_DIR == "":
-        config.TRAIN.SNAPSHOT_DIR = osp.join(config.EXP_ROOT_SNAPSHOT, config.EXP_NAME)
+        config.TRAIN.SNAPSHOT_DIR = osp.normpath(osp.join(config.EXP_ROOT_SNAPSHOT, config.EXP_NAME))
     if config.TRAIN.TENSORBOARD_LOGDIR == "":
-        config.TRAIN.TENSORBOARD_LOGDIR = osp.join(config.EXP_ROOT_LOGS, "tensorboard", config.EXP_NAME)
+        config.TRAIN.TENSORBOARD_LOGDIR = osp.normpath(osp.join(config.EXP_ROOT_LOGS, "tensorboard",
+                                                                config.EXP_NAME))
     if config.TEST.SNAPSHOT_DIR[0] == "":
-        config.TEST.SNAPSHOT_DIR = (osp.join(config.EXP_ROOT_SNAPSHOT, config.EXP_NAME),) + tuple(
+        config.TEST.SNAPSHOT_DIR = (osp.normpath(osp.join(config.EXP_ROOT_SNAPSHOT, config.EXP_NAME)),) + tuple(
             config.TEST.SNAPSHOT_DIR[1:])
     return config
 

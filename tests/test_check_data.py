@@ -54,6 +54,17 @@ def test_missing_test_labels_are_a_problem_but_esl_labels_are_optional(tmp_path,
     assert code == 1 and f"1 of 4 labels missing; first: {written['val'].label_paths[2]}" in out
 
 
+def test_a_truncated_image_is_a_problem_and_sample_must_be_positive(tmp_path, capsys):
+    cfg, written = make_fake_cfg(tmp_path)
+    truncated = written["train"].image_paths[3]  # the last of the sample: evenly spaced from first to last
+    truncated.write_bytes(truncated.read_bytes()[:100])  # its header intact
+    code, out = run_check(cfg, tmp_path, capsys)
+    assert code == 1
+    assert f"1 of 4 sampled images cannot be decoded; first: cannot decode image {truncated}" in out
+    with pytest.raises(UserError, match="--sample must be at least 1, got 0"):
+        main(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "check.yml")), "--sample", "0"])
+
+
 def test_bad_label_values_are_reported(tmp_path, capsys):
     cfg, written = make_fake_cfg(tmp_path)
     bad = written["source"].label_paths[2]

@@ -112,6 +112,23 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
     assert "exp.yml:4" in message and "YAML syntax error" in message
 
 
+def test_paths_are_normalised_and_run_names_stay_inside_exp_root(tmp_path):
+    config = derive_paths(_load(tmp_path, f"EXP_ROOT: {tmp_path}/new/../exp\nEXP_NAME: gta/advent\n"))
+    assert config.EXP_ROOT == str(tmp_path / "exp")  # 'new' need not exist: '..' undoes it
+    assert config.TRAIN.SNAPSHOT_DIR == str(tmp_path / "exp" / "snapshots" / "gta" / "advent")
+    for name, suffix in (("../../elsewhere", ""), ("/abs", ""), ("run", "x/../../../y")):
+        with pytest.raises(UserError, match="not lead out of EXP_ROOT"):
+            derive_paths(_load(tmp_path, f"EXP_NAME: {name}\n"), exp_suffix=suffix)
+
+
+def test_a_key_given_twice_names_both_lines(tmp_path):
+    # PyYAML keeps the last silently: the first TRAIN section's keys would fall back to defaults
+    message = _error(tmp_path, "TRAIN:\n  MODEL: DeepLabv2-Tiny\nGPU_ID: -1\nTRAIN:\n  MAX_ITERS: 4\n")
+    assert message.endswith("exp.yml:4: YAML syntax error: key TRAIN given twice (first at line 1)")
+    message = _error(tmp_path, "TRAIN:\n  MAX_ITERS: 4\n  MAX_ITERS: 5\n")
+    assert message.endswith("exp.yml:3: YAML syntax error: key MAX_ITERS given twice (first at line 2)")
+
+
 def test_safe_load_rejects_python_tags(tmp_path):
     message = _error(tmp_path, "EXP_NAME: !!python/object/apply:os.system ['true']\n")
     assert "exp.yml:1" in message
@@ -129,11 +146,19 @@ def test_invalid_choices_and_sizes(tmp_path):
     assert _load(tmp_path, "NUM_WORKERS: 0\nESL:\n  THREADS: 0\n").ESL.THREADS == 0
     assert "TRAIN.TENSORBOARD_VIZRATE must be positive, got 0" in _error(tmp_path, "TRAIN:\n  TENSORBOARD_VIZRATE: 0\n")
     assert "TRAIN.LEARNING_RATE must be 0 or more" in _error(tmp_path, "TRAIN:\n  LEARNING_RATE: -0.1\n")
-    assert "TRAIN.MOMENTUM must be 0 or more" in _error(tmp_path, "TRAIN:\n  MOMENTUM: -1\n")
+    assert "TRAIN.WEIGHT_DECAY must be 0 or more" in _error(tmp_path, "TRAIN:\n  WEIGHT_DECAY: -1\n")
     for seed in (-1, 2 ** 32):  # numpy's seeding takes [0, 2**32 - 1]
         assert f"TRAIN.RANDOM_SEED must be in [0, 2**32 - 1], got {seed}" in _error(
             tmp_path, f"TRAIN:\n  RANDOM_SEED: {seed}\n")
     assert _load(tmp_path, f"TRAIN:\n  RANDOM_SEED: {2 ** 32 - 1}\n").TRAIN.RANDOM_SEED == 2 ** 32 - 1
+    assert "ESL.THRESHOLD must be in [0, 1], got 1.5" in _error(tmp_path, "ESL:\n  THRESHOLD: 1.5\n")
+    assert "ESL.MAXPROB_THRESHOLD must be in [0, 1], got -0.1" in _error(tmp_path, "ESL:\n  MAXPROB_THRESHOLD: -0.1\n")
+    assert "TRAIN.MOMENTUM must be in [0, 1), got 1.5" in _error(tmp_path, "TRAIN:\n  MOMENTUM: 1.5\n")
+    assert "TRAIN.IGNORE_LABEL must be 255" in _error(tmp_path, "TRAIN:\n  IGNORE_LABEL: 300\n")
+    for weights in ("[0.0, 0.0]", "[1.0, -1.0]"):
+        text = f"TEST:\n  MODEL_WEIGHT: {weights}\n  MODEL: [DeepLabv2, DeepLabv2]\n  MULTI_LEVEL: [true, true]\n" \
+               f"  RESTORE_FROM: [a.pth, b.pth]\n"
+        assert "TEST.MODEL_WEIGHT must be 0 or more with a positive sum" in _error(tmp_path, text)
     for key in ("SNAPSHOT_DIR", "MODEL"):
         assert f"TEST.{key} must have at least one entry" in _error(tmp_path, f"TEST:\n  {key}: []\n")
 

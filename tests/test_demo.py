@@ -162,6 +162,14 @@ def test_out_folder_is_replaced_whole_and_only_at_the_end(tmp_path):
     assert leftovers(out) == []
 
 
+def test_threads_must_be_positive():
+    from advent.scripts import demo
+    for value in ("0", "-1"):
+        with pytest.raises(UserError, match=f"--threads must be at least 1, got {value}"):
+            demo.parse_args(["--threads", value])
+    assert demo.parse_args(["--threads", "2"]).threads == 2
+
+
 def test_out_folder_with_foreign_files_or_in_use_is_refused(tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()

@@ -89,6 +89,20 @@ def test_missing_empty_and_own_folders_may_be_written_foreign_and_others_not(tmp
         check_folder(tmp_path / "file", "esl.py", "KEY")
 
 
+def test_a_path_through_a_missing_folder_and_back_is_checked_where_it_leads(tmp_path):
+    # 'new/../../mine': 'new' does not exist, so the path as given does not either, but mkdir would
+    # create 'new' and go on into the user's folder
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    roundabout = tmp_path / "runs" / "new" / ".." / ".." / "mine"
+    with pytest.raises(UserError, match=r"^KEY .*/new/\.\./\.\./mine holds files this project did not write \(notes.txt\)"):
+        check_folder(roundabout, "train.py", "KEY")
+    assert entries(mine) == ["notes.txt"] and not (tmp_path / "runs").exists()
+    assert prepare_folder(tmp_path / "runs" / "new" / ".." / "b", "train.py", "the snapshots") == tmp_path / "runs" / "b"
+    assert read_manifest(tmp_path / "runs" / "b").owner == "train.py" and entries(tmp_path / "runs") == ["b"]
+
+
 def test_a_guest_writes_only_its_own_names_beside_the_users_files(tmp_path):
     folder = tmp_path / "snapshots"
     folder.mkdir()

@@ -79,6 +79,9 @@ def test_bad_inputs(tmp_path):
     (tmp_path / "x.json").write_text("[1, 2]")
     with pytest.raises(UserError, match="x.json is not a test.py results file"):
         summarize.summarize_files([tmp_path / "x.json"])
+    (tmp_path / "x.json").write_text('{"per_class": 5, "mIoU": 3}')
+    with pytest.raises(UserError, match="x.json is not a test.py results file \\(an mIoU and a per_class list"):
+        summarize.summarize_files([tmp_path / "x.json"])
     (tmp_path / "x.json").write_text('{"mode": "best", "snapshots": []}')
     with pytest.raises(UserError, match="x.json is not a complete test.py 'best' results file"):
         summarize.summarize_files([tmp_path / "x.json"])

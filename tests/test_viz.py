@@ -8,7 +8,7 @@ from advent.dataset import png_name
 from advent.model import build_segmenter
 from advent.scripts import viz
 from advent.utils.errors import UserError
-from advent.utils.output_dir import MANIFEST_NAME
+from advent.utils.output_dir import MANIFEST_NAME, FolderReplacement
 from advent.utils.viz_segmask import CITYSCAPES_PALETTE, entropy_image, panel_row
 from fake_data import make_fake_cfg, write_cfg_yaml, write_pseudo_labels
 
@@ -70,6 +70,20 @@ def test_bad_inputs(tmp_path):
     cfg_path.write_text(text)
     with pytest.raises(UserError, match="TEST.RESTORE_FROM is empty: pass --checkpoint"):
         viz.main(["--cfg", str(cfg_path)])
+    with pytest.raises(UserError, match="--num-images must be at least 1, got 0"):
+        viz.main(["--cfg", str(path), "--num-images", "0"])
+
+
+def test_out_is_not_another_scripts_folder(tmp_path, monkeypatch):
+    path, _ = config(tmp_path)
+    labels = tmp_path / "labels"  # esl.py's: its next run replaces the folder whole
+    output = FolderReplacement(labels, "esl.py", "PSEUDO_LABEL_DIRECTORY_TARGET")
+    with output.held(), output.staged() as staging:
+        (staging / "a.png").write_bytes(b"label")
+    monkeypatch.setattr(viz, "load_segmenter", lambda *a: pytest.fail("model work before the check"))
+    with pytest.raises(UserError, match=r"^--out .*labels was written by esl.py; viz.py does not take over"):
+        viz.main(["--cfg", str(path), "--out", str(labels)])
+    assert sorted(p.name for p in labels.iterdir()) == sorted(["a.png", MANIFEST_NAME])
 
 
 def test_out_folder_keeps_files_viz_did_not_write(tmp_path, monkeypatch):

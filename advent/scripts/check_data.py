@@ -4,9 +4,9 @@
 
 For the source, each target split the config uses (TRAIN / TEST / ESL.SET_TARGET) and the
 pseudo-label folder when set: the layout, listed vs present files (one directory listing per
-folder), label values and image/label sizes on an evenly spaced sample (the rules by which the
-loaders stop train.py, esl.py and test.py at such a file), and which splits have
-labels against which need them (training: none; test: required; esl: optional, for its
+folder), whole-file decoding of images, label values and image/label sizes on an evenly spaced
+sample (the rules by which the loaders stop train.py, esl.py and test.py at such a file), and
+which splits have labels against which need them (training: none; test: required; esl: optional, for its
 quality report only). Exit code 0: all well; 1: problems found (listed last); 2: a user
 error such as a bad config file.
 """
@@ -19,7 +19,7 @@ import numpy as np
 
 from advent.config import load_config, mutable_copy
 from advent.dataset import factory
-from advent.dataset.base_dataset import image_size, missing_files
+from advent.dataset.base_dataset import image_size, missing_files, open_image
 from advent.utils.errors import UserError
 from advent.utils.runtime import run_main
 
@@ -54,8 +54,12 @@ class Report:
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cfg", required=True, help="the YAML config whose datasets to check")
-    parser.add_argument("--sample", type=int, default=20, help="label files decoded per split (default 20)")
-    return parser.parse_args(argv)
+    parser.add_argument("--sample", type=int, default=20,
+                        help="images and label files decoded per split (default 20)")
+    args = parser.parse_args(argv)
+    if args.sample < 1:
+        raise UserError(f"--sample must be at least 1, got {args.sample}")
+    return args
 
 
 def evenly_spaced(items, count):
@@ -111,6 +115,21 @@ def check_label_values(dataset, names, title, report):
         report.add(f"  label values: {len(names)} sampled files hold only {description}")
 
 
+def check_images_decode(dataset, names, title, report):
+    """Decode a sample of images whole (a truncated file has a sound header: the loader would stop
+    at it mid-run)."""
+    broken = []
+    for name in names:
+        try:
+            open_image(dataset.image_path(name))
+        except UserError as error:
+            broken.append(str(error))
+    if broken:
+        report.problem(f"{title}: {len(broken)} of {len(names)} sampled images cannot be decoded; first: {broken[0]}")
+    else:
+        report.add(f"  images: {len(names)} sampled files decode")
+
+
 def check_sizes(dataset, names, title, report):
     """Image and label sizes (file headers) must agree, as the loader requires, except where it
     allows a difference (LABEL_SIZE_MAY_DIFFER: GTA5, whose loader resizes both)."""
@@ -143,6 +162,7 @@ def check_split(dataset, title, need, report, sample):
     report.add(f"  has labels: {'yes' if complete else 'partly' if labels else 'no'}")
     if need == "optional" and not complete:
         report.add("  (esl will run without labels: no pseudo-label quality report)")
+    check_images_decode(dataset, evenly_spaced(images, sample), title, report)
     labelled = set(labels)
     both = evenly_spaced([n for n in images if n in labelled], sample)
     if both:

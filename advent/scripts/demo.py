@@ -17,6 +17,7 @@ import sys
 
 from advent.demo.configs import QUICK_SCALE
 from advent.demo.pipeline import DEFAULT_DATA, DEFAULT_OUT, DEFAULT_SEED, run_demo
+from advent.utils.errors import UserError
 from advent.utils.runtime import run_main
 
 
@@ -32,7 +33,10 @@ def parse_args(argv=None):
     parser.add_argument("--data", default=str(DEFAULT_DATA),
                         help="data folder; the data of seed S goes to DATA/seedS (default data/demo)")
     parser.add_argument("--threads", type=int, help="torch threads (default: PyTorch's, one per core)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    return args
 
 
 def main(argv=None):

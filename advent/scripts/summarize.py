@@ -54,12 +54,29 @@ def runs_of(path):
     if results.get("mode") == "best":
         try:
             by_name = {entry["snapshot"]: entry for entry in results["snapshots"]}
-            return {"last": by_name[results["last"]], "best": by_name[results["best"]]}
+            runs = {"last": by_name[results["last"]], "best": by_name[results["best"]]}
         except (KeyError, TypeError):
             raise UserError(f"{path} is not a complete test.py 'best' results file") from None
-    if "per_class" in results:
-        return {"single": results}
-    raise UserError(f"{path} is not a test.py results file (no per-class IoU)")
+    elif "per_class" in results:
+        runs = {"single": results}
+    else:
+        raise UserError(f"{path} is not a test.py results file (no per-class IoU)")
+    for summary in runs.values():
+        if not is_summary(summary):
+            raise UserError(f"{path} is not a test.py results file (an mIoU and a per_class list of "
+                            f"{{name, IoU}} expected)")
+    return runs
+
+
+def is_summary(summary):
+    """An mIoU and a per-class list of {name, IoU}, IoU a number or None (a class never seen)."""
+    def number(value):
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+    per_class = summary.get("per_class") if isinstance(summary, dict) else None
+    return (isinstance(per_class, list) and number(summary.get("mIoU"))
+            and all(isinstance(e, dict) and isinstance(e.get("name"), str) and number(e.get("IoU"))
+                    for e in per_class))
 
 
 def statistics(values):

@@ -26,7 +26,7 @@ from advent.dataset import get_class_info, get_target_dataset, png_name
 from advent.model.inference import load_segmenter, main_logits, upsample
 from advent.utils.distributed import select_device
 from advent.utils.errors import UserError
-from advent.utils.output_dir import check_names, prepare_folder
+from advent.utils.output_dir import check_names, check_owner, prepare_folder
 from advent.utils.runtime import run_main, setup_logging
 from advent.utils.viz_segmask import (
     entropy_image, input_image, mask_image, panel_row, prediction_image, save_png,
@@ -45,7 +45,10 @@ def parse_args(argv=None):
     parser.add_argument("--num-images", type=int, default=4, help="the first N images of the split")
     parser.add_argument("--names", nargs="+", help="list entries to show instead of the first N")
     parser.add_argument("--out", help="output folder (default: EXP_ROOT_LOGS/viz/EXP_NAME)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.num_images < 1:
+        raise UserError(f"--num-images must be at least 1, got {args.num_images}")
+    return args
 
 
 def model_settings(cfg, stage, checkpoint):
@@ -102,7 +105,9 @@ def main(argv=None):
     name, multi_level, checkpoint = model_settings(cfg, args.stage, args.checkpoint)
     dataset = get_target_dataset(cfg, args.stage)
     indices = chosen_indices(dataset, args.names, args.num_images)
-    out = prepare_folder(args.out or Path(cfg.EXP_ROOT_LOGS) / "viz" / cfg.EXP_NAME, WRITER, "the panels")
+    out = args.out or Path(cfg.EXP_ROOT_LOGS) / "viz" / cfg.EXP_NAME
+    check_owner(out, WRITER, "--out")  # the user's files may stay beside the panels, another script's not
+    out = prepare_folder(out, WRITER, "the panels")
     check_names(out, WRITER, [png_name(dataset.img_ids[i]) for i in indices], "--out")
     device = select_device(cfg.GPU_ID, cfg.TF32, cfg.CUDNN_BENCHMARK)
     model, _ = load_segmenter(name, cfg.NUM_CLASSES, multi_level, checkpoint, device)

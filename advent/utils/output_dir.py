@@ -163,15 +163,23 @@ def tree_entries(folder):
 
 # --- checks (before any model work) ---
 
+def _resolved(folder):
+    """`folder` as the file system will reach it once created: symbolic links followed and '..'
+    applied (to 'new/../x' too, whose 'new' does not exist yet: mkdir makes it, then goes up), so
+    that what is checked is the folder that will be written."""
+    return Path(folder).resolve()
+
+
 def prepare_folder(folder, writer, what):
     """Create `folder` (and its parents) when missing, recording `writer` as the script that created
     it, and write its manifest (which also proves the folder writable). A UserError naming `what`,
     the folder and the cause when the file system refuses (a file in the way, read-only, no
-    permission). Removes what killed runs left there (`remove_stale`). Returns the folder."""
-    folder = Path(folder)
+    permission). Removes what killed runs left there (`remove_stale`). Returns the folder, resolved
+    (see check_folder)."""
+    shown, folder = folder, _resolved(folder)
     blocker = next(path for path in (folder, *folder.parents) if path.exists() or path.is_symlink())
     if not blocker.is_dir():
-        raise UserError(f"cannot write {what} to {folder}: {blocker} is a file, not a folder")
+        raise UserError(f"cannot write {what} to {shown}: {blocker} is a file, not a folder")
     try:
         created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
@@ -180,9 +188,24 @@ def prepare_folder(folder, writer, what):
     except OSError as error:
         culprit = Path(error.filename) if error.filename else folder
         where = "" if folder in (culprit, culprit.parent) else f" ({culprit})"  # a parent, not the manifest
-        raise UserError(f"cannot write {what} to {folder}: {error.strerror}{where}") from None
+        raise UserError(f"cannot write {what} to {shown}: {error.strerror}{where}") from None
     remove_stale(folder)
     return folder
+
+
+def check_owner(folder, writer, key, advice="choose a new or empty folder", guests=()):
+    """`folder` is not another script's: not created by one, and holding no file of one but of
+    `writer` and `guests` (the user's own files aside). Otherwise a UserError as check_folder's."""
+    shown, folder = folder, _resolved(folder)
+    if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+        raise UserError(f"{key} {shown} exists and is not a folder")
+    manifest = read_manifest(folder) or Manifest()
+    others = sorted(name for name, by in manifest.files.items() if by not in (writer, *guests))
+    if manifest.owner not in (None, writer) or others:
+        other = manifest.owner if manifest.owner not in (None, writer) else manifest.files[others[0]]
+        what = "" if manifest.owner not in (None, writer) else f" ({others[0]})"
+        raise UserError(f"{key} {shown} was written by {other}{what}; {writer} does not take over "
+                        f"another script's folder: {advice}")
 
 
 def check_folder(folder, writer, key, advice="choose a new or empty folder", guests=()):
@@ -190,20 +213,12 @@ def check_folder(folder, writer, key, advice="choose a new or empty folder", gue
     exist, or it was not created by another script and holds only what `writer` (or one of the
     scripts `guests`, which add their files beside its own) wrote there. Otherwise a UserError
     naming `key`, the folder, the other script or a foreign entry, and what to do (`advice`)."""
-    folder = Path(folder)
-    if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
-        raise UserError(f"{key} {folder} exists and is not a folder")
-    manifest = read_manifest(folder) or Manifest()
-    others = sorted(name for name, by in manifest.files.items() if by not in (writer, *guests))
-    if manifest.owner not in (None, writer) or others:
-        other = manifest.owner if manifest.owner not in (None, writer) else manifest.files[others[0]]
-        what = "" if manifest.owner not in (None, writer) else f" ({others[0]})"
-        raise UserError(f"{key} {folder} was written by {other}{what}; {writer} does not take over "
-                        f"another script's folder: {advice}")
+    shown, folder = folder, _resolved(folder)
+    check_owner(shown, writer, key, advice, guests)
     foreign = foreign_entries(folder)
     if foreign:
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
-        raise UserError(f"{key} {folder} holds files this project did not write ({foreign[0]}{more}); "
+        raise UserError(f"{key} {shown} holds files this project did not write ({foreign[0]}{more}); "
                         f"{writer} would replace or remove what it holds: {advice}")
 
 

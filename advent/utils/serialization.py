@@ -22,9 +22,35 @@ def json_dump(data, path, writer=None):
         f.write("\n")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping: PyYAML would keep the last
+    silently, so a second `TRAIN:` section would drop every key of the first."""
+
+
+def _mapping_without_repeats(loader, node):
+    first_line = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, (str, int, float, bool, type(None))):
+            continue  # construct_mapping explains unhashable keys itself
+        if key in first_line:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key} given twice (first at line {first_line[key] + 1})", key_node.start_mark)
+        first_line[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats)
+
+
+def yaml_parse(stream):
+    """yaml.safe_load, but a key repeated in a mapping is a yaml.YAMLError (naming its line)."""
+    return yaml.load(stream, Loader=_StrictLoader)
+
+
 def yaml_load(path):
     with open(path) as f:
-        return yaml.safe_load(f)
+        return yaml_parse(f)
 
 
 def yaml_dump(data, path, writer=None):
