@@ -205,7 +205,7 @@ def test_mapillary_keeps_aspect_ratio_and_pads(fake_mapillary):
     dataset = MapillaryDataSet(fake_mapillary.root, crop_size=(64, 32), mean=MEAN, labels_size=(32, 16))
     assert [f[2] for f in dataset.files] == sorted(fake_mapillary.names)
     image, label, shape, name = dataset[0]  # 64x48: the height fits, 42 x 32 at the left
-    np.testing.assert_array_equal(shape, [3, 32, 64])
+    np.testing.assert_array_equal(shape, [3, 32, 42])  # the part the image fills (ESL labels only that)
     expected = spec_preprocess(fake_mapillary.image_paths[0], (42, 32))
     np.testing.assert_allclose(image[:, :, :42], expected, atol=1e-4)
     assert (image[:, :, 42:] == -MEAN[:, None, None]).all()  # padded black before the mean

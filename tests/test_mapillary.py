@@ -3,6 +3,7 @@ ratio, images fitted with the published floating-point size and padded with blac
 mean, logits upsampled to each label's size; input and output sizes of different aspect ratios
 refused (tiny files in the real formats: config.json, .jpg images, palette .png labels)."""
 import itertools
+import json
 import math
 from fractions import Fraction
 
@@ -258,3 +259,39 @@ def test_the_cache_key_of_a_mapillary_evaluation_names_the_published_fit(tmp_pat
     cityscapes, _ = make_fake_cfg(tmp_path / "cityscapes")
     assert "image_fit" not in eval_setting(cityscapes, get_target_dataset(cityscapes, "test"),
                                            load_class_info(cityscapes.TEST.INFO_TARGET))
+
+
+# --- ESL on the padded canvas ---
+
+def test_esl_labels_only_the_image_and_counts_only_its_pixels(tmp_path):
+    from advent.domain_adaptation.pseudo_labels import median_rank, predict_with_confidence
+    from advent.scripts import esl
+
+    # training images 128x64, 64x64 and 192x32 into a 64x32 input: the second fills its left half
+    # (32x32), the third its top 10 rows; pseudo-labels at 128x64
+    cfg, _ = make_fake_cfg(tmp_path, target="Mapillary", num_classes=7)
+    model = tiny_model(3)
+    torch.save(model.state_dict(), tmp_path / "model.pth")
+    cfg.NUM_WORKERS, cfg.ESL.MODEL, cfg.ESL.RESTORE_FROM = 0, "DeepLabv2-Tiny", str(tmp_path / "model.pth")
+    cfg.ESL.WAIT_MODEL, cfg.ESL.OUTPUT_SIZE_TARGET = False, (128, 64)
+    cfg.PSEUDO_LABEL_DIRECTORY_TARGET = str(tmp_path / "labels")
+    assert esl.main(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "esl.yml"))]) == 0
+    dataset = get_target_dataset(cfg, "esl")
+    image_rows, image_cols = (64, 64, 20), (128, 64, 128)  # ceil(10 * 64 / 32) = 20 rows
+    labels, scores = [], []
+    for index, (rows, cols) in enumerate(zip(image_rows, image_cols)):
+        written = np.asarray(Image.open(tmp_path / "labels" / dataset.img_ids[index].replace(".jpg", ".png")))
+        assert (written[rows:] == 255).all() and (written[:, cols:] == 255).all()
+        assert (written[:rows, :cols] != 255).any()
+        with torch.no_grad():
+            _, logits = model(torch.from_numpy(dataset[index][0])[None])
+        label, score = predict_with_confidence(logits, (128, 64), "entropy")
+        labels.append(label[0, :rows, :cols].flatten())
+        scores.append(score[0, :rows, :cols].flatten())
+    report = json.loads((tmp_path / "labels" / "esl_report.json").read_text())
+    assert sum(c["predicted_pixels"] for c in report["classes"]) == 128 * 64 + 64 * 64 + 128 * 20
+    label, score = torch.cat(labels), torch.cat(scores)  # the image pixels only
+    for c, threshold in enumerate(report["groups"][0]["thresholds"]):
+        own = score[label == c].sort().values
+        expected = 0.0 if own.numel() == 0 else own[int(median_rank(torch.tensor(own.numel())))].item()
+        assert threshold == pytest.approx(max(expected, cfg.ESL.THRESHOLD), abs=1e-6), c

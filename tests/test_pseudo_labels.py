@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from advent.domain_adaptation.pseudo_labels import (
-    PerClassSelector, apply_thresholds, finish_thresholds, median_rank, normalized_entropy,
+    PerClassSelector, apply_thresholds, finish_thresholds, ignore_padding, median_rank, normalized_entropy,
     predict_with_confidence,
 )
 
@@ -136,6 +136,16 @@ def test_floor_and_cap_and_strict_comparisons():
     assert caps.tolist() == pytest.approx([0.9, 0.5])
     max_prob = torch.tensor([0.9, 0.89, 0.5, 0.49])
     assert apply_thresholds(label, max_prob, caps, "maxprob").tolist() == [0, 255, 1, 255]
+    padded = torch.tensor([0, 255, 255], dtype=torch.uint8)  # a loader's padding stays ignored
+    for method, threshold, score in (("entropy", thresholds, [0.0, 0.0, 1.0]), ("maxprob", caps, [1.0, 1.0, 0.0])):
+        assert apply_thresholds(padded, torch.tensor(score), threshold, method).tolist() == [0, 255, 255]
+
+
+def test_ignore_padding_keeps_every_row_and_column_the_image_reaches():
+    label = np.zeros((8, 16), np.uint8)  # output 16x8 of a 6x3 canvas whose image fills 4x1
+    ignore_padding(label, (1, 4), (3, 6))
+    assert (label[:3, :11] == 0).all()  # ceil(1 * 8 / 3) = 3 rows, ceil(4 * 16 / 6) = 11 columns
+    assert (label[3:] == 255).all() and (label[:, 11:] == 255).all()
 
 
 @pytest.mark.parametrize("method", ["entropy", "maxprob"])

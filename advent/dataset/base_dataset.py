@@ -10,7 +10,8 @@ An item is `(image, label, shape, name)`, as in the original ADVENT loaders:
          processes and to the GPU; the losses and the confusion matrix widen them there);
          a ground-truth file must hold only the dataset's ids (`expected_label_ids`) and be
          its image's size (unless LABEL_SIZE_MAY_DIFFER), else a UserError naming it;
-  shape  np.array(image.shape);
+  shape  np.array(image.shape): the (C, H, W) of the image content, at the top-left of the
+         item's image; smaller than the image only where a loader pads it (Mapillary);
   name   the list entry.
 User mistakes (missing root, list or files, undecodable files) raise a one-line UserError.
 """
@@ -261,7 +262,11 @@ class BaseDataset(data.Dataset):
             label = self.get_pseudo_label(label_file)
         else:
             label = self.get_label(label_file, picture.size)
-        return image, label, np.array(image.shape), name
+        return image, label, self.content_shape(picture, image), name
+
+    def content_shape(self, picture, image):
+        """The item's `shape`: (C, h, w) of the part of `image` the picture fills (all of it here)."""
+        return np.array(image.shape)
 
     def get_image(self, picture):
         """The opened image file `picture` preprocessed at the input size."""

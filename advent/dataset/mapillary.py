@@ -16,7 +16,8 @@ padding), as the original:
       at the right or bottom to the aspect ratio of the input size, so labels differ in size per
       image and the evaluation upsamples the logits to each label's size;
   otherwise: resized keeping the aspect ratio inside the label size (nearest) and padded to it.
-Pseudo-labels, written on the padded canvas by esl.py, are only resized. The padded canvases
+Pseudo-labels, written on the padded canvas by esl.py (255 on the padding: an item's `shape` is
+the fitted image's, which esl.py reads), are only resized. The padded canvases
 line up only for input and label sizes of one aspect ratio: the factory refuses others for the
 test and ESL stages.
 """
@@ -136,6 +137,10 @@ class MapillaryDataSet(BaseDataset):
             return super().expected_label_ids()
         count = len(read_mapillary_labels(self.root))
         return tuple(range(count)), f"the {count} class indices of config.json"
+
+    def content_shape(self, picture, image):
+        width, height = fit_size(picture.size, self.image_size)
+        return np.array((image.shape[0], height, width))
 
     def get_image(self, picture):
         pixels = rgb_pixels(picture, fit_size(picture.size, self.image_size))

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from advent.dataset import get_class_info, png_name
 from advent.domain_adaptation.metrics import ConfusionMatrix
 from advent.domain_adaptation.pseudo_labels import (
-    PerClassSelector, apply_thresholds, finish_thresholds, predict_with_confidence,
+    PerClassSelector, apply_thresholds, finish_thresholds, ignore_padding, predict_with_confidence,
 )
 from advent.model.inference import main_logits, nonfinite_images, to_model
 from advent.utils.distributed import (
@@ -116,6 +116,8 @@ class QualityStats:
         self.kept += np.bincount(pseudo.ravel(), minlength=256)[:self.num_classes]
         if gt is not None:
             kept = pseudo != 255
+            if (label == 255).any():  # padding (Mapillary): no prediction to count there
+                gt = np.where(label == 255, np.uint8(255), gt)
             self.all.update(torch.from_numpy(gt), torch.from_numpy(label))
             self.kept_only.update(torch.from_numpy(gt[kept]), torch.from_numpy(pseudo[kept]))
 
@@ -168,7 +170,7 @@ def _threshold_group(model, dataset, indices, spill_folder, cfg, device):
         loader = DataLoader(dataset, batch_sampler=shard_batches(indices, esl.BATCH_SIZE_TARGET),
                             num_workers=cfg.NUM_WORKERS, pin_memory=device.type == "cuda")
         desc = f"ESL images {indices.start}-{indices.stop} (model)"
-        for image, gt, _, batch_names in tqdm(loader, desc=desc, disable=not is_main_process()):
+        for image, gt, content, batch_names in tqdm(loader, desc=desc, disable=not is_main_process()):
             logits = main_logits(model, to_model(image, device, cfg.CHANNELS_LAST), esl.AMP)
             if nonfinite_images(logits):
                 raise UserError("the model produced non-finite logits (NaN or inf): check ESL.RESTORE_FROM"
@@ -176,6 +178,8 @@ def _threshold_group(model, dataset, indices, spill_folder, cfg, device):
             label, score = predict_with_confidence(logits, esl.OUTPUT_SIZE_TARGET, esl.METHOD)
             label, score = label.to(torch.uint8).cpu().numpy(), score.cpu().numpy()
             for i, name in enumerate(batch_names):
+                if (content[i, 1:] < torch.tensor(image.shape[2:])).any():  # padded (Mapillary)
+                    ignore_padding(label[i], content[i, 1:], image.shape[2:])
                 gt_map = gt[i].numpy().astype(np.uint8, copy=False) if dataset.has_labels else np.zeros(0, np.uint8)
                 names.append(name)
                 yield len(names) - 1, label[i], score[i], gt_map

@@ -43,6 +43,19 @@ def predict_with_confidence(logits, output_size, method):
     return label, max_prob
 
 
+def ignore_padding(label, content, canvas):
+    """Mark ignored (255) the pixels of `label` (an H x W array at the output size) that show a
+    loader's padding, in place: `content` (h, w) is the part of the model's `canvas` (h, w) input
+    that the image fills, at its top-left (Mapillary). Any output row or column the image reaches
+    at all is kept."""
+    height, width = label.shape
+    rows = -(-int(content[0]) * height // int(canvas[0]))  # ceil
+    cols = -(-int(content[1]) * width // int(canvas[1]))
+    label[rows:] = IGNORE_LABEL
+    label[:, cols:] = IGNORE_LABEL
+    return label
+
+
 def median_rank(count):
     """round(count / 2) with round half to even, for an integer tensor of counts."""
     half = count // 2
@@ -59,8 +72,9 @@ def finish_thresholds(kth_values, counts, method, floor=0.1, cap=0.9):
 
 
 def apply_thresholds(label, score, thresholds, method):
-    """Pseudo-labels: `label` where the pixel is confident enough for its class, else 255."""
-    class_threshold = thresholds[label.long()]
+    """Pseudo-labels: `label` where the pixel is confident enough for its class, else 255 (an
+    ignored label, 255, stays 255)."""
+    class_threshold = thresholds[label.long().clamp(max=len(thresholds) - 1)]
     if method == "entropy":
         drop = score > class_threshold
     else:
