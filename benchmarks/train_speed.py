@@ -18,7 +18,8 @@ the same invocation, so that its peak memory is its own; with --rounds N the lis
 run N times, interleaved, and the median (and range) of the speeds is shown, which evens out a
 machine whose load changes. --budget stops timing a variant after that many seconds (once at
 least one iteration is timed): some CPU kernels for half precision are very slow. Printed:
-iterations per second and peak memory, each also as a ratio to fp32 of the same model.
+iterations per second and peak memory, each also as a ratio to fp32 of the same model (and a
+seed-batched variant's speed as a ratio to that variant with one seed: 'x 1 seed').
 
 Peak memory: CUDA: torch.cuda.max_memory_allocated over the whole variant, warm-up included (the
 cuDNN autotuner's trials, a CUDA graph's capture), tensors only, not the caching allocator's
@@ -239,21 +240,27 @@ def summarize(model, variant, runs):
 
 
 def add_ratios(rows):
-    """Speed and memory of every row relative to fp32 (no channels_last) of the same model."""
+    """Speed and memory of every row relative to fp32 (no channels_last) of the same model; a
+    seed-batched row's speed also relative to its variant with one seed ('one_seed')."""
     baselines = {r["model"]: r for r in rows if r["variant"] == "fp32" and "error" not in r}
+    named = {(r["model"], r["variant"]): r for r in rows if "error" not in r}
     for row in rows:
         base = baselines.get(row["model"])
         if "error" not in row:
             row["speed_ratio"] = row["it_s"] / base["it_s"] if base else float("nan")
             row["memory_ratio"] = row["peak_mib"] / base["peak_mib"] if base else float("nan")
+            if "one_seed" in row:
+                one = named.get((row["model"], row["one_seed"]))
+                row["seed_ratio"] = row["it_s"] / one["it_s"] if one else float("nan")
     return rows
 
 
 def print_table(rows, rounds):
     spread = f"{'it/s range':>15}" if rounds > 1 else ""
     width = max(24, *(len(row["variant"]) + 2 for row in rows))
+    seeds = any("one_seed" in row for row in rows)
     header = (f"{'model':<16}{'variant':<{width}}{'it/s':>8}{spread}{'s/it':>8}{'timed':>7}{'peak MiB':>10}"
-              f"{'speed x':>9}{'memory x':>10}")
+              f"{'speed x':>9}{'memory x':>10}" + (f"{'x 1 seed':>10}" if seeds else ""))
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -263,7 +270,7 @@ def print_table(rows, rounds):
         spread = f"{row['low']:>7.2f} - {row['high']:<5.2f}" if rounds > 1 else ""
         print(f"{row['model']:<16}{row['variant']:<{width}}{row['it_s']:>8.2f}{spread}{1 / row['it_s']:>8.2f}"
               f"{row['timed']:>7}{row['peak_mib']:>10.0f}{row['speed_ratio']:>9.2f}"
-              f"{row['memory_ratio']:>10.2f}")
+              f"{row['memory_ratio']:>10.2f}" + (f"{row['seed_ratio']:>10.2f}" if "seed_ratio" in row else ""))
 
 
 def main(argv=None):
@@ -297,7 +304,10 @@ def main(argv=None):
     rows = []
     for variant in variants:
         model, amp, channels_last, graph, seeds = variant
-        rows.append(summarize(model, variant_name(amp, channels_last, cuda_graph=graph, seeds=seeds), runs[variant]))
+        row = summarize(model, variant_name(amp, channels_last, cuda_graph=graph, seeds=seeds), runs[variant])
+        if seeds > 1:
+            row["one_seed"] = variant_name(amp, channels_last, cuda_graph=graph)
+        rows.append(row)
     print_table(add_ratios(rows), args.rounds)
     return 0
 

@@ -76,3 +76,4 @@ def test_train_speed_runs_seed_batched_iterations():
                                                  result.stdout.splitlines() if line.startswith("DeepLabv2-Tiny"))}
     assert list(rows) == ["fp32", "fp32, 2 seeds batched"]
     assert all(float(value) > 0 for value in rows["fp32, 2 seeds batched"])
+    assert len(rows["fp32, 2 seeds batched"]) == len(rows["fp32"]) + 1  # and its ratio to one seed
