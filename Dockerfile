@@ -1,4 +1,4 @@
-# ESL / AdvEnt on NVIDIA GPUs (README "Docker"):
+# ESL / AdvEnt on NVIDIA GPUs (docs/speed.md, "Docker"):
 #   docker build -t esl-advent .
 #   docker run --gpus all --shm-size=16g -v "$PWD/data:/workspace/ESL/data" \
 #       -v "$PWD/pretrained_models:/workspace/ESL/pretrained_models" \

@@ -14,7 +14,7 @@ been started so.
 Exit codes: 0 done; 2 a user error (one line on stderr), among them a folder in use, one that
 cannot be written and a full disk (the files written before stay intact); 128 + signal number
 after SIGINT / SIGTERM, with a train state saved for --resume.
-Under torchrun each process takes TRAIN.BATCH_SIZE_* images per iteration (README "Several GPUs").
+Under torchrun each process takes TRAIN.BATCH_SIZE_* images per iteration (docs/distributed.md).
 """
 import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
 import argparse
