@@ -28,11 +28,13 @@ keeps what it measured):
                (default bf16), CHANNELS_LAST and TRAIN.CUDA_GRAPH; random initial weights), each
                with its own --exp-suffix and TRAIN.RANDOM_SEED, on GTA5 (1914x1052) and Cityscapes
                (2048x1024) images written in the real formats (tests/fake_data.py; random pixels,
-               which decode slower than photographs). Per run: its iterations/s after --sweep-warmup iterations, from its
-               own loop (loaders included), and its torch.cuda.max_memory_allocated; the aggregate
-               counts every run's iterations in the window where all of them were past their
-               warm-up and none had finished. The 1-run sweep is train.py end to end; its note
-               compares its loop with the step alone (the speed row of the same setting).
+               which decode slower than photographs). Per run: its iterations/s after
+               --sweep-warmup iterations, from its own loop (loaders included), and its
+               torch.cuda.max_memory_allocated; the aggregate counts every run's iterations in the
+               window where all of them were past their warm-up and none had finished (each run
+               waits after its warm-up until all are past theirs, so that window exists however
+               unevenly they started). The 1-run sweep is train.py end to end; its note compares
+               its loop with the step alone (the speed row of the same setting).
                --mps N ...: the same for N runs under an MPS daemon the check starts (and stops),
                which lets the runs' kernels share the GPU at once instead of by time slices.
   esl.py       over the --images target training images, from the 1-run sweep's snapshot:
@@ -50,6 +52,7 @@ that a test can keep the script working where no GPU is (tests/test_gpu_check.py
 """
 import argparse
 import importlib
+import json
 import os
 import resource
 import shutil
@@ -82,6 +85,7 @@ SPEED_VARIANTS = (("none", False, True, False, False), ("none", False, False, Fa
                   ("none", False, True, False, True), ("bf16", True, True, False, True))
 STAGES = ("tests", "speed", "profile", "sweep", "esl", "test", "mps")
 PROFILED_ITERS = 3  # the profiler slows the iterations about 2x (5 took 42 s with R101)
+BARRIER_ENV = "GPU_CHECK_BARRIER"  # the sweep's start line for its runs' timed iterations (run_timed)
 CHILD_TIMEOUT_S = 300  # a child (a timed script, a speed variant) still running after this is killed
 # the function each timed script runs per unit of work: (its module, its name, whether that name
 # is a factory whose result is the function: train_UDA.iteration gives train.py's step function)
@@ -195,12 +199,14 @@ def stage(args, name, work):
 def run_timed(kind, out, argv):
     """Run train.py / esl.py / test.py (`kind`) on `argv` in this process, recording the start and end
     (time.monotonic: comparable between processes) of each call of its unit of work (TIMED) and its
-    peak memory into the JSON file `out`."""
+    peak memory into the JSON file `out`. With BARRIER_ENV set (the sweep), it waits there after its
+    warm-up calls until every run of the sweep is past its own (`wait_at_barrier`)."""
     from advent.utils.runtime import run_main
 
     module, name, factory = TIMED[kind]
     target = importlib.import_module(module)
     original, stamps = getattr(target, name), []
+    barrier = json.loads(os.environ[BARRIER_ENV]) if BARRIER_ENV in os.environ else None
 
     def timed(function):
         def call(*a, **k):
@@ -209,6 +215,9 @@ def run_timed(kind, out, argv):
             if torch.cuda.is_initialized():
                 torch.cuda.synchronize()  # the work done, not only queued
             stamps.append((start, time.monotonic()))
+            if barrier and len(stamps) == barrier["after"]:
+                wait_at_barrier(**barrier)
+                stamps[-1] = (start, time.monotonic())  # the warm-up ends when the timed part starts
             return result
         return call
 
@@ -224,6 +233,17 @@ def run_timed(kind, out, argv):
     json_dump({"exit": code, "stamps": stamps, "end": time.monotonic(), "peak_mib": peak,
                "peak_kind": "torch.cuda.max_memory_allocated" if cuda else "ru_maxrss"}, out)
     return code
+
+
+def wait_at_barrier(folder, runs, after, timeout):
+    """Say that this run is past its warm-up (a file in `folder`), then wait until all `runs` are
+    (or `timeout` s pass): so the timed iterations of the runs of a sweep overlap however unevenly
+    they started, which the aggregate rate needs."""
+    folder = Path(folder)
+    (folder / f"{os.getpid()}.ready").touch()
+    deadline = time.monotonic() + timeout
+    while len(list(folder.glob("*.ready"))) < runs and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def start_timed(kind, out, argv, log, env=None):
@@ -439,6 +459,11 @@ def sweep_row(args, data, folder, runs, env=None, timeout=CHILD_TIMEOUT_S):
     """`runs` train.py processes started together, seeds 0..runs-1 (killed after `timeout` s)."""
     children = []
     deadline = time.monotonic() + timeout
+    barrier = folder / "barrier"
+    shutil.rmtree(barrier, ignore_errors=True)  # a --work folder of an earlier check
+    barrier.mkdir(parents=True)
+    env = {**(env or {}), BARRIER_ENV: json.dumps({"folder": str(barrier), "runs": runs,
+                                                   "after": args.sweep_warmup, "timeout": timeout})}
     for seed in range(runs):
         cfg = base_cfg(args, data, folder)
         cfg.EXP_NAME, cfg.TRAIN.RANDOM_SEED = "sweep", seed

@@ -2,6 +2,7 @@
 check cannot rot where no GPU is, and the seed sweep's rates on hand-made timestamps."""
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -34,6 +35,20 @@ def test_run_rate_and_the_aggregate_count_only_what_follows_the_warm_up():
     assert rate == pytest.approx(2.0) and note == ""
     rate, note = check.aggregate_rate([stamps(0, 1), stamps(5, 6)], warmup=1)  # one ended before the other began
     assert rate is None and "did not overlap" in note
+
+
+def test_a_run_waits_after_its_warm_up_until_every_run_of_the_sweep_is_past_its_own(tmp_path):
+    check = gpu_check()
+    waiting = threading.Thread(target=check.wait_at_barrier, args=(tmp_path, 2, 1, 600))
+    waiting.start()
+    waiting.join(0.2)
+    assert waiting.is_alive()  # the other run is not there yet
+    (tmp_path / "another-run.ready").touch()
+    waiting.join(HANG_GUARD_S)
+    assert not waiting.is_alive() and len(list(tmp_path.glob("*.ready"))) == 2
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    check.wait_at_barrier(alone, 2, 1, 0.05)  # a run that never comes: it gives up after the timeout
 
 
 @pytest.mark.slow

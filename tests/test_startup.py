@@ -9,7 +9,7 @@ import pytest
 
 from advent import PROJECT_ROOT
 from advent.utils import startup
-from processes import HANG_GUARD_S
+from processes import HANG_GUARD_S, ctrl_c_as_from_a_terminal
 
 SCRIPTS = ("train", "esl", "test", "demo", "viz", "check_data", "summarize", "make_synthetic_data")
 # Runs the script at argv[1] as `python <script>` would, except that importing torch first says
@@ -37,7 +37,8 @@ runpy.run_path(script, run_name="__main__")
 def test_ctrl_c_while_the_imports_load_is_one_line_and_exit_130(name):
     script = PROJECT_ROOT / "advent" / "scripts" / f"{name}.py"
     process = subprocess.Popen([sys.executable, "-c", HARNESS, str(script)], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=ctrl_c_as_from_a_terminal)
     try:
         assert process.stdout.readline() == "importing torch\n"
         process.send_signal(signal.SIGINT)
@@ -50,16 +51,16 @@ def test_ctrl_c_while_the_imports_load_is_one_line_and_exit_130(name):
 
 def test_only_a_script_started_as_the_program_changes_the_handler():
     assert not startup.started_as_script()  # pytest is the program
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    startup.quiet_interrupts()
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # SIG_IGN when run with `&`
     try:
-        assert signal.getsignal(signal.SIGINT) is startup._interrupted
-    finally:
-        startup.loud_interrupts()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # e.g. a background job: left as it is
-    try:
+        startup.quiet_interrupts()
+        try:
+            assert signal.getsignal(signal.SIGINT) is startup._interrupted
+        finally:
+            startup.loud_interrupts()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # e.g. a background job: left as it is
         startup.quiet_interrupts()
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, inherited)
