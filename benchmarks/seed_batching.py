@@ -118,4 +118,5 @@ def seed_batched_setup(cfg, device, n):
     discriminators = {level: SeedBatched([s.discriminators[level] for s in setups]).to(device)
                       for level in setups[0].discriminators}
     optimizers_d = {level: discriminator_optimizer(d, train.LEARNING_RATE_D) for level, d in discriminators.items()}
-    return TrainingSetup(model, optimizer, discriminators, optimizers_d, setups[0].scaler)
+    scaler = torch.amp.GradScaler(device.type) if train.AMP == "fp16" else None  # on `device`, not the CPU
+    return TrainingSetup(model, optimizer, discriminators, optimizers_d, scaler)
