@@ -1,5 +1,5 @@
 """Seed batching: N training runs of one architecture computed as one network, for the speed
-benchmarks (train_speed.py --seed-batch, gpu_check.py's 'seed batch' row).
+benchmarks (train_speed.py --seed-batch, gpu_check.py --seed-batch).
 
 Every layer of DeepLabV2 and of the discriminator acts on each channel apart (batch norm, ReLU,
 max-pool, the residual adds, upsampling) or is a convolution. So N networks side by side are one
