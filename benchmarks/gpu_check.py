@@ -86,6 +86,7 @@ SPEED_VARIANTS = (("none", False, True, False, False), ("none", False, False, Fa
 STAGES = ("tests", "speed", "profile", "sweep", "esl", "test", "mps")
 PROFILED_ITERS = 3  # the profiler slows the iterations about 2x (5 took 42 s with R101)
 BARRIER_ENV = "GPU_CHECK_BARRIER"  # the sweep's start line for its runs' timed iterations (run_timed)
+BARRIER_TIMEOUT_S = 120  # longer than any start-up skew of the runs
 CHILD_TIMEOUT_S = 300  # a child (a timed script, a speed variant) still running after this is killed
 # the function each timed script runs per unit of work: (its module, its name, whether that name
 # is a factory whose result is the function: train_UDA.iteration gives train.py's step function)
@@ -462,8 +463,9 @@ def sweep_row(args, data, folder, runs, env=None, timeout=CHILD_TIMEOUT_S):
     barrier = folder / "barrier"
     shutil.rmtree(barrier, ignore_errors=True)  # a --work folder of an earlier check
     barrier.mkdir(parents=True)
-    env = {**(env or {}), BARRIER_ENV: json.dumps({"folder": str(barrier), "runs": runs,
-                                                   "after": args.sweep_warmup, "timeout": timeout})}
+    # a run that fails before the barrier holds the others there at most BARRIER_TIMEOUT_S
+    env = {**(env or {}), BARRIER_ENV: json.dumps({"folder": str(barrier), "runs": runs, "after": args.sweep_warmup,
+                                                   "timeout": min(timeout, BARRIER_TIMEOUT_S)})}
     for seed in range(runs):
         cfg = base_cfg(args, data, folder)
         cfg.EXP_NAME, cfg.TRAIN.RANDOM_SEED = "sweep", seed

@@ -13,10 +13,10 @@ repeated-SGD optimiser, the GradScaler with fp16; with --cuda-graph, steps (1)-(
 a CUDA graph after the first iteration), batch 1 + 1, on random images and labels of the
 given sizes and random weights. With --seed-batch N, each variant also runs as N runs (seeds)
 computed as one network (seed_batching.py), on batches of N + N; its speed is then counted in
-seed-iterations per second (N per iteration), to compare with N runs in turn. Every variant runs in a fresh subprocess, one after the other in
-the same invocation, so that its peak memory is its own; with --rounds N the list of variants is
-run N times, interleaved, and the median (and range) of the speeds is shown, which evens out a
-machine whose load changes. --budget stops timing a variant after that many seconds (once at
+seed-iterations per second (N per iteration), to compare with N runs in turn. Every variant runs
+in a fresh subprocess, one after the other in the same invocation, so that its peak memory is its
+own; with --rounds N the list of variants is run N times, interleaved, and the median (and range)
+of the speeds is shown, which evens out a machine whose load changes. --budget stops timing a variant after that many seconds (once at
 least one iteration is timed): some CPU kernels for half precision are very slow. Printed:
 iterations per second and peak memory, each also as a ratio to fp32 of the same model (and a
 seed-batched variant's speed as a ratio to that variant with one seed: 'x 1 seed').

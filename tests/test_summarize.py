@@ -73,18 +73,13 @@ def test_bad_inputs(tmp_path):
         summarize.find_result_files([tmp_path / "absent"])
     with pytest.raises(UserError, match="no results_single.json or results_best.json"):
         summarize.find_result_files([tmp_path])
-    (tmp_path / "x.json").write_text("{")
-    with pytest.raises(UserError, match="cannot read results"):
-        summarize.summarize_files([tmp_path / "x.json"])
-    (tmp_path / "x.json").write_text("[1, 2]")
-    with pytest.raises(UserError, match="x.json is not a test.py results file"):
-        summarize.summarize_files([tmp_path / "x.json"])
-    (tmp_path / "x.json").write_text('{"per_class": 5, "mIoU": 3}')
-    with pytest.raises(UserError, match="x.json is not a test.py results file \\(an mIoU and a per_class list"):
-        summarize.summarize_files([tmp_path / "x.json"])
-    (tmp_path / "x.json").write_text('{"mode": "best", "snapshots": []}')
-    with pytest.raises(UserError, match="x.json is not a complete test.py 'best' results file"):
-        summarize.summarize_files([tmp_path / "x.json"])
+    for text, message in (("{", "cannot read results"),
+                          ("[1, 2]", "x.json is not a test.py results file"),
+                          ('{"per_class": 5, "mIoU": 3}', r"x.json is not a test.py results file \(an mIoU and a per_class"),
+                          ('{"mode": "best", "snapshots": []}', "x.json is not a complete test.py 'best' results file")):
+        (tmp_path / "x.json").write_text(text)
+        with pytest.raises(UserError, match=message):
+            summarize.summarize_files([tmp_path / "x.json"])
     a = single(tmp_path / "a.json", 1.0, [1.0, 2.0])
     b = single(tmp_path / "b.json", 1.0, [1.0, 2.0], names=("road", "car"))
     with pytest.raises(UserError, match="other classes"):
