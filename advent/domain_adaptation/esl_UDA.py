@@ -116,8 +116,9 @@ class QualityStats:
         self.kept += np.bincount(pseudo.ravel(), minlength=256)[:self.num_classes]
         if gt is not None:
             kept = pseudo != 255
-            if (label == 255).any():  # padding (Mapillary): no prediction to count there
-                gt = np.where(label == 255, np.uint8(255), gt)
+            padding = label == 255  # (Mapillary): no prediction to count there
+            if padding.any():
+                gt = np.where(padding, np.uint8(255), gt)
             self.all.update(torch.from_numpy(gt), torch.from_numpy(label))
             self.kept_only.update(torch.from_numpy(gt[kept]), torch.from_numpy(pseudo[kept]))
 
@@ -178,8 +179,7 @@ def _threshold_group(model, dataset, indices, spill_folder, cfg, device):
             label, score = predict_with_confidence(logits, esl.OUTPUT_SIZE_TARGET, esl.METHOD)
             label, score = label.to(torch.uint8).cpu().numpy(), score.cpu().numpy()
             for i, name in enumerate(batch_names):
-                if (content[i, 1:] < torch.tensor(image.shape[2:])).any():  # padded (Mapillary)
-                    ignore_padding(label[i], content[i, 1:], image.shape[2:])
+                ignore_padding(label[i], content[i, 1:], image.shape[2:])  # a no-op unless padded (Mapillary)
                 gt_map = gt[i].numpy().astype(np.uint8, copy=False) if dataset.has_labels else np.zeros(0, np.uint8)
                 names.append(name)
                 yield len(names) - 1, label[i], score[i], gt_map

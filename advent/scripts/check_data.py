@@ -6,8 +6,8 @@ For the source, each target split the config uses (TRAIN / TEST / ESL.SET_TARGET
 pseudo-label folder when set: the layout, listed vs present files (one directory listing per
 folder), whole-file decoding of images, label values and image/label sizes on an evenly spaced
 sample (the rules by which the loaders stop train.py, esl.py and test.py at such a file), and
-which splits have labels against which need them (training: none; test: required; esl: optional, for its
-quality report only). Exit code 0: all well; 1: problems found (listed last); 2: a user
+which splits have labels against which need them (training: none; test: required; esl:
+optional, for its quality report only). Exit code 0: all well; 1: problems found (listed last); 2: a user
 error such as a bad config file.
 """
 import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
