@@ -31,8 +31,11 @@ from pathlib import Path
 
 from advent import PROJECT_ROOT
 from advent.demo.report import per_class_table
+from advent.utils.runtime import run_main
+from advent.utils.output_dir import check_owner, claim_files
 from advent.utils.serialization import json_dump, json_load
 
+WRITER = "demo_seeds.py"
 DEMO = PROJECT_ROOT / "advent" / "scripts" / "demo.py"
 # (row, model a, model b): the per-seed differences of mIoU the study reports
 GAPS = (("label noise: oracle at ESL's coverage - ESL retrain", "oracle_coverage", "esl"),
@@ -146,7 +149,9 @@ def print_summary(seeds, table, met):
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    # before any run: neither another script's folder nor a user's file of a name it writes
+    check_owner(out, WRITER, "--out", guests=("demo.py",))
+    claim_files([out / f"seed{seed}.log" for seed in args.seeds] + [out / "demo_seeds.json"], WRITER, "--out")
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         runs = list(pool.map(lambda seed: run_seed(seed, args, out), args.seeds))
     table, met = summarize([rows(run) for run in runs])
@@ -155,9 +160,9 @@ def main(argv=None):
     if args.study:
         print(f"\nMean over seeds {', '.join(map(str, args.seeds))}. {per_class_table(means)}")
     json_dump({"seeds": args.seeds, "quick": args.quick, "study": args.study, "rows": table,
-               "orderings_met": met, "mean_per_class": means}, out / "demo_seeds.json")
+               "orderings_met": met, "mean_per_class": means}, out / "demo_seeds.json", WRITER)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -71,6 +71,9 @@ import train_speed  # noqa: E402
 
 from advent import PROJECT_ROOT  # noqa: E402
 from advent.config import get_default_cfg  # noqa: E402
+from advent.utils.errors import UserError  # noqa: E402
+from advent.utils.output_dir import claim_files  # noqa: E402
+from advent.utils.runtime import run_main  # noqa: E402
 from advent.utils.serialization import json_dump, json_load, yaml_dump  # noqa: E402
 
 PAPER = {"model": "DeepLabv2", "gta": (1914, 1052), "cityscapes": (2048, 1024), "source": (1280, 720),
@@ -83,6 +86,7 @@ SPEED_VARIANTS = (("none", False, True, False, False), ("none", False, False, Fa
                   ("bf16", False, True, False, False), ("fp16", False, True, False, False),
                   ("bf16", True, True, False, False), ("bf16", True, True, True, False),
                   ("none", False, True, False, True), ("bf16", True, True, False, True))
+WRITER = "gpu_check.py"
 STAGES = ("tests", "speed", "profile", "sweep", "esl", "test", "mps")
 PROFILED_ITERS = 3  # the profiler slows the iterations about 2x (5 took 42 s with R101)
 BARRIER_ENV = "GPU_CHECK_BARRIER"  # the sweep's start line for its runs' timed iterations (run_timed)
@@ -137,6 +141,22 @@ def get_arguments(argv=None):
     if args.skip_tests:
         args.stages = [name for name in args.stages if name != "tests"]
     return args
+
+
+def beside_out(args, suffix):
+    """A file written beside the JSON: <out>_pytest.log, <out>_profile.txt."""
+    return Path(args.out).with_name(Path(args.out).stem + suffix)
+
+
+def check_outputs(args):
+    """Before any work: the files the check writes are new or its own (a user's file of the same
+    name is refused, not replaced; output_dir.claim_files), and --work is a new or empty folder."""
+    files = [Path(args.out)] + [beside_out(args, suffix) for stage, suffix in
+                                (("tests", "_pytest.log"), ("profile", "_profile.txt")) if stage in args.stages]
+    claim_files(files, WRITER, "--out")
+    work = Path(args.work) if args.work else None
+    if work and (work.is_symlink() or work.exists()) and not (work.is_dir() and not any(work.iterdir())):
+        raise UserError(f"--work {work} is not a new or empty folder (the check writes its data and runs there)")
 
 
 # --- nvidia-smi ---
@@ -330,7 +350,7 @@ def write_cfg(cfg, path):
 
 def test_rows(args):
     """The CUDA-marked tests, then the fast suite (collected only in a dry run)."""
-    log = Path(args.out).with_name(Path(args.out).stem + "_pytest.log")
+    log = beside_out(args, "_pytest.log")
     log.write_text("")
     for name, marks in (("tests: -m cuda", "cuda"), ("tests: fast suite", "not slow and not cuda")):
         command = [sys.executable, "-m", "pytest", "-q", "-m", marks, "tests"]
@@ -392,7 +412,7 @@ def profile_row(args):
     if "error" in result:
         return {"status": "failed", "note": result["error"]}
     profile = result["profile"]
-    path = Path(args.out).with_name(Path(args.out).stem + "_profile.txt")
+    path = beside_out(args, "_profile.txt")
     path.write_text(profile["tables"] + "\n")
     return {"status": "ok", "rate": 1e3 / profile["wall_ms_per_iter"], "unit": "it/s (profiled)",
             "peak_mib": result["peak_mib"], "busy_share": profile["busy_share"],
@@ -631,13 +651,14 @@ def main(argv=None):
     if argv[:1] == ["--timed"]:
         return run_timed(argv[1], argv[2], argv[3:])
     args = get_arguments(argv)
+    check_outputs(args)
     env, rows = environment(args), []
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as temporary:
         work = Path(args.work or temporary).resolve()
         for row in check_rows(args, work):
             rows.append(row)
             print(format_row(row), flush=True)
-            json_dump({"environment": env, "rows": rows}, Path(args.out))
+            json_dump({"environment": env, "rows": rows}, Path(args.out), WRITER)
     print()
     print_table(env, rows)
     print(f"written: {args.out}")
@@ -645,4 +666,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+WRITER = "host_speed.py"
 DEFAULT_BASELINE = "685a1e5"  # the last revision before the host-side work on esl.py and test.py
 
 
@@ -218,6 +219,10 @@ def main(argv=None):
     args = get_arguments(argv)
     if args.child:
         return run_child(args)
+    from advent.utils.output_dir import claim_files  # here: a child imports only the version it times
+    from advent.utils.serialization import json_dump
+
+    claim_files([args.json] if args.json else [], WRITER, "--json")  # before any work: a user's file is refused
     keys = ("esl_loader_s", "test_loader_s", "main_s", "maps_s")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -247,12 +252,12 @@ def main(argv=None):
         base, ours = median["baseline"][key], median["ours"][key]
         print(f"  {label:<51}{1000 * base:8.1f}{1000 * ours:8.1f}{base / ours:8.2f}x")
     print("  the same labels and thresholds")
-    if args.json:  # a file of the user's of that name is refused, not replaced (docs/files.md)
-        from advent.utils.serialization import json_dump  # here: a child imports the version it times
-
-        json_dump({"args": vars(args), "seconds_per_image": times, "median": median}, args.json, "host_speed.py")
+    if args.json:
+        json_dump({"args": vars(args), "seconds_per_image": times, "median": median}, args.json, WRITER)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from advent.utils.runtime import run_main  # a child's: PYTHONPATH leads to the version it times
+
+    sys.exit(run_main(main))

@@ -39,9 +39,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_speed (benchmarks/ is no package)
 from train_speed import training_cfg  # noqa: E402
 
-from advent.utils.runtime import memory_format  # noqa: E402
+from advent.utils.output_dir import claim_files  # noqa: E402
+from advent.utils.runtime import memory_format, run_main  # noqa: E402
 from advent.utils.serialization import json_dump  # noqa: E402
 
+WRITER = "numerics_check.py"
 REFERENCE = ("fp32, TF32 off", "none", False)
 JUDGED = ("loss_seg_src_main", "loss_seg_src_aux")
 FLOOR_FACTOR = 3  # a judged loss may deviate by this many noise floors (or --tolerance, if larger)
@@ -147,6 +149,7 @@ def judge(deviations, floor, tolerance):
 
 def main(argv=None):
     args = get_arguments(argv)
+    claim_files([args.json] if args.json else [], WRITER, "--json")  # before any work: a user's file is refused
     generator = torch.Generator().manual_seed(1)
     data = {"source": learnable_batches(args.batches, args.source_size, generator),
             "target": learnable_batches(args.batches, args.target_size, generator)}
@@ -172,11 +175,12 @@ def main(argv=None):
     print(f"reference seg_src_main (smoothed): {ref[0]:.4f} -> {ref[-1]:.4f}; allowed: "
           + ", ".join(f"{loss[5:]} {allowed:.2%}" for loss, allowed in allowances(floor, args.tolerance).items()))
     if args.json:
-        json_dump({"settings": {k: v for k, v in vars(args).items() if k != "json"}, "noise_floor": floor,
-                   "reference": {"variant": REFERENCE[0], "curves": reference}, "variants": rows}, Path(args.json))
+        settings = {k: v for k, v in vars(args).items() if k != "json"}
+        json_dump({"settings": settings, "noise_floor": floor, "variants": rows,
+                   "reference": {"variant": REFERENCE[0], "curves": reference}}, Path(args.json), WRITER)
         print(f"written: {args.json}")
     return 0 if all(row["passed"] for row in rows) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -12,7 +12,8 @@ import pytest
 from advent.utils import output_dir
 from advent.utils.errors import UserError
 from advent.utils.output_dir import (
-    MANIFEST_NAME, FolderReplacement, atomic_path, check_complete, check_folder, check_names, exclusive_lock,
+    MANIFEST_NAME, FolderReplacement, atomic_path, check_complete, check_folder, check_names, claim_files,
+    exclusive_lock,
     foreign_entries, lock_path, prepare_folder, read_manifest, remove_own, remove_stale, updating_manifest,
 )
 from processes import HANG_GUARD_S
@@ -126,6 +127,26 @@ def test_a_guest_writes_only_its_own_names_beside_the_users_files(tmp_path):
     assert read_manifest(folder).files == {"test_cache.json": "test.py"} and read_manifest(folder).temporary == {}
     assert not remove_own(folder / "notes.txt", "test.py") and (folder / "notes.txt").exists()
     assert remove_own(folder / "test_cache.json", "test.py") and read_manifest(folder).files == {}
+
+
+def test_claimed_files_are_recorded_before_they_exist_and_a_users_file_is_never_claimed(tmp_path):
+    log, report = tmp_path / "new" / "run.log", tmp_path / "report.json"
+    claim_files([log, report], "gpu_check.py", "--out")
+    assert not log.exists() and not report.exists()  # recorded, not created: written in place later
+    assert read_manifest(log.parent).files == {"run.log": "gpu_check.py"}
+    assert read_manifest(log.parent).owner == "gpu_check.py"  # the folder it created
+    log.write_text("first run")
+    claim_files([log], "gpu_check.py", "--out")  # its own, from an earlier run: may be written again
+    with pytest.raises(UserError, match=r"^--json: .*run.log exists and numerics_check.py may not replace it "
+                                        r"\(gpu_check.py\)"):
+        claim_files([log], "numerics_check.py", "--json")
+    (tmp_path / "mine.json").write_text("the user's")
+    with pytest.raises(UserError, match="mine.json exists and gpu_check.py may not replace it"):
+        claim_files([tmp_path / "other.json", tmp_path / "mine.json"], "gpu_check.py", "--out")
+    assert "other.json" not in read_manifest(tmp_path).files  # all checked before any is recorded
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match="a_file is a file, not a folder"):
+        claim_files([tmp_path / "a_file" / "x.json"], "gpu_check.py", "--out")
 
 
 def test_prepare_folder_records_who_created_it(tmp_path):

@@ -11,7 +11,8 @@ from advent.scripts import esl as esl_script
 from advent.scripts import train as train_script
 from advent.scripts.test import main as run_test_py
 from advent.utils.runtime import run_main
-from advent.utils.output_dir import read_manifest
+from advent.utils.output_dir import MANIFEST_NAME, prepare_folder, read_manifest
+from benchmark_scripts import load_benchmark
 from fake_data import write_cfg_yaml
 from test_esl import esl_config
 from test_eval import best_cfg, run_test, user_error
@@ -98,3 +99,57 @@ def test_test_best_keeps_the_users_results_and_cache_files(tmp_path, monkeypatch
                          f"it (this project did not write it); move it away or choose another folder"]
         assert json.loads((folder / name).read_text()) == {"mine": name}
         (folder / name).rename(tmp_path / name)
+
+
+# --- the benchmarks: what they write where the user points them ---
+
+def work_started(*_args, **_kwargs):
+    raise AssertionError("the benchmark began its work before checking where it writes")
+
+
+# (benchmark, the function its work starts with, its arguments given the tmp folder, the user's file)
+BENCHMARK_OUTPUTS = [
+    ("gpu_check", "check_rows", lambda tmp: ["--dry-run", "--out", f"{tmp}/check.json"], "check.json"),
+    ("gpu_check", "check_rows", lambda tmp: ["--dry-run", "--out", f"{tmp}/check.json"], "check_pytest.log"),
+    ("gpu_check", "check_rows", lambda tmp: ["--dry-run", "--out", f"{tmp}/check.json"], "check_profile.txt"),
+    ("numerics_check", "loss_curves", lambda tmp: ["--json", f"{tmp}/curves.json"], "curves.json"),
+    ("host_speed", "write_data", lambda tmp: ["--json", f"{tmp}/speed.json"], "speed.json"),
+    ("demo_seeds", "run_seed", lambda tmp: ["--seeds", "0", "1", "--out", str(tmp)], "seed1.log"),
+    ("demo_seeds", "run_seed", lambda tmp: ["--seeds", "0", "--out", str(tmp)], "demo_seeds.json"),
+]
+
+
+@pytest.mark.parametrize("name, work, argv, users_file", BENCHMARK_OUTPUTS,
+                         ids=[f"{case[0]}-{case[3]}" for case in BENCHMARK_OUTPUTS])
+def test_a_benchmark_refuses_a_users_file_of_a_name_it_writes_before_any_work(
+        tmp_path, monkeypatch, capsys, name, work, argv, users_file):
+    module = load_benchmark(name)
+    monkeypatch.setattr(module, work, work_started)
+    (tmp_path / users_file).write_text("the user's")
+    with pytest.raises(SystemExit) as stop:
+        run_main(module.main, argv(tmp_path))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1, err
+    assert f"{tmp_path / users_file} exists and {name}.py may not replace it (this project did not write it)" in err[0]
+    assert (tmp_path / users_file).read_text() == "the user's"
+
+
+def test_the_gpu_checks_work_folder_must_be_new_or_empty_and_demo_seeds_takes_no_scripts_folder(
+        tmp_path, monkeypatch, capsys):
+    gpu_check, demo_seeds = load_benchmark("gpu_check"), load_benchmark("demo_seeds")
+    monkeypatch.setattr(gpu_check, "check_rows", work_started)
+    monkeypatch.setattr(demo_seeds, "run_seed", work_started)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "data.txt").write_text("the user's")
+    snapshots = tmp_path / "snapshots"
+    prepare_folder(snapshots, "train.py", "the snapshots")
+    for module, argv, line in (
+            (gpu_check, ["--dry-run", "--out", f"{tmp_path}/c.json", "--work", str(work)],
+             f"--work {work} is not a new or empty folder"),
+            (demo_seeds, ["--out", str(snapshots)], f"--out {snapshots} was written by train.py")):
+        with pytest.raises(SystemExit) as stop:
+            run_main(module.main, argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(err) == 1 and line in err[0], err
+    assert (work / "data.txt").read_text() == "the user's" and [p.name for p in snapshots.iterdir()] == [MANIFEST_NAME]

@@ -234,6 +234,19 @@ def check_names(folder, writer, names, key):
                             f"move it away or choose another folder")
 
 
+def claim_files(paths, writer, key):
+    """Before any work: check that `writer` may write each file of `paths` (check_names: none is a
+    file it did not write) and record them as its own in their folders' manifests (creating the
+    folders), so that files written in place (logs) or long after (a benchmark's report) never
+    replace a user's file. A UserError naming `key` and the file otherwise."""
+    for path in map(_resolved, paths):
+        check_names(path.parent, writer, [path.name], key)
+    for path in map(_resolved, paths):
+        prepare_folder(path.parent, writer, key)
+        with updating_manifest(path.parent) as manifest:
+            manifest.files[path.name] = writer
+
+
 def check_complete(folder, key):
     """Refuse a folder whose replacement was stopped half-way (possible only without atomic exchange)."""
     manifest = read_manifest(folder)
