@@ -22,7 +22,6 @@ setup(
         "tensorboardX>=2.4",
         "tqdm>=4.40",
         "pillow>=9.0",
-        "scipy>=1.7",
     ],
     extras_require={"dev": ["pytest>=7", "cityscapesscripts>=2.2"]},
 )

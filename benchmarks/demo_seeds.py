@@ -31,8 +31,8 @@ from pathlib import Path
 
 from advent import PROJECT_ROOT
 from advent.demo.report import per_class_table
-from advent.utils.runtime import run_main
 from advent.utils.output_dir import check_owner, claim_files
+from advent.utils.runtime import run_main
 from advent.utils.serialization import json_dump, json_load
 
 WRITER = "demo_seeds.py"

@@ -46,7 +46,7 @@ def child_config(args):
 def run_child(args):
     """One measurement, in this (fresh) process."""
     from advent.dataset import get_target_dataset
-    from advent.domain_adaptation.esl_UDA import generate_pseudo_labels
+    from advent.domain_adaptation.esl_UDA import generate_pseudo_labels, output_folder
     from advent.domain_adaptation.pseudo_labels import predict_with_confidence
     from advent.model.inference import load_segmenter
 
@@ -56,7 +56,9 @@ def run_child(args):
     assert len(dataset) == args.count, (len(dataset), args.count)
     baseline = peak_rss_mb()
     if args.approach == "ours":
-        generate_pseudo_labels(model, dataset, cfg, cfg.PSEUDO_LABEL_DIRECTORY_TARGET, torch.device("cpu"))
+        output = output_folder(cfg.PSEUDO_LABEL_DIRECTORY_TARGET)
+        with output.held():
+            generate_pseudo_labels(model, dataset, cfg, output, torch.device("cpu"))
     else:
         original_approach(model, dataset, cfg, predict_with_confidence)
     print(json.dumps({"peak_mb": peak_rss_mb(), "before_mb": baseline}))

@@ -46,14 +46,14 @@ def logits_size(side):
 
 
 def make_samples(args, device):
-    """(logits on the device, label as the loader gives it: int64 on the CPU) pairs."""
+    """(logits on the device, label as the loader gives it: 8 bits on the CPU) pairs."""
     generator = torch.Generator().manual_seed(args.seed)
     width, height = args.output_size
     h, w = logits_size(args.input_size[1]), logits_size(args.input_size[0])
     samples = []
     for _ in range(SAMPLES):
         logits = 3 * torch.randn(1, args.classes, h, w, generator=generator)
-        label = torch.randint(0, args.classes, (1, height, width), generator=generator)
+        label = torch.randint(0, args.classes, (1, height, width), generator=generator, dtype=torch.uint8)
         label[torch.rand(1, height, width, generator=generator) < 0.1] = 255  # ~10 % ignored, as Cityscapes
         samples.append((logits.to(device), label))
     return samples

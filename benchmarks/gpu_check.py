@@ -128,7 +128,8 @@ def get_arguments(argv=None):
     args.sizes = TINY if dry else PAPER
     args.device = "cpu" if dry else f"cuda:{args.gpu}"
     args.images = 2 * max(1, (args.images or (4 if dry else 100)) // 2)  # two cities of as many each
-    args.sweep = args.sweep or ([1, 2] if dry else [1, 2, 4, 8])
+    args.sweep = list(dict.fromkeys(args.sweep or ([1, 2] if dry else [1, 2, 4, 8])))  # each size once
+    args.mps = list(dict.fromkeys(args.mps))
     if args.sweep_cuda_graph is None:
         args.sweep_cuda_graph = FASTEST["cuda_graph"] and not dry and args.sweep_amp != "fp16"  # train.py refuses fp16
     # enough iterations that runs started together overlap past their warm-up, whatever their start-up
@@ -237,7 +238,7 @@ def run_timed(kind, out, argv):
                 torch.cuda.synchronize()  # the work done, not only queued
             stamps.append((start, time.monotonic()))
             if barrier and len(stamps) == barrier["after"]:
-                wait_at_barrier(**barrier)
+                wait_at_barrier(barrier["folder"], barrier["runs"], barrier["timeout"])
                 stamps[-1] = (start, time.monotonic())  # the warm-up ends when the timed part starts
             return result
         return call
@@ -256,7 +257,7 @@ def run_timed(kind, out, argv):
     return code
 
 
-def wait_at_barrier(folder, runs, after, timeout):
+def wait_at_barrier(folder, runs, timeout):
     """Say that this run is past its warm-up (a file in `folder`), then wait until all `runs` are
     (or `timeout` s pass): so the timed iterations of the runs of a sweep overlap however unevenly
     they started, which the aggregate rate needs."""
@@ -481,7 +482,6 @@ def sweep_row(args, data, folder, runs, env=None, timeout=CHILD_TIMEOUT_S):
     children = []
     deadline = time.monotonic() + timeout
     barrier = folder / "barrier"
-    shutil.rmtree(barrier, ignore_errors=True)  # a --work folder of an earlier check
     barrier.mkdir(parents=True)
     # a run that fails before the barrier holds the others there at most BARRIER_TIMEOUT_S
     env = {**(env or {}), BARRIER_ENV: json.dumps({"folder": str(barrier), "runs": runs, "after": args.sweep_warmup,
@@ -536,7 +536,7 @@ def esl_row(args, data, work, snapshot):
     cfg = base_cfg(args, data, work / "esl")
     cfg.ESL.RESTORE_FROM, cfg.ESL.WAIT_MODEL = str(snapshot), False
     cfg.PSEUDO_LABEL_DIRECTORY_TARGET = str(work / "esl" / "labels")
-    record = timed_script(args, "esl", write_cfg(cfg, work / "esl" / "esl.yml"))
+    record = timed_script("esl", write_cfg(cfg, work / "esl" / "esl.yml"))
     if "error" in record:
         return record
     stamps = record["stamps"]
@@ -548,14 +548,14 @@ def esl_row(args, data, work, snapshot):
 def test_row(args, data, work, snapshot):
     cfg = base_cfg(args, data, work / "test")
     cfg.TEST.MODE, cfg.TEST.RESTORE_FROM = "single", (str(snapshot),)
-    record = timed_script(args, "test", write_cfg(cfg, work / "test" / "test.yml"))
+    record = timed_script("test", write_cfg(cfg, work / "test" / "test.yml"))
     if "error" in record:
         return record
     (start, end), = record["stamps"]
     return script_row(record, args.images / (end - start), "the evaluation loop")
 
 
-def timed_script(args, kind, cfg_path):
+def timed_script(kind, cfg_path):
     out, log = cfg_path.with_suffix(".json"), cfg_path.with_suffix(".log")
     record = finished(start_timed(kind, out, ["--cfg", cfg_path], log), out, log,
                       time.monotonic() + CHILD_TIMEOUT_S)

@@ -39,7 +39,7 @@ def test_run_rate_and_the_aggregate_count_only_what_follows_the_warm_up():
 
 def test_a_run_waits_after_its_warm_up_until_every_run_of_the_sweep_is_past_its_own(tmp_path):
     check = gpu_check()
-    waiting = threading.Thread(target=check.wait_at_barrier, args=(tmp_path, 2, 1, 600))
+    waiting = threading.Thread(target=check.wait_at_barrier, args=(tmp_path, 2, 600))
     waiting.start()
     waiting.join(0.2)
     assert waiting.is_alive()  # the other run is not there yet
@@ -48,7 +48,7 @@ def test_a_run_waits_after_its_warm_up_until_every_run_of_the_sweep_is_past_its_
     assert not waiting.is_alive() and len(list(tmp_path.glob("*.ready"))) == 2
     alone = tmp_path / "alone"
     alone.mkdir()
-    check.wait_at_barrier(alone, 2, 1, 0.05)  # a run that never comes: it gives up after the timeout
+    check.wait_at_barrier(alone, 2, 0.05)  # a run that never comes: it gives up after the timeout
 
 
 @pytest.mark.slow

@@ -60,7 +60,6 @@ from advent.domain_adaptation.eval_UDA import RESULTS_BEST
 from advent.scripts import esl as esl_script
 from advent.scripts import test as test_script
 from advent.scripts import train as train_script
-from advent.utils.errors import UserError
 from advent.utils.output_dir import FolderReplacement
 from advent.utils.serialization import json_dump, json_load
 

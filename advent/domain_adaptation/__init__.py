@@ -1,1 +1,1 @@
-"""Domain adaptation stages: config, training, ESL pseudo-labels, evaluation."""
+"""Domain adaptation stages: training, ESL pseudo-labels, evaluation."""

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from advent.dataset import get_class_info, png_name
+from advent.dataset.class_info import IGNORE_LABEL
 from advent.domain_adaptation.metrics import ConfusionMatrix
 from advent.domain_adaptation.pseudo_labels import (
     PerClassSelector, apply_thresholds, finish_thresholds, ignore_padding, predict_with_confidence,
@@ -110,15 +111,15 @@ class QualityStats:
         self.all, self.kept_only = ConfusionMatrix(num_classes), ConfusionMatrix(num_classes)
 
     def update(self, label, pseudo, gt):
-        """One image: `label` the argmax, `pseudo` its pseudo-label (255: dropped), `gt` the ground
-        truth or None (H x W uint8 arrays)."""
+        """One image: `label` the argmax (IGNORE_LABEL on padding), `pseudo` its pseudo-label
+        (IGNORE_LABEL: dropped), `gt` the ground truth or None (H x W uint8 arrays)."""
         self.predicted += np.bincount(label.ravel(), minlength=256)[:self.num_classes]
         self.kept += np.bincount(pseudo.ravel(), minlength=256)[:self.num_classes]
         if gt is not None:
-            kept = pseudo != 255
-            padding = label == 255  # (Mapillary): no prediction to count there
+            kept = pseudo != IGNORE_LABEL
+            padding = label == IGNORE_LABEL  # (Mapillary): no prediction to count there
             if padding.any():
-                gt = np.where(padding, np.uint8(255), gt)
+                gt = np.where(padding, np.uint8(IGNORE_LABEL), gt)
             self.all.update(torch.from_numpy(gt), torch.from_numpy(label))
             self.kept_only.update(torch.from_numpy(gt[kept]), torch.from_numpy(pseudo[kept]))
 
@@ -270,10 +271,10 @@ def format_report(report):
     total = f"{'all':<15}{'':>10}{_percent(report['kept_fraction']):>9}"
     if with_gt:
         total += f"{_percent(report['accuracy_kept']):>12}{_percent(report['accuracy_all']):>11}"
-        lines += [total, f"mIoU of kept pseudo-labels = {_percent(report['mIoU_kept'])} "
-                         f"(all predictions: {_percent(report['mIoU_all'])})"]
-    else:
-        lines.append(total)
+    lines.append(total)
+    if with_gt:
+        lines.append(f"mIoU of kept pseudo-labels = {_percent(report['mIoU_kept'])} "
+                     f"(all predictions: {_percent(report['mIoU_all'])})")
     if len(report["groups"]) > 1:
         lines.append(f"thresholds: mean over {len(report['groups'])} groups (per group in {REPORT_NAME})")
     return "\n".join(lines)

@@ -309,7 +309,7 @@ def eval_best(cfg, device, cfg_path="", argv=None):
             best = pick_best(results)
             log.info("%s: %s%s; best so far: %s (%s)", path.stem, format_miou(results[-1]),
                      " (cached)" if cached else "", best["snapshot"], format_miou(best))
-        last, best = results[-1], pick_best(results)
+        last = results[-1]
         report_best(last, best, cfg)  # shown before any failed write is reported
         if cache is not None and cache.fault is not None:
             raise cache.fault

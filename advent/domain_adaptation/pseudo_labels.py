@@ -14,9 +14,9 @@ import threading
 import torch
 import torch.nn.functional as F
 
+from advent.dataset.class_info import IGNORE_LABEL
 from advent.model.inference import upsample
 
-IGNORE_LABEL = 255
 _BINS = 1 << 16  # one pass of the selector resolves 16 of the 32 bits of a float32
 _INF_BITS = 0x7F800000  # float32 +inf: non-negative finite scores have smaller bit patterns
 

@@ -228,6 +228,12 @@ def step_optimizers(setup):
         setup.scaler.update()
 
 
+def main_outputs(pred_src, pred_trg):
+    """{'source' / 'target': the main logits, detached} (no 'target' without a target pass)."""
+    return {domain: preds["main"].detach() for domain, preds in (("source", pred_src), ("target", pred_trg))
+            if preds}
+
+
 def forward_backward(setup, batch_src, batch_trg, cfg):
     """Steps (1) to (3) of an iteration: the losses and every network's gradients, with nothing
     read back to the host (so that it can be captured in a CUDA graph). Returns ({metric: 0-dim
@@ -275,9 +281,7 @@ def train_step(setup, batch_src, batch_trg, cfg, i_iter):
     values = fetch(metrics, i_iter)
     # (4)
     step_optimizers(setup)
-    outputs = {domain: preds["main"].detach() for domain, preds in (("source", pred_src), ("target", pred_trg))
-               if preds}
-    return {**values, **rates}, outputs
+    return {**values, **rates}, main_outputs(pred_src, pred_trg)
 
 
 class GraphedStep:
@@ -321,8 +325,7 @@ class GraphedStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.metrics, pred_src, pred_trg = forward_backward(self.setup, self.static_src, self.static_trg, self.cfg)
-        self.outputs = {domain: preds["main"].detach() for domain, preds in (("source", pred_src),
-                                                                               ("target", pred_trg)) if preds}
+        self.outputs = main_outputs(pred_src, pred_trg)
 
 
 def iteration(setup, cfg):

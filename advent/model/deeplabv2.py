@@ -21,7 +21,7 @@ ARCHITECTURES = {
     "DeepLabv2-R50": ((3, 4, 6, 3), 64),
     "DeepLabv2-Tiny": ((1, 1, 1, 1), 16),  # same naming layout, for CPU demos and tests
 }
-DEPTHS = {101: (3, 4, 23, 3), 50: (3, 4, 6, 3)}
+DEPTHS = {101: "DeepLabv2", 50: "DeepLabv2-R50"}  # get_deeplab_v2's depth -> its architecture
 
 
 def _frozen_bn(channels):
@@ -163,7 +163,7 @@ def get_deeplab_v2(num_classes=19, multi_level=True, depth=101):
     """DeepLab-v2 on ResNet-101 (the papers' model) or ResNet-50 (`depth=50`)."""
     if depth not in DEPTHS:
         raise ValueError(f"depth must be one of {sorted(DEPTHS)}, got {depth}")
-    return DeepLabV2(DEPTHS[depth], num_classes, multi_level)
+    return build_segmenter(DEPTHS[depth], num_classes, multi_level)
 
 
 def build_segmenter(name, num_classes, multi_level):

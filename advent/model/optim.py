@@ -1,6 +1,6 @@
 """Optimisers of the training stage: SGD for the segmenter (faithful or plain), Adam for discriminators.
 
-Original quirk, reproduced deliberately (config TRAIN.REPEAT_BACKBONE_UPDATES, README
+Original quirk, reproduced deliberately (config TRAIN.REPEAT_BACKBONE_UPDATES, docs/training.md
 "Optimiser fidelity"): the original's backbone parameter generator walked `modules()` and yielded
 each parameter once per enclosing module, so its SGD group held block convs 3 times, projection
 convs 4 times and the stem conv once, and the PyTorch it ran on (0.4) applied the SGD update

@@ -78,7 +78,7 @@ def build(make, title, report):
         return None
 
 
-def count_files(dataset, names, path_of, what, title, report, required=True):
+def count_files(names, path_of, what, title, report, required=True):
     """Report listed vs present; a missing file is a problem when `required`. Returns the present names."""
     missing = set(missing_files([path_of(n) for n in names]))
     present = [n for n in names if path_of(n) not in missing]
@@ -155,8 +155,8 @@ def check_split(dataset, title, need, report, sample):
     """Images, ground-truth labels (as `need` demands), label values and sizes of one split."""
     names = list(dict.fromkeys(dataset.img_ids))
     report.add(f"  listed: {len(names)} (from {dataset.list_source()})")
-    images = count_files(dataset, names, dataset.image_path, "images", title, report)
-    labels = count_files(dataset, names, dataset.gt_label_path, "labels", title, report,
+    images = count_files(names, dataset.image_path, "images", title, report)
+    labels = count_files(names, dataset.gt_label_path, "labels", title, report,
                          required=need == "required")
     complete = len(labels) == len(names)
     report.add(f"  has labels: {'yes' if complete else 'partly' if labels else 'no'}")
@@ -206,7 +206,7 @@ def check_pseudo_labels(cfg, report, sample):
     if dataset is None:
         return
     names = list(dict.fromkeys(dataset.img_ids))
-    present = count_files(dataset, names, dataset.label_path, "pseudo-labels", title, report)
+    present = count_files(names, dataset.label_path, "pseudo-labels", title, report)
     if present:
         check_label_values(dataset, evenly_spaced(present, sample), title, report)
 

@@ -1,7 +1,7 @@
 """Entropy maps: image | prediction | normalised entropy | ground truth | pseudo-label, per image.
 
-    python advent/scripts/viz.py --cfg configs/advent_pretrained.yml --num-images 8
-    python advent/scripts/viz.py --cfg configs/esl.yml --stage esl --names aachen/aachen_000000_000019_leftImg8bit.png
+    python advent/scripts/viz.py --cfg advent/scripts/configs/advent_pretrained.yml --num-images 8
+    python advent/scripts/viz.py --cfg advent/scripts/configs/esl.yml --stage esl --names aachen/aachen_000000_000019_leftImg8bit.png
 
 --stage test (default) shows TEST.SET_TARGET with the model of TEST.RESTORE_FROM[0]; --stage esl
 shows ESL.SET_TARGET with ESL.RESTORE_FROM; --checkpoint overrides either (e.g. a snapshot of a

@@ -469,7 +469,7 @@ class FolderReplacement:
     gets no lock file beside it. `staged()` (after the process group exists): a fresh staging
     folder beside `final`, recorded in the parent's manifest, its path shared with every process;
     when the block succeeds, and every process has left it, the main process lists the whole tree
-    in its manifest and swaps it in (`_swap`); after an error it is removed."""
+    in its manifest and swaps it in (`publish`); after an error it is removed."""
 
     def __init__(self, final, writer, key, advice="choose a new or empty folder"):
         self.final, self.writer, self.key, self.advice = Path(final).resolve(), writer, key, advice

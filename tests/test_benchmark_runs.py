@@ -1,0 +1,42 @@
+"""The benchmarks that no other test runs, each end to end at tiny sizes, so that none rots where
+no one measures: esl_memory.py (both approaches, ours through esl.py's own pseudo-label writer),
+eval_speed.py (both paths must give one confusion matrix) and synthetic_gap.py."""
+import re
+import subprocess
+import sys
+
+import pytest
+
+from benchmark_scripts import benchmark_path
+from processes import HANG_GUARD_S
+
+
+def run_benchmark(name, *argv):
+    result = subprocess.run([sys.executable, str(benchmark_path(name)), *argv], capture_output=True, text=True,
+                            timeout=HANG_GUARD_S)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_esl_memory_runs_both_approaches_and_prints_the_scaling_table():
+    stdout = run_benchmark("esl_memory", "--counts", "2", "4", "--output-size", "128", "64")
+    rows = re.findall(r"^ +(\d+) +(\d+) +(\d+) +\d+$", stdout, flags=re.M)
+    assert [row[0] for row in rows] == ["2", "4"] and all(int(mb) > 0 for row in rows for mb in row[1:])
+    assert re.search(r"^ours: peak\(4\) / peak\(2\) = \d+\.\d{3}", stdout, flags=re.M)
+
+
+@pytest.mark.slow
+def test_eval_speed_gives_one_confusion_matrix_by_both_paths():
+    stdout = run_benchmark("eval_speed", "--device", "cpu", "--repeats", "2", "--output-size", "128", "64",
+                           "--input-size", "64", "32")
+    assert re.search(r"^confusion matrices equal: yes \(\d+ pixels counted\)$", stdout, flags=re.M)
+
+
+@pytest.mark.slow
+def test_synthetic_gap_trains_and_reports_every_model(tmp_path):
+    stdout = run_benchmark("synthetic_gap", "--seeds", "0", "--iters", "2", "--batch", "2", "--size", "64", "32",
+                           "--num-train", "4", "--num-val", "2", "--out", str(tmp_path / "data"))
+    assert re.search(r"^ +0 +[\d.]+ +[\d.]+ +[\d.]+ +-?[\d.]+$", stdout, flags=re.M)  # seed 0's mIoUs and gap
+    assert re.search(r"^total time [\d.]+ s$", stdout, flags=re.M)
+    assert (tmp_path / "data" / "seed0").is_dir()
