@@ -31,7 +31,8 @@ from pathlib import Path
 
 from advent import PROJECT_ROOT
 from advent.demo.report import per_class_table
-from advent.utils.output_dir import check_owner, claim_files
+from advent.utils.cli import non_negative, positive
+from advent.utils.output_dir import check_owner, check_writable, recorded_file
 from advent.utils.runtime import run_main
 from advent.utils.serialization import json_dump, json_load
 
@@ -46,23 +47,30 @@ GAPS = (("label noise: oracle at ESL's coverage - ESL retrain", "oracle_coverage
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=non_negative, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="demo.py --quick (shorter runs)")
     parser.add_argument("--study", action="store_true", help="demo.py --study (MPSL retrain, oracles)")
-    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once (default 1)")
-    parser.add_argument("--threads", type=int, help="torch threads of each run (default: PyTorch's)")
+    parser.add_argument("--jobs", type=positive, default=1, help="seeds run at once (default 1)")
+    parser.add_argument("--threads", type=positive, help="torch threads of each run (default: PyTorch's)")
     parser.add_argument("--out", default=str(PROJECT_ROOT / "experiments" / "demo_seeds"))
     parser.add_argument("--reuse", action="store_true",
                         help="take the results of seeds already run into --out with the same --quick / --study")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if len(set(args.seeds)) < len(args.seeds):
+        parser.error(f"--seeds: each seed once, got {args.seeds}")
+    return args
 
 
 def run_seed(seed, args, out):
     """Run the demo for `seed` (or, --reuse, take its earlier run); its results (demo_results.json)."""
     earlier = out / f"seed{seed}" / "demo_results.json"
     if args.reuse and earlier.is_file():
-        results = json_load(earlier)
-        if (results.get("quick"), results.get("study")) == (args.quick, args.study):
+        try:
+            results = json_load(earlier)
+        except (OSError, ValueError):
+            results = {}  # unreadable: run the seed again (demo.py replaces its own folder)
+        complete = isinstance(results, dict) and {"models", "pseudo_labels"} <= set(results)
+        if complete and (results.get("quick"), results.get("study")) == (args.quick, args.study):
             print(f"seed {seed}: reusing {earlier}", flush=True)
             return results
     command = [sys.executable, str(DEMO), "--seed", str(seed), "--out", str(out / f"seed{seed}"),
@@ -75,7 +83,7 @@ def run_seed(seed, args, out):
     log = out / f"seed{seed}.log"
     print(f"$ {' '.join(command)} > {log}", flush=True)
     start = time.time()
-    with open(log, "w") as stream:
+    with recorded_file(log, WRITER) as stream:
         result = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, env=env)
     if result.returncode != 0:
         tail = log.read_text()[-2000:]
@@ -151,7 +159,7 @@ def main(argv=None):
     out = Path(args.out).resolve()
     # before any run: neither another script's folder nor a user's file of a name it writes
     check_owner(out, WRITER, "--out", guests=("demo.py",))
-    claim_files([out / f"seed{seed}.log" for seed in args.seeds] + [out / "demo_seeds.json"], WRITER, "--out")
+    check_writable([out / f"seed{seed}.log" for seed in args.seeds] + [out / "demo_seeds.json"], WRITER, "--out")
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         runs = list(pool.map(lambda seed: run_seed(seed, args, out), args.seeds))
     table, met = summarize([rows(run) for run in runs])

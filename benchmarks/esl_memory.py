@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from advent.utils.cli import number, positive
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the fake-data writers of the test suite
 
@@ -121,10 +123,10 @@ def defaults(count):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--counts", type=int, nargs=2, default=(8, 40))
-    parser.add_argument("--output-size", type=int, nargs=2, default=(2048, 1024))
+    parser.add_argument("--counts", type=number(int, 2), nargs=2, default=(8, 40))
+    parser.add_argument("--output-size", type=positive, nargs=2, default=(2048, 1024))
     parser.add_argument("--defaults", action="store_true", help="also measure R101 at 1024x512 (slow on a CPU)")
-    parser.add_argument("--defaults-count", type=int, default=4)
+    parser.add_argument("--defaults-count", type=number(int, 2), default=4)
     parser.add_argument("--child", choices=("ours", "original"), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)

@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from advent.domain_adaptation.eval_UDA import Buffers, upsampled_prediction
 from advent.domain_adaptation.metrics import ConfusionMatrix
+from advent.utils.cli import non_negative, number, positive
 from advent.utils.func import fast_hist
 
 SAMPLES = 4  # distinct (logits, label) pairs, cycled
@@ -30,13 +31,13 @@ SAMPLES = 4  # distinct (logits, label) pairs, cycled
 def get_arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=20, help="timed images per path (default 20)")
-    parser.add_argument("--classes", type=int, default=19)
-    parser.add_argument("--output-size", type=int, nargs=2, default=(2048, 1024), metavar=("W", "H"))
-    parser.add_argument("--input-size", type=int, nargs=2, default=(1024, 512), metavar=("W", "H"),
+    parser.add_argument("--repeats", type=positive, default=20, help="timed images per path (default 20)")
+    parser.add_argument("--classes", type=number(int, 1, 255), default=19)
+    parser.add_argument("--output-size", type=positive, nargs=2, default=(2048, 1024), metavar=("W", "H"))
+    parser.add_argument("--input-size", type=positive, nargs=2, default=(1024, 512), metavar=("W", "H"),
                         help="the model input size; the logits have the DeepLab-v2 output size for it")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--seed", type=non_negative, default=0)
+    parser.add_argument("--threads", type=non_negative, default=0, help="torch CPU threads (default: torch's choice)")
     return parser.parse_args(argv)
 
 

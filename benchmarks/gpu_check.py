@@ -71,10 +71,11 @@ import train_speed  # noqa: E402
 
 from advent import PROJECT_ROOT  # noqa: E402
 from advent.config import get_default_cfg  # noqa: E402
+from advent.utils.cli import non_negative, number, positive  # noqa: E402
 from advent.utils.errors import UserError  # noqa: E402
-from advent.utils.output_dir import claim_files  # noqa: E402
+from advent.utils.output_dir import check_writable  # noqa: E402
 from advent.utils.runtime import run_main  # noqa: E402
-from advent.utils.serialization import json_dump, json_load, yaml_dump  # noqa: E402
+from advent.utils.serialization import json_dump, json_load, text_dump, yaml_dump  # noqa: E402
 
 PAPER = {"model": "DeepLabv2", "gta": (1914, 1052), "cityscapes": (2048, 1024), "source": (1280, 720),
          "target": (1024, 512), "test_output": (2048, 1024)}
@@ -102,24 +103,24 @@ TIMED = {"train": ("advent.domain_adaptation.train_UDA", "iteration", True),
 def get_arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="gpu_check.json", help="the table as JSON (default gpu_check.json)")
-    parser.add_argument("--gpu", type=int, default=0, help="the GPU (GPU_ID, nvidia-smi -i)")
-    parser.add_argument("--images", type=int, default=None, help="target train and val images (default 100)")
-    parser.add_argument("--sweep", type=int, nargs="+", default=None, help="concurrent runs (default 1 2 4 8)")
-    parser.add_argument("--sweep-iters", type=int, default=None, help="iterations per run (default 40)")
-    parser.add_argument("--sweep-warmup", type=int, default=None, help="untimed first iterations (default 8)")
+    parser.add_argument("--gpu", type=non_negative, default=0, help="the GPU (GPU_ID, nvidia-smi -i)")
+    parser.add_argument("--images", type=positive, default=None, help="target train and val images (default 100)")
+    parser.add_argument("--sweep", type=positive, nargs="+", default=None, help="concurrent runs (default 1 2 4 8)")
+    parser.add_argument("--sweep-iters", type=number(int, 2), default=None, help="iterations per run (default 40)")
+    parser.add_argument("--sweep-warmup", type=positive, default=None, help="untimed first iterations (default 8)")
     parser.add_argument("--sweep-amp", choices=("none", "bf16", "fp16"), default=FASTEST["amp"],
                         help="TRAIN.AMP of the sweep's runs (default bf16)")
     parser.add_argument("--sweep-channels-last", action=argparse.BooleanOptionalAction,
                         default=FASTEST["channels_last"], help="CHANNELS_LAST in the sweep's runs (default on)")
     parser.add_argument("--sweep-cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                         help="TRAIN.CUDA_GRAPH in the sweep's runs (default: on with a GPU, except with fp16)")
-    parser.add_argument("--mps", type=int, nargs="*", default=[], metavar="N",
+    parser.add_argument("--mps", type=positive, nargs="*", default=[], metavar="N",
                         help="also sweep N runs under an MPS daemon (GPU only)")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
                         help="the parts to run (default: all; esl and test need the 1-run sweep)")
     parser.add_argument("--skip-tests", action="store_true",
                         help="leave out the two test rows (--stages without tests)")
-    parser.add_argument("--seed-batch", type=int, nargs="*", default=[], metavar="N",
+    parser.add_argument("--seed-batch", type=number(int, 2), nargs="*", default=[], metavar="N",
                         help="also speed rows of N seeds batched in one network (seed_batching.py)")
     parser.add_argument("--work", default=None, help="folder for the data and runs (default: a temporary one)")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, few iterations")
@@ -151,13 +152,15 @@ def beside_out(args, suffix):
 
 def check_outputs(args):
     """Before any work: the files the check writes are new or its own (a user's file of the same
-    name is refused, not replaced; output_dir.claim_files), and --work is a new or empty folder."""
-    files = [Path(args.out)] + [beside_out(args, suffix) for stage, suffix in
-                                (("tests", "_pytest.log"), ("profile", "_profile.txt")) if stage in args.stages]
-    claim_files(files, WRITER, "--out")
+    name is refused, not replaced; output_dir.check_writable), and --work is a new or empty folder."""
     work = Path(args.work) if args.work else None
     if work and (work.is_symlink() or work.exists()) and not (work.is_dir() and not any(work.iterdir())):
         raise UserError(f"--work {work} is not a new or empty folder (the check writes its data and runs there)")
+    if work:
+        check_writable([work / "data"], WRITER, "--work")  # no file stands where its folders go
+    files = [Path(args.out)] + [beside_out(args, suffix) for stage, suffix in
+                                (("tests", "_pytest.log"), ("profile", "_profile.txt")) if stage in args.stages]
+    check_writable(files, WRITER, "--out")
 
 
 # --- nvidia-smi ---
@@ -351,31 +354,31 @@ def write_cfg(cfg, path):
 
 def test_rows(args):
     """The CUDA-marked tests, then the fast suite (collected only in a dry run)."""
-    log = beside_out(args, "_pytest.log")
-    log.write_text("")
+    log, logged = beside_out(args, "_pytest.log"), []
     for name, marks in (("tests: -m cuda", "cuda"), ("tests: fast suite", "not slow and not cuda")):
         command = [sys.executable, "-m", "pytest", "-q", "-m", marks, "tests"]
         command += ["--collect-only"] if args.dry_run else []
-        yield stage(args, name, lambda: pytest_row(command, log))
+        yield stage(args, name, lambda: pytest_row(command, log, logged))
 
 
-def pytest_row(command, log):
+def pytest_row(command, log, logged):
     try:
         result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired as error:
-        append_output(log, command, error.stdout)
+        add_output(log, logged, command, error.stdout)
         return {"status": "failed", "note": f"killed after {CHILD_TIMEOUT_S} s"}
-    append_output(log, command, result.stdout + result.stderr)
+    add_output(log, logged, command, result.stdout + result.stderr)
     summary = ([line for line in result.stdout.splitlines() if line.strip()] or ["no output"])[-1]
     return {"status": "ok" if result.returncode == 0 else "failed", "note": summary.strip("= ")}
 
 
-def append_output(log, command, output):
-    """`command` and its output at the end of the file `log` (a timed-out run's output is bytes)."""
+def add_output(log, logged, command, output):
+    """`command` and its output added to `logged` (a timed-out run's output is bytes), all of
+    which is then (re)written to the file `log`."""
     if isinstance(output, bytes):
         output = output.decode(errors="replace")
-    with open(log, "a") as stream:
-        stream.write(f"$ {' '.join(command)}\n{output or ''}\n")
+    logged.append(f"$ {' '.join(command)}\n{output or ''}\n")
+    text_dump("".join(logged), log, WRITER)
 
 
 def speed_spec(args, amp, channels_last, tf32=True, cudnn_benchmark=False, cuda_graph=False, seeds=1, profile=0):
@@ -414,7 +417,7 @@ def profile_row(args):
         return {"status": "failed", "note": result["error"]}
     profile = result["profile"]
     path = beside_out(args, "_profile.txt")
-    path.write_text(profile["tables"] + "\n")
+    text_dump(profile["tables"] + "\n", path, WRITER)
     return {"status": "ok", "rate": 1e3 / profile["wall_ms_per_iter"], "unit": "it/s (profiled)",
             "peak_mib": result["peak_mib"], "busy_share": profile["busy_share"],
             "note": f"kernels {profile['kernel_ms_per_iter']:.1f} of {profile['wall_ms_per_iter']:.1f} ms per "

@@ -54,7 +54,11 @@ def get_arguments(argv=None):
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", nargs=3, metavar=("CODE", "DATA", "OUT"), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    sizes = (*args.image_size, *args.input_size, *args.output_size, *args.test_output_size)
+    if min(args.images, args.rounds, *sizes) < 1 or args.threads < 0:
+        parser.error("--images, --rounds and the sizes must be at least 1, --threads at least 0")
+    return args
 
 
 # --- the data, written once ---
@@ -219,10 +223,10 @@ def main(argv=None):
     args = get_arguments(argv)
     if args.child:
         return run_child(args)
-    from advent.utils.output_dir import claim_files  # here: a child imports only the version it times
+    from advent.utils.output_dir import check_writable  # here: a child imports only the version it times
     from advent.utils.serialization import json_dump
 
-    claim_files([args.json] if args.json else [], WRITER, "--json")  # before any work: a user's file is refused
+    check_writable([args.json] if args.json else [], WRITER, "--json")  # before any work: a user's file is refused
     keys = ("esl_loader_s", "test_loader_s", "main_s", "maps_s")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

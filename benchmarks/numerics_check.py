@@ -39,7 +39,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_speed (benchmarks/ is no package)
 from train_speed import training_cfg  # noqa: E402
 
-from advent.utils.output_dir import claim_files  # noqa: E402
+from advent.utils.cli import number, positive  # noqa: E402
+from advent.utils.output_dir import check_writable  # noqa: E402
 from advent.utils.runtime import memory_format, run_main  # noqa: E402
 from advent.utils.serialization import json_dump  # noqa: E402
 
@@ -57,14 +58,14 @@ def get_arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", default=None, help="default: DeepLabv2 (R101) on CUDA, DeepLabv2-Tiny on the CPU")
-    parser.add_argument("--iters", type=int, default=200, help="iterations per variant (default 200)")
-    parser.add_argument("--batches", type=int, default=8, help="distinct batches per domain, cycled (default 8)")
-    parser.add_argument("--source-size", type=int, nargs=2, default=None, metavar=("W", "H"))
-    parser.add_argument("--target-size", type=int, nargs=2, default=None, metavar=("W", "H"))
+    parser.add_argument("--iters", type=number(int, 2), default=200, help="iterations per variant (default 200)")
+    parser.add_argument("--batches", type=positive, default=8, help="distinct batches per domain, cycled (default 8)")
+    parser.add_argument("--source-size", type=positive, nargs=2, default=None, metavar=("W", "H"))
+    parser.add_argument("--target-size", type=positive, nargs=2, default=None, metavar=("W", "H"))
     parser.add_argument("--channels-last", action="store_true", help="CHANNELS_LAST in the AMP variants")
     parser.add_argument("--cuda-graph", action="store_true", help="TRAIN.CUDA_GRAPH where TRAIN.AMP allows it")
-    parser.add_argument("--window", type=int, default=20, help="iterations of the moving mean (default 20)")
-    parser.add_argument("--tolerance", type=float, default=0.05, help="relative, of the smoothed losses")
+    parser.add_argument("--window", type=positive, default=20, help="iterations of the moving mean (default 20)")
+    parser.add_argument("--tolerance", type=number(float, 0), default=0.05, help="relative, of the smoothed losses")
     parser.add_argument("--json", default=None, help="also write the curves and the verdicts here")
     args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
@@ -149,7 +150,7 @@ def judge(deviations, floor, tolerance):
 
 def main(argv=None):
     args = get_arguments(argv)
-    claim_files([args.json] if args.json else [], WRITER, "--json")  # before any work: a user's file is refused
+    check_writable([args.json] if args.json else [], WRITER, "--json")  # before any work: a user's file is refused
     generator = torch.Generator().manual_seed(1)
     data = {"source": learnable_batches(args.batches, args.source_size, generator),
             "target": learnable_batches(args.batches, args.target_size, generator)}

@@ -26,6 +26,7 @@ from advent.config import get_default_cfg
 from advent.dataset import get_class_info, get_source_dataset, get_target_dataset
 from advent.demo.synthetic import write_demo_data
 from advent.model import build_segmenter
+from advent.utils.cli import non_negative, number, positive
 from advent.utils.func import fast_hist, per_class_iu
 from advent.utils.loss import cross_entropy_2d
 
@@ -34,14 +35,14 @@ MODEL = "DeepLabv2-Tiny"
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--iters", type=int, default=300, help="training iterations per model")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
-    parser.add_argument("--size", type=int, nargs=2, default=[128, 64], metavar=("W", "H"))
-    parser.add_argument("--num-train", type=int, default=400, help="source 'all' and target 'train' images")
-    parser.add_argument("--num-val", type=int, default=100, help="source 'val' and target 'val' images")
-    parser.add_argument("--shift", type=float, default=1.0, help="domain shift strength in [0, 1]")
+    parser.add_argument("--seeds", type=non_negative, nargs="+", default=[0, 1])
+    parser.add_argument("--iters", type=positive, default=300, help="training iterations per model")
+    parser.add_argument("--batch", type=positive, default=8)
+    parser.add_argument("--lr", type=number(float, 0), default=2e-3, help="Adam learning rate")
+    parser.add_argument("--size", type=number(int, 16), nargs=2, default=[128, 64], metavar=("W", "H"))
+    parser.add_argument("--num-train", type=positive, default=400, help="source 'all' and target 'train' images")
+    parser.add_argument("--num-val", type=positive, default=100, help="source 'val' and target 'val' images")
+    parser.add_argument("--shift", type=number(float, 0, 1), default=1.0, help="domain shift strength in [0, 1]")
     parser.add_argument("--out", default="", help="data folder (default: a temporary one)")
     return parser.parse_args(argv)
 

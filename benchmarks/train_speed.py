@@ -37,6 +37,8 @@ import time
 
 import torch
 
+from advent.utils.cli import non_negative, number, positive
+
 MODES = ("none", "bf16", "fp16")
 LABEL = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
@@ -46,25 +48,25 @@ def get_arguments(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", nargs="+", default=None,
                         help="default: DeepLabv2 (R101) on CUDA; DeepLabv2-Tiny and DeepLabv2 on the CPU")
-    parser.add_argument("--source-size", type=int, nargs=2, default=None, metavar=("W", "H"),
+    parser.add_argument("--source-size", type=positive, nargs=2, default=None, metavar=("W", "H"),
                         help="default: 1280 720 on CUDA (the paper's), 256 128 on the CPU")
-    parser.add_argument("--target-size", type=int, nargs=2, default=None, metavar=("W", "H"),
+    parser.add_argument("--target-size", type=positive, nargs=2, default=None, metavar=("W", "H"),
                         help="default: 1024 512 on CUDA (the paper's), 256 128 on the CPU")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=None,
                         help="TRAIN.AMP values to compare (default: none and those the device supports)")
     parser.add_argument("--channels-last", action="store_true", help="also run each mode with CHANNELS_LAST")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="also run each variant with TRAIN.CUDA_GRAPH (CUDA; not with fp16)")
-    parser.add_argument("--seed-batch", type=int, nargs="+", default=[], metavar="N",
+    parser.add_argument("--seed-batch", type=number(int, 2), nargs="+", default=[], metavar="N",
                         help="also run each variant with N seeds batched in one network (seed_batching.py)")
-    parser.add_argument("--iters", type=int, default=None, help="timed iterations (default 20 CUDA, 5 CPU)")
-    parser.add_argument("--warmup", type=int, default=None,
+    parser.add_argument("--iters", type=positive, default=None, help="timed iterations (default 20 CUDA, 5 CPU)")
+    parser.add_argument("--warmup", type=positive, default=None,
                         help="untimed first iterations (default 5 CUDA, 2 CPU)")
-    parser.add_argument("--budget", type=float, default=0,
+    parser.add_argument("--budget", type=number(float, 0), default=0,
                         help="seconds of timing per variant after which it stops (at least one "
                              "iteration; 0: no limit)")
-    parser.add_argument("--rounds", type=int, default=1, help="run the list of variants this many times")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--rounds", type=positive, default=1, help="run the list of variants this many times")
+    parser.add_argument("--threads", type=non_negative, default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a variant, in the subprocess
     args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
@@ -309,7 +311,7 @@ def main(argv=None):
             row["one_seed"] = variant_name(amp, channels_last, cuda_graph=graph)
         rows.append(row)
     print_table(add_ratios(rows), args.rounds)
-    return 0
+    return 1 if any("error" in row for row in rows) else 0
 
 
 if __name__ == "__main__":

@@ -248,7 +248,8 @@ def test_demo_seeds_reports_each_gap_per_seed_with_its_spread():
 def test_demo_seeds_reuse_takes_a_finished_seed_of_the_same_kind_only(tmp_path, monkeypatch):
     seeds = load_demo_seeds()
     (tmp_path / "seed0").mkdir()
-    json_dump({"seed": 0, "quick": False, "study": True, "models": {}}, tmp_path / "seed0" / "demo_results.json")
+    results = tmp_path / "seed0" / "demo_results.json"
+    json_dump({"seed": 0, "quick": False, "study": True, "models": {}, "pseudo_labels": {}}, results)
     commands = []
 
     def fake_run(command, **kwargs):
@@ -261,7 +262,11 @@ def test_demo_seeds_reuse_takes_a_finished_seed_of_the_same_kind_only(tmp_path, 
     for argv in (["--quick", "--study", "--reuse"], ["--study"]):  # another kind, or no --reuse: run again
         with pytest.raises(SystemExit, match="seed 0: demo.py failed"):
             seeds.run_seed(0, seeds.parse_args(argv + ["--out", str(tmp_path)]), tmp_path)
-    assert len(commands) == 2 and "--seed" in commands[0]
+    for text in ('{"seed": 0, "quick": false, "study": true', '{"seed": 0, "quick": false, "study": true}'):
+        results.write_text(text)  # cut short, or without the tables: run again, no traceback
+        with pytest.raises(SystemExit, match="seed 0: demo.py failed"):
+            seeds.run_seed(0, args, tmp_path)
+    assert len(commands) == 4 and "--seed" in commands[0]
 
 
 @pytest.fixture(scope="module")

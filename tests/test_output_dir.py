@@ -12,9 +12,9 @@ import pytest
 from advent.utils import output_dir
 from advent.utils.errors import UserError
 from advent.utils.output_dir import (
-    MANIFEST_NAME, FolderReplacement, atomic_path, check_complete, check_folder, check_names, claim_files,
-    exclusive_lock,
-    foreign_entries, lock_path, prepare_folder, read_manifest, remove_own, remove_stale, updating_manifest,
+    MANIFEST_NAME, FolderReplacement, atomic_path, check_complete, check_folder, check_names, check_writable,
+    exclusive_lock, foreign_entries, lock_path, prepare_folder, read_manifest, recorded_file, remove_own,
+    remove_stale, updating_manifest,
 )
 from processes import HANG_GUARD_S
 
@@ -129,24 +129,28 @@ def test_a_guest_writes_only_its_own_names_beside_the_users_files(tmp_path):
     assert remove_own(folder / "test_cache.json", "test.py") and read_manifest(folder).files == {}
 
 
-def test_claimed_files_are_recorded_before_they_exist_and_a_users_file_is_never_claimed(tmp_path):
+def test_files_checked_before_the_work_are_recorded_only_when_written(tmp_path):
     log, report = tmp_path / "new" / "run.log", tmp_path / "report.json"
-    claim_files([log, report], "gpu_check.py", "--out")
-    assert not log.exists() and not report.exists()  # recorded, not created: written in place later
-    assert read_manifest(log.parent).files == {"run.log": "gpu_check.py"}
+    check_writable([log, report], "gpu_check.py", "--out")
+    assert not log.parent.exists() and read_manifest(tmp_path) is None  # nothing written, nothing recorded
+    with recorded_file(log, "gpu_check.py") as stream:  # written in place: recorded before it exists
+        assert read_manifest(log.parent).files == {"run.log": "gpu_check.py"} and log.exists()
+        stream.write("first run")
     assert read_manifest(log.parent).owner == "gpu_check.py"  # the folder it created
-    log.write_text("first run")
-    claim_files([log], "gpu_check.py", "--out")  # its own, from an earlier run: may be written again
+    check_writable([log], "gpu_check.py", "--out")  # its own, from an earlier run: may be written again
     with pytest.raises(UserError, match=r"^--json: .*run.log exists and numerics_check.py may not replace it "
                                         r"\(gpu_check.py\)"):
-        claim_files([log], "numerics_check.py", "--json")
+        check_writable([log], "numerics_check.py", "--json")
     (tmp_path / "mine.json").write_text("the user's")
     with pytest.raises(UserError, match="mine.json exists and gpu_check.py may not replace it"):
-        claim_files([tmp_path / "other.json", tmp_path / "mine.json"], "gpu_check.py", "--out")
-    assert "other.json" not in read_manifest(tmp_path).files  # all checked before any is recorded
+        check_writable([tmp_path / "other.json", tmp_path / "mine.json"], "gpu_check.py", "--out")
+    with pytest.raises(UserError, match="mine.json exists and gpu_check.py may not replace it"):
+        with recorded_file(tmp_path / "mine.json", "gpu_check.py"):
+            pass
+    assert (tmp_path / "mine.json").read_text() == "the user's"
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(UserError, match="a_file is a file, not a folder"):
-        claim_files([tmp_path / "a_file" / "x.json"], "gpu_check.py", "--out")
+    with pytest.raises(UserError, match=r"^--out: cannot write .*x.json: .*a_file is a file, not a folder"):
+        check_writable([tmp_path / "a_file" / "deeper" / "x.json"], "gpu_check.py", "--out")
 
 
 def test_prepare_folder_records_who_created_it(tmp_path):

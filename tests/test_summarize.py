@@ -98,3 +98,12 @@ def test_reads_real_test_py_results(tmp_path):
     summary = summarize.summarize_files(summarize.find_result_files([tmp_path / "s1", tmp_path / "s2"]))
     assert summary["single"]["statistics"]["mIoU"]["n"] == 2
     assert summary["single"]["statistics"]["mIoU"]["std"] == 0.0  # same model, same data
+
+
+def test_json_is_refused_before_any_reading_when_it_is_a_users_file(tmp_path, monkeypatch):
+    results = single(tmp_path / "runs" / "results_single.json", 1.0, [1.0, 2.0])
+    (tmp_path / "mine.json").write_text("the user's")
+    monkeypatch.setattr(summarize, "find_result_files", lambda paths: pytest.fail("read before the check"))
+    with pytest.raises(UserError, match=r"^--json: .*mine.json exists and summarize.py may not replace it"):
+        summarize.main([str(results), "--json", str(tmp_path / "mine.json")])
+    assert (tmp_path / "mine.json").read_text() == "the user's"

@@ -11,7 +11,7 @@ from advent.scripts import esl as esl_script
 from advent.scripts import train as train_script
 from advent.scripts.test import main as run_test_py
 from advent.utils.runtime import run_main
-from advent.utils.output_dir import MANIFEST_NAME, prepare_folder, read_manifest
+from advent.utils.output_dir import MANIFEST_NAME, Manifest, prepare_folder, read_manifest
 from benchmark_scripts import load_benchmark
 from fake_data import write_cfg_yaml
 from test_esl import esl_config
@@ -125,7 +125,10 @@ def test_a_benchmark_refuses_a_users_file_of_a_name_it_writes_before_any_work(
         tmp_path, monkeypatch, capsys, name, work, argv, users_file):
     module = load_benchmark(name)
     monkeypatch.setattr(module, work, work_started)
-    (tmp_path / users_file).write_text("the user's")
+    with pytest.raises(AssertionError, match="began its work"):  # a run that stops before it writes...
+        run_main(module.main, argv(tmp_path))
+    assert users_file not in (read_manifest(tmp_path) or Manifest()).files  # ...leaves no record of the name
+    (tmp_path / users_file).write_text("the user's")  # so a file the user then puts there stays theirs
     with pytest.raises(SystemExit) as stop:
         run_main(module.main, argv(tmp_path))
     err = capsys.readouterr().err.strip().splitlines()

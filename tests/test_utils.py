@@ -1,4 +1,5 @@
 """The small pure helpers of advent.utils, against hand-computed values."""
+import argparse
 import math
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from advent.domain_adaptation.checkpoint import (
     discriminator_snapshot_path, expected_snapshots, model_snapshot_path, torch_save_atomic,
     train_state_iterations, train_state_path,
 )
+from advent.utils.cli import non_negative, number, positive
 from advent.utils.errors import UserError
 from advent.utils.func import (
     adjust_learning_rate, adjust_learning_rate_discriminator, bce_loss, fast_hist, lr_poly,
@@ -21,6 +23,7 @@ from advent.utils.func import (
 from advent.utils.loss import cross_entropy_2d, entropy_loss
 from advent.utils.serialization import atomic_path, json_dump, json_load, yaml_dump, yaml_load
 from advent.utils.viz_segmask import CITYSCAPES_PALETTE, colorize_mask
+from benchmark_scripts import load_benchmark
 
 
 def test_entropy_of_uniform_is_one_and_of_one_hot_is_zero():
@@ -168,3 +171,34 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_numeric_flags_are_refused_out_of_range_by_argparse_in_one_line(capsys):
+    parser = argparse.ArgumentParser(prog="x")
+    parser.add_argument("--iters", type=positive)
+    parser.add_argument("--shift", type=number(float, 0, 1))
+    assert vars(parser.parse_args(["--iters", "3", "--shift", "1"])) == {"iters": 3, "shift": 1.0}
+    for argv, message in ((["--iters", "0"], "argument --iters: must be at least 1, got 0"),
+                          (["--iters", "2.5"], "argument --iters: not an integer: '2.5'"),
+                          (["--shift", "nan"], "argument --shift: must be in [0, 1], got nan"),
+                          (["--shift", "-0.1"], "argument --shift: must be in [0, 1], got -0.1")):
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args(argv)
+        assert stop.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == f"x: error: {message}"
+    assert non_negative("0") == 0 and number(float, high=1)("-5") == -5.0
+
+
+@pytest.mark.parametrize("name, argv, message", [
+    ("train_speed", ["--iters", "0"], "argument --iters: must be at least 1, got 0"),
+    ("train_speed", ["--seed-batch", "1"], "argument --seed-batch: must be at least 2, got 1"),
+    ("gpu_check", ["--dry-run", "--sweep", "0"], "argument --sweep: must be at least 1, got 0"),
+    ("numerics_check", ["--batches", "0"], "argument --batches: must be at least 1, got 0"),
+    ("host_speed", ["--rounds", "0"], "--images, --rounds and the sizes must be at least 1"),
+    ("demo_seeds", ["--seeds", "1", "1"], "--seeds: each seed once, got [1, 1]"),
+])
+def test_benchmarks_refuse_counts_that_would_measure_nothing_or_twice(capsys, name, argv, message):
+    module = load_benchmark(name)
+    parse = getattr(module, "get_arguments", None) or module.parse_args
+    with pytest.raises(SystemExit) as stop:
+        parse(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]

@@ -237,7 +237,7 @@ def _demo_data(out_dir, size, counts):
 def _manifest(out_dir):
     try:
         return json_load(out_dir / MANIFEST)
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):  # none, unreadable, or `out_dir` no folder (the folder check says so)
         return None
 
 

@@ -17,6 +17,7 @@ import sys
 
 from advent.demo.configs import QUICK_SCALE
 from advent.demo.pipeline import DEFAULT_DATA, DEFAULT_OUT, DEFAULT_SEED, run_demo
+from advent.utils.cli import non_negative
 from advent.utils.errors import UserError
 from advent.utils.runtime import run_main
 
@@ -28,7 +29,7 @@ def parse_args(argv=None):
     parser.add_argument("--study", action="store_true",
                         help="also retrain with the MPSL pseudo-labels and with target-train ground truth "
                              "(all of it; on ESL's kept pixels), with per-class IoU (three more 500-iteration runs)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="data and training seed (default 0)")
+    parser.add_argument("--seed", type=non_negative, default=DEFAULT_SEED, help="data and training seed (default 0)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default experiments/demo)")
     parser.add_argument("--data", default=str(DEFAULT_DATA),
                         help="data folder; the data of seed S goes to DATA/seedS (default data/demo)")

@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from advent.utils.errors import UserError
+from advent.utils.output_dir import check_writable
 from advent.utils.runtime import run_main
 from advent.utils.serialization import json_dump, json_load
 
+WRITER = "summarize.py"
 RESULT_NAMES = ("results_single.json", "results_best.json")
 GROUPS = {"single": "single-model results", "last": "last snapshot",
           "best": "best snapshot on val (oracle selection, as in the papers)"}
@@ -136,10 +138,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_writable([args.json] if args.json else [], WRITER, "--json")  # before any reading
     summary = summarize_files(find_result_files(args.paths))
     print("\n\n".join(format_group(group, s) for group, s in summary.items()))
     if args.json:
-        json_dump(summary, args.json, "summarize.py")
+        json_dump(summary, args.json, WRITER)
     return 0
 
 

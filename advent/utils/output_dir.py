@@ -234,17 +234,18 @@ def check_names(folder, writer, names, key):
                             f"move it away or choose another folder")
 
 
-def claim_files(paths, writer, key):
-    """Before any work: check that `writer` may write each file of `paths` (check_names: none is a
-    file it did not write) and record them as its own in their folders' manifests (creating the
-    folders), so that files written in place (logs) or long after (a benchmark's report) never
-    replace a user's file. A UserError naming `key` and the file otherwise."""
-    for path in map(_resolved, paths):
+def check_writable(paths, writer, key):
+    """Before any work (a benchmark's report, written long after): `writer` may write each file of
+    `paths` there: none is a file it did not write (check_names), and no file stands where a
+    folder on its way must be. Nothing is recorded yet: each file is recorded when it is written
+    (atomic_path, recorded_file), so a run that stops first leaves no record of a file it never
+    wrote. A UserError naming `key` and the file otherwise."""
+    for shown in paths:
+        path = _resolved(shown)
         check_names(path.parent, writer, [path.name], key)
-    for path in map(_resolved, paths):
-        prepare_folder(path.parent, writer, key)
-        with updating_manifest(path.parent) as manifest:
-            manifest.files[path.name] = writer
+        blocker = next(p for p in path.parents if p.exists() or p.is_symlink())
+        if not blocker.is_dir():
+            raise UserError(f"{key}: cannot write {shown}: {blocker} is a file, not a folder")
 
 
 def check_complete(folder, key):
@@ -334,6 +335,19 @@ def atomic_path(path, writer=None):
         if writer is not None:
             with contextlib.suppress(OSError), updating_manifest(folder) as manifest:
                 manifest.temporary.pop(tmp.name, None)
+
+
+@contextlib.contextmanager
+def recorded_file(path, writer):
+    """`path` open for writing in place (a log that grows while a run goes on), recorded as
+    `writer`'s first; refused as atomic_path refuses a file `writer` did not write."""
+    path = Path(path)
+    prepare_folder(path.parent, writer, f"the file {path}")
+    check_names(path.parent, writer, [path.name], "cannot write")
+    with updating_manifest(path.parent) as manifest:
+        manifest.files[path.name] = writer
+    with writing(path), open(path, "w") as stream:
+        yield stream
 
 
 def remove_own(path, writer):

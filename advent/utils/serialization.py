@@ -4,6 +4,7 @@ The writes go through the output layer's `atomic_path`: pass `writer` (the scrip
 file in a folder that may hold the user's files too, so that it is recorded there and never
 replaces a file the project did not write."""
 import json
+from pathlib import Path
 
 import yaml
 
@@ -13,6 +14,12 @@ from advent.utils.output_dir import atomic_path
 def json_load(path):
     with open(path) as f:
         return json.load(f)
+
+
+def text_dump(text, path, writer=None):
+    """Write the string `text`, atomically."""
+    with atomic_path(path, writer) as tmp:
+        Path(tmp).write_text(text)
 
 
 def json_dump(data, path, writer=None):

@@ -1,0 +1,22 @@
+"""argparse value types for numeric flags: argparse itself refuses a value out of range, in one line
+naming the flag (`argument --iters: must be at least 1, got 0`), before any work."""
+import argparse
+
+
+def number(kind=int, low=None, high=None):
+    """An argparse `type`: a `kind` (int or float) in [low, high] (either bound may be None)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
+        if (low is not None and not value >= low) or (high is not None and not value <= high):  # NaN too
+            bounds = f"in [{low}, {high}]" if low is not None and high is not None else (
+                f"at least {low}" if low is not None else f"at most {high}")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+    return parse
+
+
+positive = number(int, 1)  # a count: images, iterations, rounds, threads
+non_negative = number(int, 0)  # a seed, a warm-up, a thread count where 0 means the default
