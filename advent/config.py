@@ -204,11 +204,11 @@ SIZE_KEYS = ("TRAIN.INPUT_SIZE_SOURCE", "TRAIN.INPUT_SIZE_TARGET", "TEST.INPUT_S
              "TEST.OUTPUT_SIZE_TARGET", "ESL.INPUT_SIZE_TARGET", "ESL.OUTPUT_SIZE_TARGET")
 PER_MODEL_TEST_KEYS = ("TEST.MODEL", "TEST.MODEL_WEIGHT", "TEST.MULTI_LEVEL", "TEST.RESTORE_FROM")
 POSITIVE_KEYS = ("TRAIN.SAVE_PRED_EVERY", "TRAIN.MAX_ITERS", "TRAIN.EARLY_STOP", "TEST.SNAPSHOT_STEP",
-                 "ESL.MAX_MEDIAN_BATCH", "TRAIN.BATCH_SIZE_SOURCE", "TRAIN.BATCH_SIZE_TARGET",
+                 "TEST.SNAPSHOT_MAXITER", "ESL.MAX_MEDIAN_BATCH", "TRAIN.BATCH_SIZE_SOURCE", "TRAIN.BATCH_SIZE_TARGET",
                  "TEST.BATCH_SIZE_TARGET", "ESL.BATCH_SIZE_TARGET", "TRAIN.DISCRIMINATOR_WIDTH",
                  "TRAIN.TENSORBOARD_VIZRATE")
 NON_NEGATIVE_KEYS = ("NUM_WORKERS", "ESL.THREADS", "TRAIN.LEARNING_RATE", "TRAIN.LEARNING_RATE_D",
-                     "TRAIN.WEIGHT_DECAY")
+                     "TRAIN.WEIGHT_DECAY", "TEST.WAIT_TIMEOUT", "ESL.WAIT_TIMEOUT")
 
 
 def get_default_cfg():
@@ -261,13 +261,28 @@ def type_name(value):
     return type(value).__name__
 
 
+def closest_key(full_key):
+    """The valid key whose last part is most like `full_key`'s, case aside: in its own section if
+    one is close enough, else in any (a key put in the wrong section); None when none is. The
+    sections' names take no part in the likeness, which they would dominate."""
+    keys = [key for key, _ in flat_items(_C, sections=True)]
+    section, _, name = full_key.rpartition(".")
+    for pool in ([key for key in keys if key.rpartition(".")[0] == section], keys):
+        by_name = {}
+        for key in pool:
+            by_name.setdefault(key.rpartition(".")[2].upper(), key)
+        close = difflib.get_close_matches(name.upper(), by_name, n=1, cutoff=0.6)
+        if close:
+            return by_name[close[0]]
+    return None
+
+
 def _merge(data, config, filename, prefix):
     for key, value in data.items():
         full_key = f"{prefix}{key}"
         if key not in config:
-            close = difflib.get_close_matches(full_key, [k for k, _ in flat_items(_C, sections=True)],
-                                              n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]}?" if close else ""
+            close = closest_key(full_key)
+            hint = f"; did you mean {close}?" if close else ""
             raise UserError(f"{filename}: unknown config key {full_key}{hint}")
         default = config[key]
         if isinstance(default, dict):

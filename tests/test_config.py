@@ -81,6 +81,12 @@ def test_unknown_key_names_key_file_and_closest(tmp_path):
     message = _error(tmp_path, "TRAIN:\n  LEARNIN_RATE: 0.1\n")
     assert "TRAIN.LEARNIN_RATE" in message and "exp.yml" in message
     assert "did you mean TRAIN.LEARNING_RATE" in message
+    # case aside; a key of its own section before the section itself; a key put in the wrong section
+    for text, hint in (("TRAIN:\n  learning_rate: 0.1\n", "TRAIN.LEARNING_RATE"),
+                       ("TEST:\n  SNAPSHOT_DIRS: [a]\n", "TEST.SNAPSHOT_DIR"),
+                       ("RANDOM_SEED: 3\n", "TRAIN.RANDOM_SEED")):
+        assert _error(tmp_path, text).endswith(f"; did you mean {hint}?")
+    assert "did you mean" not in _error(tmp_path, "TRAIN:\n  XYZQW: 1\n")  # nothing close: no guess
 
 
 def test_wrong_type_names_key_expected_and_given(tmp_path):
@@ -147,6 +153,8 @@ def test_invalid_choices_and_sizes(tmp_path):
     assert "TRAIN.TENSORBOARD_VIZRATE must be positive, got 0" in _error(tmp_path, "TRAIN:\n  TENSORBOARD_VIZRATE: 0\n")
     assert "TRAIN.LEARNING_RATE must be 0 or more" in _error(tmp_path, "TRAIN:\n  LEARNING_RATE: -0.1\n")
     assert "TRAIN.WEIGHT_DECAY must be 0 or more" in _error(tmp_path, "TRAIN:\n  WEIGHT_DECAY: -1\n")
+    assert "TEST.SNAPSHOT_MAXITER must be positive, got 0" in _error(tmp_path, "TEST:\n  SNAPSHOT_MAXITER: 0\n")
+    assert "ESL.WAIT_TIMEOUT must be 0 or more, got -1" in _error(tmp_path, "ESL:\n  WAIT_TIMEOUT: -1\n")
     for seed in (-1, 2 ** 32):  # numpy's seeding takes [0, 2**32 - 1]
         assert f"TRAIN.RANDOM_SEED must be in [0, 2**32 - 1], got {seed}" in _error(
             tmp_path, f"TRAIN:\n  RANDOM_SEED: {seed}\n")

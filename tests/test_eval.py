@@ -35,6 +35,7 @@ from advent.model.weights import file_sha256
 from advent.scripts.test import main
 from advent.utils.runtime import run_main
 from advent.utils.func import fast_hist
+from advent.utils.serialization import yaml_dump
 from fake_data import make_fake_cfg, write_cfg_yaml, write_list
 
 TINY = "DeepLabv2-Tiny"
@@ -352,6 +353,24 @@ def test_single_mode_miou_and_saved_predictions_match_a_direct_computation(tmp_p
     assert record["kind"] == "test" and record["weights"][0]["sha256"] == file_sha256(checkpoint)
 
 
+def test_single_mode_does_not_replace_the_results_another_config_of_that_name_wrote(tmp_path, monkeypatch, capsys):
+    cfg, _ = single_cfg(tmp_path, [save_tiny(tmp_path / "model.pth", seed=5)])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = run_test(cfg, tmp_path / "a", "eval.yml")
+    results, folder = single_results(cfg, first)
+    before = (folder / RESULTS_SINGLE).read_bytes()
+    other = write_cfg_yaml(cfg, tmp_path / "b" / "eval.yml")  # another experiment, a config of the same name
+    monkeypatch.setattr(eval_UDA, "evaluate", lambda *a, **k: pytest.fail("evaluated before the check"))
+    lines = user_error(["--cfg", str(other)], capsys)
+    assert lines == [f"error: {folder / RESULTS_SINGLE} holds the results of another config file, {first.resolve()}; "
+                     f"test.py does not replace them with those of {other.resolve()}: give this config file another "
+                     f"name, or move that folder"]
+    assert (folder / RESULTS_SINGLE).read_bytes() == before
+    monkeypatch.undo()
+    assert main(["--cfg", str(first)]) == 0  # the same config again: its own results, replaced
+
+
 def test_ensemble_end_to_end_equals_weighted_sum_of_upsampled_logits(tmp_path):
     checkpoints = [save_tiny(tmp_path / "a.pth", seed=11), save_tiny(tmp_path / "b.pth", seed=12)]
     weights = [0.25, 1.5]
@@ -506,6 +525,27 @@ def test_best_mode_waits_for_a_snapshot_then_evaluates_it(tmp_path, monkeypatch,
     assert sum("waiting for model_6000.pth" in r.getMessage() for r in caplog.records) == 1
     results = json.loads((folder / RESULTS_BEST).read_text())
     assert [s["snapshot"] for s in results["snapshots"]] == ["model_2000", "model_4000", "model_6000"]
+
+
+@pytest.mark.parametrize("early_stop, step", [(4000, 2000), (6000, 4000)])
+def test_best_mode_stops_waiting_for_a_snapshot_a_finished_run_did_not_write(
+        tmp_path, monkeypatch, capsys, early_stop, step):
+    """The run's config.yml says where it ended and how often it saved: once its last snapshot
+    exists, one that is missing will never come (a shorter run, or another step)."""
+    cfg, folder = best_cfg(tmp_path, iterations=(2000, 4000) if step == 2000 else (4000, 6000), wait=True)
+    yaml_dump({"TRAIN": {"SAVE_PRED_EVERY": step, "EARLY_STOP": early_stop, "MAX_ITERS": 250000}},
+              folder / "config.yml")
+    polls = []
+    fake_clock(monkeypatch, on_sleep=lambda: polls.append(1))
+    missing = 6000 if step == 2000 else 2000
+    lines = user_error(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "best.yml"))], capsys)
+    assert lines == [f"error: model_{missing}.pth will not come: the training run in {folder} finished at iteration "
+                     f"{early_stop}, with a snapshot every {step} (TRAIN.SAVE_PRED_EVERY) and at its end; set "
+                     f"TEST.SNAPSHOT_STEP and TEST.SNAPSHOT_MAXITER to the snapshots it wrote"] and polls == []
+    model_snapshot_path(folder, early_stop).unlink()  # the run is not finished yet: the tester waits
+    cfg.TEST.WAIT_TIMEOUT = 30
+    lines = user_error(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "best.yml"))], capsys)
+    assert lines[0].startswith("error: gave up waiting for") and len(polls) > 0
 
 
 @pytest.mark.slow

@@ -153,6 +153,18 @@ def test_files_checked_before_the_work_are_recorded_only_when_written(tmp_path):
         check_writable([tmp_path / "a_file" / "deeper" / "x.json"], "gpu_check.py", "--out")
 
 
+def test_a_folder_inside_another_scripts_output_is_refused_naming_that_script(tmp_path):
+    replace_with(tmp_path / "data", {"Cityscapes/gtFine/x.png": "label", "GTA5/y.png": "image"},
+                 writer="make_synthetic_data.py")
+    with pytest.raises(UserError, match=r"^KEY .*data/Cityscapes is part of what make_synthetic_data.py wrote in "
+                                        r".*data; esl.py does not take over another script's folder"):
+        check_folder(tmp_path / "data" / "Cityscapes", "esl.py", "KEY")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("")  # a folder of the user's: named as such
+    with pytest.raises(UserError, match=r"mine holds files this project did not write \(notes.txt\)"):
+        check_folder(tmp_path / "mine", "esl.py", "KEY")
+
+
 def test_prepare_folder_records_who_created_it(tmp_path):
     assert prepare_folder(tmp_path / "a" / "b", "train.py", "the snapshots") == tmp_path / "a" / "b"
     assert entries(tmp_path / "a" / "b") == [MANIFEST_NAME] and read_manifest(tmp_path / "a" / "b").owner == "train.py"

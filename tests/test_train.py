@@ -1,6 +1,7 @@
 """Training: every method runs, one iteration equals the published statement of it, snapshots, exact
 resume, signals, a non-finite loss, refusing to overwrite a run, TensorBoard."""
 import copy
+import logging
 import math
 import os
 import random
@@ -28,6 +29,7 @@ from advent.model.weights import file_sha256, read_checkpoint
 from advent.scripts import train as train_script
 from advent.utils.errors import UserError
 from advent.utils.runtime import run_main
+from advent.utils.serialization import json_load
 from fake_data import make_fake_cfg, write_cfg_yaml, write_pseudo_labels
 from processes import HANG_GUARD_S, train_script_stopped_at, wait_for_files
 
@@ -448,13 +450,18 @@ def test_fresh_run_refuses_an_existing_run_and_resume_checks_the_config(tmp_path
 
 @pytest.mark.slow
 def test_random_train_differs_from_seeded(tmp_path):
-    runs = []
+    runs, orders = [], []
     for name, seeded in (("a", False), ("b", False), ("c", True), ("d", True)):
         cfg, _ = tiny_cfg(tmp_path / name, "SourceOnly", iters=1, save_every=1)
         train_domain_adaptation(cfg, CPU, seeded=seeded)
         runs.append(torch.load(Path(cfg.TRAIN.SNAPSHOT_DIR) / "model_1.pth", weights_only=True))
+        orders.append(json_load(next(Path(cfg.TRAIN.SNAPSHOT_DIR).glob("run_train_*.json")))["data_orders"])
     assert not torch.equal(runs[0]["conv1.weight"], runs[1]["conv1.weight"])
     assert_same_tensors(runs[2], runs[3])
+    # the data order's seed is in the run record: the drawn one of a --random-train run too
+    assert orders[2] == orders[3] and orders[2]["source"]["seed"] == cfg.TRAIN.RANDOM_SEED
+    assert orders[0]["source"]["seed"] != orders[1]["source"]["seed"]
+    assert orders[0]["source"]["position"] == 0 and orders[0]["source"]["batch_size"] == 1
 
 
 @pytest.mark.slow
@@ -518,3 +525,21 @@ def test_tensorboard_scalars_and_images(tmp_path):
     for domain in ("source", "target"):
         [(step, value)] = tags[f"{domain}/image_prediction_entropy"]
         assert step == 2 and value.image.height == 32 + 4 and value.image.width == 3 * 64 + 8
+
+
+def test_log_lines_above_the_progress_bar_keep_the_consoles_level(capsys):
+    """The demo's console shows warnings only (its INFO lines go to the stage logs): the training
+    loop's log redirection above the progress bar must not show INFO lines there."""
+    root, console = logging.getLogger(), logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING)
+    saved = root.handlers[:], root.level
+    root.handlers[:], root.level = [console], logging.INFO
+    try:
+        with train_UDA.log_above_progress_bar():
+            logging.getLogger("advent.test").info("saved snapshot model_2.pth")
+            logging.getLogger("advent.test").warning("TRAIN.RESTORE_FROM is empty")
+        assert root.handlers == [console]  # the console handler is back after the loop
+    finally:
+        root.handlers[:], root.level = saved
+    err = capsys.readouterr().err
+    assert "TRAIN.RESTORE_FROM is empty" in err and "saved snapshot" not in err

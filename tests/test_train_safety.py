@@ -146,7 +146,7 @@ def test_resume_restarts_a_run_killed_in_its_first_train_state_from_zero(tmp_pat
         assert_same_tensors(ours[key], theirs[key], key)
 
 
-def test_resume_refuses_snapshots_of_several_iterations_whose_train_state_is_gone(tmp_path, capsys):
+def test_snapshots_of_several_iterations_whose_train_state_is_gone_are_refused_with_one_way_out(tmp_path, capsys):
     cfg, _ = tiny_cfg(tmp_path / "run", "AdvEnt", iters=4, save_every=2)
     folder = Path(cfg.TRAIN.SNAPSHOT_DIR)
     folder.mkdir(parents=True)
@@ -158,6 +158,11 @@ def test_resume_refuses_snapshots_of_several_iterations_whose_train_state_is_gon
     assert errors == [f"error: {folder} holds snapshots of 2 iterations (model_2.pth to model_4.pth) but no "
                       f"train state, so this run cannot be resumed, and restarting it would replace them; put "
                       f"train_state_4.pth back, or change EXP_NAME / --exp-suffix for a new run"]
+    code, errors = train_py(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "run.yml"))], capsys)  # without --resume
+    assert code == 2  # the same way out, not "pass --resume", which the line above refuses
+    assert errors == [f"error: {folder} holds snapshots of 2 iterations (model_2.pth to model_4.pth) but no train "
+                      f"state; put train_state_4.pth back and pass --resume to continue the run, or change "
+                      f"EXP_NAME / --exp-suffix for a new run"]
     assert digests(folder) == before
 
 

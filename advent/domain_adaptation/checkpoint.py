@@ -104,11 +104,11 @@ def expected_snapshots(step, max_iter):
     return list(range(step, max_iter + 1, step))
 
 
-def wait_for_file(path, timeout, section):
+def wait_for_file(path, timeout, section, never=lambda: None):
     """Return once `path` (a file or a folder) exists, saying once that we wait; a UserError after
-    `timeout` seconds. `section` ('TEST' or 'ESL') names the WAIT_MODEL / WAIT_TIMEOUT keys in the
-    messages. An existing snapshot is complete: the trainer renames a finished temporary file
-    into place."""
+    `timeout` seconds, or as soon as `never()` says why it will not come (a message; None while it
+    may). `section` ('TEST' or 'ESL') names the WAIT_MODEL / WAIT_TIMEOUT keys in the messages.
+    An existing snapshot is complete: the trainer renames a finished temporary file into place."""
     path = Path(path)
     if path.exists():
         return
@@ -119,7 +119,27 @@ def wait_for_file(path, timeout, section):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise UserError(f"gave up waiting for {path} after {timeout} s ({section}.WAIT_TIMEOUT)")
+        reason = never()
+        if reason is not None and not path.exists():
+            raise UserError(reason)
         time.sleep(min(POLL_SECONDS, remaining))
+
+
+def finished_without(snapshot_dir, n_iter):
+    """Why model_<n_iter>.pth will never appear in `snapshot_dir`, or None: the training run there
+    has finished (its last snapshot, by its config.yml, exists; snapshots are written in order)
+    without it, so the run's snapshot step or length does not give that iteration."""
+    folder = Path(snapshot_dir)
+    try:
+        train = yaml_load(folder / "config.yml")["TRAIN"]
+        step, last = int(train["SAVE_PRED_EVERY"]), min(int(train["EARLY_STOP"]), int(train["MAX_ITERS"]))
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return None  # no run there yet, or not one of ours: it may still come
+    if not model_snapshot_path(folder, last).exists() or model_snapshot_path(folder, n_iter).exists():
+        return None
+    return (f"model_{n_iter}.pth will not come: the training run in {folder} finished at iteration {last}, "
+            f"with a snapshot every {step} (TRAIN.SAVE_PRED_EVERY) and at its end; set TEST.SNAPSHOT_STEP and "
+            f"TEST.SNAPSHOT_MAXITER to the snapshots it wrote")
 
 
 # --- writing ---
@@ -155,6 +175,11 @@ def data_stream(seed, num_samples, position=0):
 
 # --- checks before a run starts or resumes ---
 
+def snapshot_iterations(names):
+    """The iterations of the segmenter snapshots (model_<k>.pth) among the file `names`, ascending."""
+    return sorted({int(m.group(1)) for m in map(_SNAPSHOT.match, names) if m})
+
+
 def check_fresh_snapshot_dir(snapshot_dir):
     """Refuse to start a new run in a folder that holds snapshots or a train state of another."""
     found = run_files(snapshot_dir)
@@ -164,6 +189,11 @@ def check_fresh_snapshot_dir(snapshot_dir):
     if train_state_iterations(folder):
         raise UserError(f"{folder} already holds a training run ({files}); pass --resume to continue it, "
                         f"or change EXP_NAME / --exp-suffix for a new run")
+    iterations = snapshot_iterations(found)
+    if len(iterations) > 1:  # a train state was written with the first: it has been removed since
+        raise UserError(f"{folder} holds snapshots of {len(iterations)} iterations (model_{iterations[0]}.pth to "
+                        f"model_{iterations[-1]}.pth) but no train state; put train_state_{iterations[-1]}.pth "
+                        f"back and pass --resume to continue the run, or change EXP_NAME / --exp-suffix for a new run")
     raise UserError(f"{folder} already holds a training run stopped before its first train state was "
                     f"complete ({files}); pass --resume to restart it from iteration 0 (its snapshots are "
                     f"replaced as it goes), or delete the model_*.pth files there, or change EXP_NAME / "
@@ -180,7 +210,7 @@ def check_restart(snapshot_dir, cfg):
     if not found and not config.is_file():
         log.info("--resume: %s holds no run yet; starting it from iteration 0", snapshot_dir)
         return
-    iterations = sorted({int(m.group(1)) for m in map(_SNAPSHOT.match, found) if m})
+    iterations = snapshot_iterations(found)
     if len(iterations) > 1:
         # a train state was written with the first of them, so it has been removed since: starting
         # again would replace trained snapshots
@@ -309,7 +339,8 @@ class Checkpointer:
     def start(self, datasets, data_seed, device):
         """Each loader's order (seed, length, position: new from `data_seed`, or the train state's,
         its lengths checked) and batch size, and, resumed, the RNG states; then config.yml and a
-        run record (main process). Returns the iteration to start from."""
+        run record with those orders (main process: the seed a --random-train run drew is there).
+        Returns the iteration to start from."""
         saved = None if self.saved is None else self.saved["data"]
         self.streams = {}
         for offset, (name, dataset) in enumerate(datasets.items()):
@@ -324,7 +355,7 @@ class Checkpointer:
         if is_main_process():
             yaml_dump(cfg_to_dict(self.cfg), self.folder / "config.yml", WRITER)
             record = {**build_run_record("train", cfg_to_dict(self.cfg), device, self.weights),
-                      "processes": get_world_size()}
+                      "processes": get_world_size(), "data_orders": self.streams}
             write_run_record(self.folder, record, WRITER)
         return 0 if self.saved is None else self.saved["iteration"]
 

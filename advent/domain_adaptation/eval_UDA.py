@@ -33,7 +33,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from advent.dataset import get_class_info, get_target_dataset
-from advent.domain_adaptation.checkpoint import expected_snapshots, model_snapshot_path, wait_for_file
+from advent.domain_adaptation.checkpoint import (
+    expected_snapshots, finished_without, model_snapshot_path, wait_for_file,
+)
 from advent.domain_adaptation.eval_output import (
     WRITER, EvalCache, PredictionWriter, eval_setting, run_header, write_outputs,
 )
@@ -48,6 +50,7 @@ from advent.utils.distributed import (
 )
 from advent.utils.errors import UserError
 from advent.utils.output_dir import check_names, prepare_folder
+from advent.utils.serialization import json_load
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +186,26 @@ def load_models(cfg, device):
     return models, infos
 
 
+def check_same_config(folder, cfg_path):
+    """'single' mode's folder is named after the config file: refuse (before any work) to replace
+    the results another config file of that name wrote there (another experiment's)."""
+    path = Path(folder) / RESULTS_SINGLE
+    try:
+        earlier = json_load(path).get("config")
+    except (OSError, ValueError, AttributeError):
+        return  # none, or not a results file (check_names decides whether it may be replaced)
+    current = str(Path(cfg_path).resolve()) if cfg_path else None
+    if earlier != current:
+        raise UserError(f"{path} holds the results of another config file, {earlier}; test.py does not replace "
+                        f"them with those of {current}: give this config file another name, or move that folder")
+
+
 def eval_single(cfg, device, cfg_path="", argv=None):
     """Evaluate the model (or the ensemble) of TEST.RESTORE_FROM; return the results dict. The
     results go to EXP_ROOT_LOGS/test/<config file name without .yml> (EXP_NAME without one)."""
     folder = Path(cfg.EXP_ROOT_LOGS) / "test" / (Path(cfg_path).stem if cfg_path else cfg.EXP_NAME)
+    if is_main_process():
+        check_same_config(folder, cfg_path)
     with contextlib.ExitStack() as stack:  # the predictions folder's lock, while it is written
         dataset, loader, info, writer = setup(cfg, device, folder, "the results", [RESULTS_SINGLE], stack)
         models, infos = load_models(cfg, device)
@@ -250,7 +269,7 @@ def available_snapshots(cfg, folder):
     for n_iter in expected_snapshots(cfg.TEST.SNAPSHOT_STEP, cfg.TEST.SNAPSHOT_MAXITER):
         path = model_snapshot_path(folder, n_iter)
         if cfg.TEST.WAIT_MODEL:
-            wait_for_file(path, cfg.TEST.WAIT_TIMEOUT, "TEST")
+            wait_for_file(path, cfg.TEST.WAIT_TIMEOUT, "TEST", lambda: finished_without(folder, n_iter))
         elif not broadcast_from_main(path.exists()):
             skipped.append(path.name)
             continue

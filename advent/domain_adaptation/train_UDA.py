@@ -374,6 +374,21 @@ def next_batch(streams, stop):
         return None
 
 
+@contextmanager
+def log_above_progress_bar():
+    """tqdm's logging_redirect_tqdm (log lines printed above the bar, not through it), keeping the
+    console's level: tqdm's stand-in copies the console handler's format but not its level, so a
+    console that shows warnings only (the demo's) would show every INFO line."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    with logging_redirect_tqdm():
+        replaced = [handler for handler in before if handler not in root.handlers]
+        for handler in root.handlers:
+            if handler not in before and replaced:
+                handler.setLevel(max(h.level for h in replaced))
+        yield
+
+
 def train_loop(cfg, device, setup, loaders, checkpointer, monitor, start):
     """Iterations start..total-1; returns the number completed. Raises TrainingInterrupted on a
     signal: before each iteration the processes agree on whether any of them got one, so that all
@@ -386,7 +401,7 @@ def train_loop(cfg, device, setup, loaders, checkpointer, monitor, start):
         streams = {name: stack.enter_context(closing(batches(loader, device, cfg.CHANNELS_LAST)))
                    for name, loader in loaders.items()}
         stop = stack.enter_context(stop_signals())
-        stack.enter_context(logging_redirect_tqdm())
+        stack.enter_context(log_above_progress_bar())
         bar = stack.enter_context(tqdm(range(start, total), initial=start, total=total, desc=cfg.EXP_NAME,
                                        dynamic_ncols=True, disable=not is_main_process()))
         for i_iter in bar:

@@ -217,6 +217,11 @@ def check_folder(folder, writer, key, advice="choose a new or empty folder", gue
     check_owner(shown, writer, key, advice, guests)
     foreign = foreign_entries(folder)
     if foreign:
+        enclosing = read_manifest(folder.parent) or Manifest()  # a folder inside another script's output
+        other = enclosing.writer_of(folder.name) or enclosing.writer_of(f"{folder.name}/{foreign[0]}")
+        if other not in (None, writer, *guests):
+            raise UserError(f"{key} {shown} is part of what {other} wrote in {folder.parent}; {writer} does not "
+                            f"take over another script's folder: {advice}")
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
         raise UserError(f"{key} {shown} holds files this project did not write ({foreign[0]}{more}); "
                         f"{writer} would replace or remove what it holds: {advice}")
