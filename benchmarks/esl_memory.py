@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from advent.utils.cli import number, positive
+from advent.utils.runtime import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the fake-data writers of the test suite
@@ -121,7 +122,7 @@ def defaults(count):
           f"before its sorts")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", type=number(int, 2), nargs=2, default=(8, 40))
     parser.add_argument("--output-size", type=positive, nargs=2, default=(2048, 1024))
@@ -132,7 +133,7 @@ def main():
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--input-size", type=int, nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child:
         args.approach = args.child
         return run_child(args)
@@ -142,4 +143,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

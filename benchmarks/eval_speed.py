@@ -22,15 +22,16 @@ import torch.nn as nn
 
 from advent.domain_adaptation.eval_UDA import Buffers, upsampled_prediction
 from advent.domain_adaptation.metrics import ConfusionMatrix
-from advent.utils.cli import non_negative, number, positive
+from advent.utils.cli import device, non_negative, number, positive
 from advent.utils.func import fast_hist
+from advent.utils.runtime import run_main
 
 SAMPLES = 4  # distinct (logits, label) pairs, cycled
 
 
 def get_arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=positive, default=20, help="timed images per path (default 20)")
     parser.add_argument("--classes", type=number(int, 1, 255), default=19)
     parser.add_argument("--output-size", type=positive, nargs=2, default=(2048, 1024), metavar=("W", "H"))
@@ -135,4 +136,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -96,7 +96,10 @@ def unpack_revision(revision, folder):
     """The files of git revision `revision` of this repository, unpacked into `folder`."""
     archive = folder / "code.tar"
     with open(archive, "wb") as f:
-        done = subprocess.run(["git", "-C", str(ROOT), "archive", revision], stdout=f, stderr=subprocess.PIPE)
+        try:
+            done = subprocess.run(["git", "-C", str(ROOT), "archive", revision], stdout=f, stderr=subprocess.PIPE)
+        except FileNotFoundError:
+            sys.exit("git not found: host_speed.py unpacks the baseline revision with git archive")
     if done.returncode:
         sys.exit(f"git archive {revision}: {done.stderr.decode().strip()}")
     with tarfile.open(archive) as tar:
@@ -230,8 +233,8 @@ def main(argv=None):
     keys = ("esl_loader_s", "test_loader_s", "main_s", "maps_s")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        versions = {"baseline": unpack_revision(args.baseline, tmp), "ours": ROOT}  # a bad revision first
         write_data(tmp / "data", args)
-        versions = {"baseline": unpack_revision(args.baseline, tmp), "ours": ROOT}
         times, results = {name: {key: [] for key in keys} for name in versions}, {}
         for round_index in range(args.rounds):
             for name, code in versions.items():

@@ -29,6 +29,7 @@ from advent.model import build_segmenter
 from advent.utils.cli import non_negative, number, positive
 from advent.utils.func import fast_hist, per_class_iu
 from advent.utils.loss import cross_entropy_2d
+from advent.utils.runtime import run_main
 
 MODEL = "DeepLabv2-Tiny"
 
@@ -163,4 +164,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -37,7 +37,8 @@ import time
 
 import torch
 
-from advent.utils.cli import non_negative, number, positive
+from advent.utils.cli import device, non_negative, number, positive
+from advent.utils.runtime import run_main
 
 MODES = ("none", "bf16", "fp16")
 LABEL = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
@@ -45,7 +46,7 @@ LABEL = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
 def get_arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", nargs="+", default=None,
                         help="default: DeepLabv2 (R101) on CUDA; DeepLabv2-Tiny and DeepLabv2 on the CPU")
     parser.add_argument("--source-size", type=positive, nargs=2, default=None, metavar=("W", "H"),
@@ -315,4 +316,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

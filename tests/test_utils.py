@@ -14,7 +14,7 @@ from advent.domain_adaptation.checkpoint import (
     discriminator_snapshot_path, expected_snapshots, model_snapshot_path, torch_save_atomic,
     train_state_iterations, train_state_path,
 )
-from advent.utils.cli import non_negative, number, positive
+from advent.utils.cli import device, non_negative, number, positive
 from advent.utils.errors import UserError
 from advent.utils.func import (
     adjust_learning_rate, adjust_learning_rate_discriminator, bce_loss, fast_hist, lr_poly,
@@ -186,6 +186,11 @@ def test_numeric_flags_are_refused_out_of_range_by_argparse_in_one_line(capsys):
             parser.parse_args(argv)
         assert stop.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == f"x: error: {message}"
     assert non_negative("0") == 0 and number(float, high=1)("-5") == -5.0
+    assert device("cpu") == "cpu"
+    missing = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+    for text, message in (("bogus", "not a device: 'bogus'"), ("mps", "only cpu and cuda"), (missing, missing)):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            device(text)
 
 
 @pytest.mark.parametrize("name, argv, message", [

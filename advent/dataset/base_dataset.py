@@ -234,7 +234,8 @@ class BaseDataset(data.Dataset):
         if load_labels is False:
             return False
         if self.pseudo_label_dir and not Path(self.pseudo_label_dir).is_dir():
-            raise UserError(f"pseudo-label folder {self.pseudo_label_dir} not found")
+            what = "is not a folder" if Path(self.pseudo_label_dir).exists() else "not found"
+            raise UserError(f"pseudo-label folder {self.pseudo_label_dir} {what}")
         if self.pseudo_label_dir:
             check_complete(self.pseudo_label_dir, "PSEUDO_LABEL_DIRECTORY_TARGET")
         if load_labels == "auto":

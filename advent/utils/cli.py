@@ -2,6 +2,8 @@
 naming the flag (`argument --iters: must be at least 1, got 0`), before any work."""
 import argparse
 
+import torch
+
 
 def number(kind=int, low=None, high=None):
     """An argparse `type`: a `kind` (int or float) in [low, high] (either bound may be None)."""
@@ -16,6 +18,21 @@ def number(kind=int, low=None, high=None):
             raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
         return value
     return parse
+
+
+def device(text):
+    """An argparse `type`: a torch device this machine has ('cpu', 'cuda', 'cuda:1')."""
+    try:
+        parsed = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a device: {text!r} (cpu, cuda or cuda:N)") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available here")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if parsed.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text}: only cpu and cuda devices are supported")
+    return text
 
 
 positive = number(int, 1)  # a count: images, iterations, rounds, threads
