@@ -165,14 +165,31 @@ def check_outputs(args):
 
 # --- nvidia-smi ---
 
+def smi_gpu(gpu):
+    """nvidia-smi's name (-i) for the GPU that CUDA numbers `gpu`. nvidia-smi ignores
+    CUDA_VISIBLE_DEVICES and numbers the GPUs in PCI bus order, so the check runs its children with
+    CUDA_DEVICE_ORDER=PCI_BUS_ID (main) and maps the index through CUDA_VISIBLE_DEVICES."""
+    visible = [name.strip() for name in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if name.strip()]
+    return visible[gpu] if gpu < len(visible) else str(gpu)
+
+
 def nvidia_smi(gpu, *fields):
-    """The values of nvidia-smi --query-gpu `fields` for GPU `gpu`, as strings; None without nvidia-smi."""
+    """The values of nvidia-smi --query-gpu `fields` for CUDA's GPU `gpu`, as strings; None without
+    nvidia-smi."""
     try:
         out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits",
-                              "-i", str(gpu)], capture_output=True, text=True, timeout=10, check=True).stdout
+                              "-i", smi_gpu(gpu)], capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return [value.strip() for value in out.strip().split(",")]
+
+
+def smi_number(text):
+    """A number nvidia-smi printed, or None for '[N/A]' (MIG instances, some virtual GPUs)."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 class SmiPoller:
@@ -185,10 +202,11 @@ class SmiPoller:
 
     def _poll(self):
         while not self._stop.wait(0.2):
-            values = nvidia_smi(self.gpu, "memory.used", "utilization.gpu")
-            if values:
-                self.peak = max(self.peak or 0, int(values[0]))
-                self.utilisation.append(float(values[1]))
+            memory, utilisation = map(smi_number, nvidia_smi(self.gpu, "memory.used", "utilization.gpu") or ("", ""))
+            if memory is not None:
+                self.peak = max(self.peak or 0, int(memory))
+            if utilisation is not None:
+                self.utilisation.append(utilisation)
 
     @property
     def mean_utilisation(self):
@@ -358,12 +376,14 @@ def test_rows(args):
     for name, marks in (("tests: -m cuda", "cuda"), ("tests: fast suite", "not slow and not cuda")):
         command = [sys.executable, "-m", "pytest", "-q", "-m", marks, "tests"]
         command += ["--collect-only"] if args.dry_run else []
-        yield stage(args, name, lambda: pytest_row(command, log, logged))
+        yield stage(args, name, lambda: pytest_row(command, log, logged, None if args.dry_run else args.gpu))
 
 
-def pytest_row(command, log, logged):
+def pytest_row(command, log, logged, gpu=None):
+    """pytest's `command` (on CUDA's GPU `gpu` alone, as the tests' cuda:0); its row."""
     try:
-        result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+        result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S,
+                                env={**os.environ, "CUDA_VISIBLE_DEVICES": smi_gpu(gpu)} if gpu is not None else None)
     except subprocess.TimeoutExpired as error:
         add_output(log, logged, command, error.stdout)
         return {"status": "failed", "note": f"killed after {CHILD_TIMEOUT_S} s"}
@@ -581,7 +601,7 @@ def environment(args):
     smi = None if args.dry_run else nvidia_smi(args.gpu, "name", "driver_version", "memory.total")
     cudnn = torch.backends.cudnn.version() if torch.cuda.is_available() else None
     return {"device": args.device, "gpu": smi[0] if smi else None, "driver": smi[1] if smi else None,
-            "gpu_memory_mib": int(smi[2]) if smi else None, "torch": torch.__version__,
+            "gpu_memory_mib": smi_number(smi[2]) if smi else None, "torch": torch.__version__,
             "cuda": torch.version.cuda, "cudnn": cudnn, "cpus": os.cpu_count(), "dry_run": args.dry_run,
             "nvidia_smi": "skipped (dry run)" if args.dry_run else ("ok" if smi else "not found")}
 
@@ -655,6 +675,7 @@ def main(argv=None):
         return run_timed(argv[1], argv[2], argv[3:])
     args = get_arguments(argv)
     check_outputs(args)
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # the children's GPU numbers as nvidia-smi's (smi_gpu)
     env, rows = environment(args), []
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as temporary:
         work = Path(args.work or temporary).resolve()

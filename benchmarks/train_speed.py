@@ -82,7 +82,9 @@ def get_arguments(argv=None):
 
 def supported_modes(device):
     """fp32, and the autocast types the device runs: bf16 needs an Ampere or newer GPU."""
-    if device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+    from advent.utils.cuda_flags import bf16_supported
+
+    if device.startswith("cuda") and not bf16_supported(device):
         return ["none", "fp16"]
     return list(MODES)
 
@@ -124,6 +126,8 @@ def run_variant(spec):
 
     device = torch.device(spec["device"])
     cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.set_device(device)  # as train.py: its streams, graph and memory counters on that GPU
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     cfg = training_cfg(spec)

@@ -27,7 +27,7 @@ from advent.domain_adaptation.train_UDA import build_setup, iteration, train_ste
 from advent.scripts import esl as esl_script
 from advent.scripts import test as test_script
 from advent.scripts import train as train_script
-from advent.utils.cuda_flags import cuda_flags, set_cuda_flags
+from advent.utils.cuda_flags import bf16_supported, set_cuda_flags
 from advent.utils.runtime import memory_format
 from advent.utils.serialization import json_load
 from fake_data import write_cfg_yaml
@@ -48,10 +48,18 @@ POINTS = 1.0
 
 @pytest.fixture(autouse=True)
 def restore_cuda_flags():
-    """The process-wide TF32 / autotuner settings, back as they were after each test."""
-    before = cuda_flags()
+    """The process-wide TF32 / autotuner settings, each back as it was after each test (torch's
+    defaults differ: TF32 convolutions, IEEE matrix products)."""
+    backends = torch.backends
+    if hasattr(getattr(backends.cudnn, "conv", None), "fp32_precision"):
+        settings = [(backends.cudnn.conv, "fp32_precision"), (backends.cudnn.rnn, "fp32_precision"),
+                    (backends.cuda.matmul, "fp32_precision")]
+    else:
+        settings = [(backends.cudnn, "allow_tf32"), (backends.cuda.matmul, "allow_tf32")]
+    before = [(owner, name, getattr(owner, name)) for owner, name in settings + [(backends.cudnn, "benchmark")]]
     yield
-    set_cuda_flags(before["tf32_convolutions"], before["cudnn_benchmark"])
+    for owner, name, value in before:
+        setattr(owner, name, value)
 
 
 def random_batches(count, channels_last=False, seed=1):
@@ -85,7 +93,7 @@ def train_on_gpu(cfg, steps=3):
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_train_steps_on_the_gpu(tmp_path, amp):
-    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+    if amp == "bf16" and not bf16_supported(GPU):
         pytest.skip("this GPU has no bf16")
     cfg, _ = tiny_cfg(tmp_path, "AdvEnt", iters=4)
     cfg.TRAIN.AMP = amp
@@ -142,8 +150,11 @@ def test_a_cuda_graph_computes_what_eager_iterations_compute(tmp_path, amp):
 
 
 def test_train_py_with_a_cuda_graph_trains_and_records_it(tmp_path):
+    """With loader workers: their pin-memory thread allocates pinned memory while the graph is
+    captured (GraphedStep's thread-local capture mode lets it)."""
     cfg, _ = tiny_cfg(tmp_path, "AdvEnt", iters=4, save_every=2)
     cfg.GPU_ID, cfg.TRAIN.AMP, cfg.CHANNELS_LAST, cfg.TRAIN.CUDA_GRAPH = 0, "bf16", True, True
+    cfg.NUM_WORKERS = 2
     assert train_script.main(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "run.yml"))]) == 0
     folder = Path(cfg.TRAIN.SNAPSHOT_DIR)
     assert (folder / "model_2.pth").is_file() and (folder / "model_4.pth").is_file()

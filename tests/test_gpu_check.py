@@ -37,6 +37,15 @@ def test_run_rate_and_the_aggregate_count_only_what_follows_the_warm_up():
     assert rate is None and "did not overlap" in note
 
 
+def test_nvidia_smi_names_the_gpu_cuda_numbers_and_reads_n_a_as_missing(monkeypatch):
+    check = gpu_check()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert check.smi_gpu(1) == "1"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, GPU-8f2e")  # CUDA's 0 and 1 are nvidia-smi's 3 and that UUID
+    assert [check.smi_gpu(0), check.smi_gpu(1)] == ["3", "GPU-8f2e"]
+    assert check.smi_number("81559") == 81559.0 and check.smi_number("[N/A]") is None
+
+
 def test_a_run_waits_after_its_warm_up_until_every_run_of_the_sweep_is_past_its_own(tmp_path):
     check = gpu_check()
     waiting = threading.Thread(target=check.wait_at_barrier, args=(tmp_path, 2, 600))

@@ -297,6 +297,12 @@ class GraphedStep:
         self.setup, self.cfg, self.graph = setup, cfg, None
 
     def __call__(self, batch_src, batch_trg, i_iter):
+        # the streams and the capture belong to the current device: make it the batches' (a
+        # benchmark on cuda:1 would otherwise capture an empty graph on cuda:0)
+        with torch.cuda.device(batch_src[0].device):
+            return self._step(batch_src, batch_trg, i_iter)
+
+    def _step(self, batch_src, batch_trg, i_iter):
         if self.graph is None:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -323,7 +329,9 @@ class GraphedStep:
         for optimizer in self.setup.optimizers():
             optimizer.zero_grad(set_to_none=True)  # the captured backward allocates them in its memory
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: the loaders' pin-memory thread allocates pinned host memory meanwhile,
+        # which the default ("global") would take for an unsafe call and fail the capture with
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.metrics, pred_src, pred_trg = forward_backward(self.setup, self.static_src, self.static_trg, self.cfg)
         self.outputs = main_outputs(pred_src, pred_trg)
 

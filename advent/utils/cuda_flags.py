@@ -26,6 +26,12 @@ def set_cuda_flags(tf32, cudnn_benchmark):
     torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
+def bf16_supported(device):
+    """Whether the GPU `device` computes bfloat16 natively (Ampere, compute capability 8.0, or
+    newer); torch.cuda.is_bf16_supported() also says yes where it is only emulated, slowly."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def _resolved(*settings):
     """The first precision of `settings` (most specific first) that is not 'none' (inherit)."""
     return next((s.fp32_precision for s in settings if s.fp32_precision != "none"), "ieee")
