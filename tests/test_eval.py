@@ -371,6 +371,17 @@ def test_single_mode_does_not_replace_the_results_another_config_of_that_name_wr
     assert main(["--cfg", str(first)]) == 0  # the same config again: its own results, replaced
 
 
+def test_single_mode_names_a_users_file_of_the_results_name_as_the_users(tmp_path, capsys):
+    cfg, _ = single_cfg(tmp_path, [save_tiny(tmp_path / "model.pth", seed=5)])
+    path = write_cfg_yaml(cfg, tmp_path / "mine.yml")
+    folder = Path(cfg.EXP_ROOT) / "logs" / "test" / "mine"  # where single_results finds them
+    folder.mkdir(parents=True)
+    (folder / RESULTS_SINGLE).write_text('{"mine": 1}')
+    lines = user_error(["--cfg", str(path)], capsys)
+    assert len(lines) == 1 and "exists and test.py may not replace it (this project did not write it)" in lines[0]
+    assert (folder / RESULTS_SINGLE).read_text() == '{"mine": 1}'
+
+
 def test_ensemble_end_to_end_equals_weighted_sum_of_upsampled_logits(tmp_path):
     checkpoints = [save_tiny(tmp_path / "a.pth", seed=11), save_tiny(tmp_path / "b.pth", seed=12)]
     weights = [0.25, 1.5]

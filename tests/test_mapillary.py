@@ -250,6 +250,22 @@ def test_sizes_of_different_aspect_ratios_are_refused_in_one_line(tmp_path, caps
     assert get_target_dataset(cityscapes, script).has_labels
 
 
+def test_training_refuses_pseudo_labels_of_another_aspect_ratio_than_its_input(tmp_path):
+    """esl.py writes Mapillary pseudo-labels on the ESL output-size canvas; train.py resizes them to
+    TRAIN.INPUT_SIZE_TARGET: with another ratio the label would be stretched off the image."""
+    cfg, _ = mapillary_cfg(tmp_path)
+    pseudo = tmp_path / "pseudo"
+    pseudo.mkdir()
+    Image.fromarray(np.zeros((64, 128), np.uint8)).save(pseudo / "img000.png")  # 128x64, 2:1
+    cfg.TRAIN.INPUT_SIZE_TARGET = (64, 48)
+    with pytest.raises(UserError, match=r"^TRAIN.INPUT_SIZE_TARGET \[64, 48\] \(4:3\) and the pseudo-labels in "
+                                        r".*pseudo \(128x64, 2:1: ESL.OUTPUT_SIZE_TARGET\) differ in aspect ratio"):
+        check_mapillary_aspect(cfg, "train", str(pseudo))
+    cfg.TRAIN.INPUT_SIZE_TARGET = (64, 32)
+    check_mapillary_aspect(cfg, "train", str(pseudo))  # one ratio: accepted
+    check_mapillary_aspect(cfg, "train", "")  # no pseudo-labels: nothing to compare
+
+
 def test_the_cache_key_of_a_mapillary_evaluation_names_the_published_fit(tmp_path):
     """'best' mode's cache must not serve a Mapillary result computed with the earlier exact fit."""
     cfg, _ = mapillary_cfg(tmp_path)

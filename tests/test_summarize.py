@@ -107,3 +107,19 @@ def test_json_is_refused_before_any_reading_when_it_is_a_users_file(tmp_path, mo
     with pytest.raises(UserError, match=r"^--json: .*mine.json exists and summarize.py may not replace it"):
         summarize.main([str(results), "--json", str(tmp_path / "mine.json")])
     assert (tmp_path / "mine.json").read_text() == "the user's"
+
+
+def test_results_of_different_evaluations_are_not_combined(tmp_path):
+    a = single(tmp_path / "a" / "results_single.json", 30.0, [1.0, 2.0])
+    b = single(tmp_path / "b" / "results_single.json", 40.0, [3.0, 4.0])
+    for path, target, size in ((a, "Cityscapes", [2048, 1024]), (b, "Mapillary", [2048, 1024])):
+        results = json.loads(path.read_text())
+        path.write_text(json.dumps({**results, "target": target, "set": "val", "output_size": size}))
+    with pytest.raises(UserError, match=r"b/results_single.json was evaluated with target Mapillary, .*a/results_single"
+                                        r".json with Cityscapes: results of different evaluations cannot be combined"):
+        summarize.summarize_files([a, b])
+    results = json.loads(b.read_text())
+    b.write_text(json.dumps({**results, "target": "Cityscapes"}))
+    assert summarize.summarize_files([a, b])["single"]["statistics"]["mIoU"]["mean"] == 35.0
+    c = single(tmp_path / "c" / "results_single.json", 50.0, [5.0, 6.0])  # records no setting: not compared
+    assert summarize.summarize_files([a, b, c])["single"]["statistics"]["mIoU"]["n"] == 3

@@ -18,6 +18,8 @@ images of its split folder.
 import math
 from pathlib import Path
 
+from PIL import Image
+
 from advent.config import get_default_cfg
 from advent.dataset.cityscapes import CityscapesDataSet
 from advent.dataset.class_info import load_class_info
@@ -86,12 +88,27 @@ def get_target_dataset(cfg, stage, max_iters=None, check_files=True):
     options = {}
     if cfg.TARGET == "Mapillary":
         options["native_labels"] = stage == "test"
-        check_mapillary_aspect(cfg, stage)
+        check_mapillary_aspect(cfg, stage, pseudo_dir)
     return TARGETS[cfg.TARGET](
         cfg.DATA_DIRECTORY_TARGET, target_list_template(cfg), set=section.SET_TARGET, max_iters=max_iters,
         crop_size=section.INPUT_SIZE_TARGET, mean=section.IMG_MEAN, load_labels=load_labels,
         info_path=section.INFO_TARGET, labels_size=labels_size, pseudo_label_dir=pseudo_dir,
         num_classes=cfg.NUM_CLASSES, check_files=check_files, **options)
+
+
+def check_pseudo_label_aspect(input_size, pseudo_dir):
+    """TRAIN.INPUT_SIZE_TARGET and the canvas of the pseudo-labels in `pseudo_dir` (one PNG's
+    size: esl.py writes them all at ESL.OUTPUT_SIZE_TARGET) have one aspect ratio; no PNG, no check
+    (the dataset names what is missing)."""
+    first = next(Path(pseudo_dir).glob("*.png"), None) if pseudo_dir and Path(pseudo_dir).is_dir() else None
+    if first is None:
+        return
+    with Image.open(first) as png:
+        size = png.size
+    if ratio(size) != ratio(input_size):
+        raise UserError(f"TRAIN.INPUT_SIZE_TARGET {list(input_size)} ({ratio(input_size)}) and the pseudo-labels "
+                        f"in {pseudo_dir} ({size[0]}x{size[1]}, {ratio(size)}: ESL.OUTPUT_SIZE_TARGET) differ in "
+                        f"aspect ratio; on a Mapillary target image and pseudo-label would not line up")
 
 
 def ratio(size):
@@ -101,13 +118,17 @@ def ratio(size):
     return f"{width // divisor}:{height // divisor}"
 
 
-def check_mapillary_aspect(cfg, stage):
-    """Refuse, for the 'test' and 'esl' stages, input and output sizes of different aspect ratios.
+def check_mapillary_aspect(cfg, stage, pseudo_dir=""):
+    """Refuse input and output sizes of different aspect ratios: for 'test' and 'esl' the config's,
+    for 'train' TRAIN.INPUT_SIZE_TARGET and the pseudo-labels' (esl.py's output-size canvases,
+    resized to the input size).
 
     The image is fitted into an input-size canvas, the label padded (test, as published: to the
     output size's ratio) or fitted (ESL) into an output-size one, and the logits of the first
-    stretched onto the second: with two ratios image and label no longer line up."""
-    if stage == "train":  # pseudo-labels at the input size itself
+    stretched onto the second (or the pseudo-label onto the image's canvas): with two ratios image
+    and label no longer line up."""
+    if stage == "train":
+        check_pseudo_label_aspect(cfg.TRAIN.INPUT_SIZE_TARGET, pseudo_dir)
         return
     section, prefix = stage_section(cfg, stage), stage.upper()
     given = ratio(section.INPUT_SIZE_TARGET), ratio(section.OUTPUT_SIZE_TARGET)

@@ -191,9 +191,12 @@ def check_same_config(folder, cfg_path):
     the results another config file of that name wrote there (another experiment's)."""
     path = Path(folder) / RESULTS_SINGLE
     try:
-        earlier = json_load(path).get("config")
+        results = json_load(path)
+        earlier = results.get("config") if results.get("mode") == "single" else ""
     except (OSError, ValueError, AttributeError):
-        return  # none, or not a results file (check_names decides whether it may be replaced)
+        return  # none, or unreadable (check_names decides whether it may be replaced)
+    if earlier == "":
+        return  # not test.py's results: check_names refuses it, naming why
     current = str(Path(cfg_path).resolve()) if cfg_path else None
     if earlier != current:
         raise UserError(f"{path} holds the results of another config file, {earlier}; test.py does not replace "

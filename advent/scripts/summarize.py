@@ -21,6 +21,9 @@ from advent.utils.serialization import json_dump, json_load
 
 WRITER = "summarize.py"
 RESULT_NAMES = ("results_single.json", "results_best.json")
+# what a results file records of how it was evaluated (eval_output.run_header): runs are combined
+# only when these agree
+SETTING_KEYS = ("target", "set", "images", "num_classes", "input_size", "output_size")
 GROUPS = {"single": "single-model results", "last": "last snapshot",
           "best": "best snapshot on val (oracle selection, as in the papers)"}
 
@@ -46,7 +49,8 @@ def find_result_files(paths):
 
 
 def runs_of(path):
-    """{group: summary} of one results file; a summary has 'mIoU', 'per_class' (and 'mIoU13')."""
+    """({group: summary}, the evaluation setting) of one results file; a summary has 'mIoU',
+    'per_class' (and 'mIoU13')."""
     try:
         results = json_load(path)
     except (OSError, ValueError) as error:
@@ -67,7 +71,7 @@ def runs_of(path):
         if not is_summary(summary):
             raise UserError(f"{path} is not a test.py results file (an mIoU and a per_class list of "
                             f"{{name, IoU}} expected)")
-    return runs
+    return runs, {key: results[key] for key in SETTING_KEYS if results.get(key) is not None}
 
 
 def is_summary(summary):
@@ -105,11 +109,23 @@ def summarize_group(summaries, sources):
     return {"runs": [str(s) for s in sources], "statistics": table}
 
 
+def check_same_setting(setting, path, first, first_path):
+    """Results of one evaluation setting only (a mean over two target sets, or two output sizes,
+    would mean nothing); a key a file does not record is not compared."""
+    for key in SETTING_KEYS:
+        if key in setting and key in first and setting[key] != first[key]:
+            raise UserError(f"{path} was evaluated with {key} {setting[key]}, {first_path} with {first[key]}: "
+                            f"results of different evaluations cannot be combined")
+
+
 def summarize_files(files):
     """{group: summarize_group(...)} over the result files, for each group present."""
-    grouped = {}
+    grouped, first = {}, None
     for path in files:
-        for group, summary in runs_of(path).items():
+        runs, setting = runs_of(path)
+        first = first or (setting, path)
+        check_same_setting(setting, path, *first)
+        for group, summary in runs.items():
             grouped.setdefault(group, ([], []))
             grouped[group][0].append(summary)
             grouped[group][1].append(path)
