@@ -229,7 +229,7 @@ def main(argv=None):
     from advent.utils.output_dir import check_writable  # here: a child imports only the version it times
     from advent.utils.serialization import json_dump
 
-    check_writable([args.json] if args.json else [], WRITER, "--json")  # before any work: a user's file is refused
+    check_writable([args.json], WRITER, "--json")  # before any work: a user's file is refused
     keys = ("esl_loader_s", "test_loader_s", "main_s", "maps_s")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

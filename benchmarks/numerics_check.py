@@ -150,7 +150,7 @@ def judge(deviations, floor, tolerance):
 
 def main(argv=None):
     args = get_arguments(argv)
-    check_writable([args.json] if args.json else [], WRITER, "--json")  # before any work: a user's file is refused
+    check_writable([args.json], WRITER, "--json")  # before any work: a user's file is refused
     generator = torch.Generator().manual_seed(1)
     data = {"source": learnable_batches(args.batches, args.source_size, generator),
             "target": learnable_batches(args.batches, args.target_size, generator)}

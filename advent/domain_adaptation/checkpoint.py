@@ -180,6 +180,13 @@ def snapshot_iterations(names):
     return sorted({int(m.group(1)) for m in map(_SNAPSHOT.match, names) if m})
 
 
+def train_state_gone(folder, iterations):
+    """The start of the refusal for snapshots of several `iterations` without a train state (one
+    was written with the first of them, so it has been removed since)."""
+    return (f"{folder} holds snapshots of {len(iterations)} iterations (model_{iterations[0]}.pth to "
+            f"model_{iterations[-1]}.pth) but no train state")
+
+
 def check_fresh_snapshot_dir(snapshot_dir):
     """Refuse to start a new run in a folder that holds snapshots or a train state of another."""
     found = run_files(snapshot_dir)
@@ -190,10 +197,9 @@ def check_fresh_snapshot_dir(snapshot_dir):
         raise UserError(f"{folder} already holds a training run ({files}); pass --resume to continue it, "
                         f"or change EXP_NAME / --exp-suffix for a new run")
     iterations = snapshot_iterations(found)
-    if len(iterations) > 1:  # a train state was written with the first: it has been removed since
-        raise UserError(f"{folder} holds snapshots of {len(iterations)} iterations (model_{iterations[0]}.pth to "
-                        f"model_{iterations[-1]}.pth) but no train state; put train_state_{iterations[-1]}.pth "
-                        f"back and pass --resume to continue the run, or change EXP_NAME / --exp-suffix for a new run")
+    if len(iterations) > 1:
+        raise UserError(f"{train_state_gone(folder, iterations)}; put train_state_{iterations[-1]}.pth back and "
+                        f"pass --resume to continue the run, or change EXP_NAME / --exp-suffix for a new run")
     raise UserError(f"{folder} already holds a training run stopped before its first train state was "
                     f"complete ({files}); pass --resume to restart it from iteration 0 (its snapshots are "
                     f"replaced as it goes), or delete the model_*.pth files there, or change EXP_NAME / "
@@ -211,13 +217,10 @@ def check_restart(snapshot_dir, cfg):
         log.info("--resume: %s holds no run yet; starting it from iteration 0", snapshot_dir)
         return
     iterations = snapshot_iterations(found)
-    if len(iterations) > 1:
-        # a train state was written with the first of them, so it has been removed since: starting
-        # again would replace trained snapshots
-        raise UserError(f"{snapshot_dir} holds snapshots of {len(iterations)} iterations (model_{iterations[0]}.pth "
-                        f"to model_{iterations[-1]}.pth) but no train state, so this run cannot be resumed, "
-                        f"and restarting it would replace them; put train_state_{iterations[-1]}.pth back, "
-                        f"or change EXP_NAME / --exp-suffix for a new run")
+    if len(iterations) > 1:  # starting again would replace trained snapshots
+        raise UserError(f"{train_state_gone(snapshot_dir, iterations)}, so this run cannot be resumed, and "
+                        f"restarting it would replace them; put train_state_{iterations[-1]}.pth back, or change "
+                        f"EXP_NAME / --exp-suffix for a new run")
     if config.is_file():
         try:
             saved = yaml_load(config)

@@ -192,11 +192,11 @@ def check_same_config(folder, cfg_path):
     path = Path(folder) / RESULTS_SINGLE
     try:
         results = json_load(path)
-        earlier = results.get("config") if results.get("mode") == "single" else ""
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError):
         return  # none, or unreadable (check_names decides whether it may be replaced)
-    if earlier == "":
+    if not isinstance(results, dict) or results.get("mode") != "single":
         return  # not test.py's results: check_names refuses it, naming why
+    earlier = results.get("config")
     current = str(Path(cfg_path).resolve()) if cfg_path else None
     if earlier != current:
         raise UserError(f"{path} holds the results of another config file, {earlier}; test.py does not replace "

@@ -154,7 +154,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    check_writable([args.json] if args.json else [], WRITER, "--json")  # before any reading
+    check_writable([args.json], WRITER, "--json")  # before any reading
     summary = summarize_files(find_result_files(args.paths))
     print("\n\n".join(format_group(group, s) for group, s in summary.items()))
     if args.json:

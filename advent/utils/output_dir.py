@@ -170,6 +170,13 @@ def _resolved(folder):
     return Path(folder).resolve()
 
 
+def _file_in_the_way(folder):
+    """The nearest existing entry on the way to the (resolved) `folder`, itself included, when it
+    is a file rather than a folder (so `folder` cannot be created); else None."""
+    nearest = next(path for path in (folder, *folder.parents) if path.exists() or path.is_symlink())
+    return None if nearest.is_dir() else nearest
+
+
 def prepare_folder(folder, writer, what):
     """Create `folder` (and its parents) when missing, recording `writer` as the script that created
     it, and write its manifest (which also proves the folder writable). A UserError naming `what`,
@@ -177,8 +184,8 @@ def prepare_folder(folder, writer, what):
     permission). Removes what killed runs left there (`remove_stale`). Returns the folder, resolved
     (see check_folder)."""
     shown, folder = folder, _resolved(folder)
-    blocker = next(path for path in (folder, *folder.parents) if path.exists() or path.is_symlink())
-    if not blocker.is_dir():
+    blocker = _file_in_the_way(folder)
+    if blocker is not None:
         raise UserError(f"cannot write {what} to {shown}: {blocker} is a file, not a folder")
     try:
         created = not folder.exists()
@@ -244,12 +251,13 @@ def check_writable(paths, writer, key):
     `paths` there: none is a file it did not write (check_names), and no file stands where a
     folder on its way must be. Nothing is recorded yet: each file is recorded when it is written
     (atomic_path, recorded_file), so a run that stops first leaves no record of a file it never
-    wrote. A UserError naming `key` and the file otherwise."""
-    for shown in paths:
+    wrote. A UserError naming `key` and the file otherwise. A None path (an optional file not
+    asked for) is skipped."""
+    for shown in filter(None, paths):
         path = _resolved(shown)
         check_names(path.parent, writer, [path.name], key)
-        blocker = next(p for p in path.parents if p.exists() or p.is_symlink())
-        if not blocker.is_dir():
+        blocker = _file_in_the_way(path.parent)
+        if blocker is not None:
             raise UserError(f"{key}: cannot write {shown}: {blocker} is a file, not a folder")
 
 
