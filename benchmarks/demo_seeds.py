@@ -122,8 +122,8 @@ def orderings(values):
 
 def mean_std(values):
     values = list(values)
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values}
+    std = statistics.stdev(values) if len(values) > 1 else None  # undefined for one seed
+    return {"mean": statistics.fmean(values), "std": std, "values": values}
 
 
 def summarize(per_seed):
@@ -148,7 +148,8 @@ def mean_models(runs):
 def print_summary(seeds, table, met):
     print(f"\n{'':54}" + "".join(f"{'seed ' + str(s):>9}" for s in seeds) + f"{'mean':>9}{'std':>7}")
     for name, row in table.items():
-        print(f"{name:54}" + "".join(f"{v:9.2f}" for v in row["values"]) + f"{row['mean']:9.2f}{row['std']:7.2f}")
+        std = "-" if row["std"] is None else f"{row['std']:.2f}"
+        print(f"{name:54}" + "".join(f"{v:9.2f}" for v in row["values"]) + f"{row['mean']:9.2f}{std:>7}")
     print()
     for claim, count in met.items():
         print(f"{claim:40} {count} of {len(seeds)} seeds")

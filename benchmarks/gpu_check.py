@@ -128,7 +128,7 @@ def get_arguments(argv=None):
     dry = args.dry_run
     args.sizes = TINY if dry else PAPER
     args.device = "cpu" if dry else f"cuda:{args.gpu}"
-    args.images = 2 * max(1, (args.images or (4 if dry else 100)) // 2)  # two cities of as many each
+    args.images = args.images or (4 if dry else 100)  # target train and val images each
     args.sweep = list(dict.fromkeys(args.sweep or ([1, 2] if dry else [1, 2, 4, 8])))  # each size once
     args.mps = list(dict.fromkeys(args.mps))
     if args.sweep_cuda_graph is None:

@@ -224,7 +224,7 @@ def load_demo_seeds():
     return load_benchmark("demo_seeds")
 
 
-def test_demo_seeds_reports_each_gap_per_seed_with_its_spread():
+def test_demo_seeds_reports_each_gap_per_seed_with_its_spread(capsys):
     seeds = load_demo_seeds()
     runs = [seed_results({"source_only": 29, "advent": 36, "esl": 34, "mpsl": 33, "oracle_all": 46,
                           "oracle_coverage": 44}, 0.96, 0.95),
@@ -239,6 +239,10 @@ def test_demo_seeds_reports_each_gap_per_seed_with_its_spread():
     assert table["GT all labels kept %"]["values"] == [94, 94] and "GT all labels accuracy %" not in table
     assert met == {"AdvEnt >= source-only": 2, "ESL retrain >= AdvEnt": 0, "ESL labels more accurate than MPSL": 1,
                    "ESL retrain >= MPSL retrain": 1}
+    one_seed, _ = seeds.summarize([seeds.rows(runs[0])])
+    assert one_seed["ESL retrain - MPSL retrain"] == {"mean": 1, "std": None, "values": [1]}  # no spread of one
+    seeds.print_summary([0], one_seed, met)
+    assert re.search(r"^ESL retrain - MPSL retrain +1\.00 +1\.00 +-$", capsys.readouterr().out, flags=re.M)
     means = seeds.mean_models(runs)
     assert means["esl"] == {"mIoU": 32.5, "per_class": {"road": 42.5, "pole": None}}
     table = report.per_class_table(means)  # the class no model has is left out

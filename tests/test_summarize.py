@@ -63,9 +63,12 @@ def test_a_file_reached_twice_counts_once(tmp_path):
     assert summarize.summarize_files(files)["single"]["statistics"]["mIoU"]["mean"] == pytest.approx(42.0)
 
 
-def test_one_run_has_zero_std(tmp_path):
-    summary = summarize.summarize_files([single(tmp_path / "results_single.json", 40.0, [1.0, 2.0])])
-    assert summary["single"]["statistics"]["mIoU"]["std"] == 0.0
+def test_one_run_has_no_std(tmp_path, capsys):
+    path = single(tmp_path / "results_single.json", 40.0, [1.0, 2.0])
+    assert summarize.summarize_files([path])["single"]["statistics"]["mIoU"]["std"] is None
+    assert summarize.main([str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "single-model results: 1 run" and lines[2].split() == ["mIoU", "40.00", "±", "-", "40.00", "40.00"]
 
 
 def test_bad_inputs(tmp_path):

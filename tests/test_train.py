@@ -119,6 +119,7 @@ def test_source_only_needs_no_target_images(tmp_path):
         path.unlink()
     with pytest.raises(UserError, match="missing"):
         train_domain_adaptation(cfg2, CPU)
+    assert not Path(cfg2.TRAIN.SNAPSHOT_DIR).exists()  # refused before its run folder was made
 
 
 def test_backbone_moves_while_frozen_batch_norm_affine_does_not(tmp_path):

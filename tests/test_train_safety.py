@@ -189,14 +189,15 @@ def test_resume_restarts_a_run_that_died_before_its_first_snapshot(tmp_path, mon
 # --- folders that cannot be written ---
 
 def no_model_work(monkeypatch):
+    """Fail the test if the model is built: the folder checks come first (after the data checks,
+    so that a run refused for its data makes no folder)."""
     def fail(*args, **kwargs):
-        raise AssertionError("model or data work before the folder check")
+        raise AssertionError("model work before the folder check")
 
     monkeypatch.setattr(train_UDA, "build_setup", fail)
-    monkeypatch.setattr(train_UDA, "training_datasets", fail)
 
 
-def test_a_snapshot_folder_under_a_regular_file_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+def test_a_snapshot_folder_under_a_regular_file_is_one_line_before_any_model_work(tmp_path, capsys, monkeypatch):
     cfg, _ = tiny_cfg(tmp_path, "AdvEnt")
     (tmp_path / "file").write_text("a file, not a folder")
     cfg.TRAIN.SNAPSHOT_DIR = str(tmp_path / "file" / "snapshots" / "run")
@@ -214,7 +215,7 @@ def test_a_snapshot_folder_under_a_regular_file_is_one_line_before_any_work(tmp_
 
 @pytest.mark.parametrize("how", ["chmod", "deny"])
 @pytest.mark.parametrize("denied", ["EXP_ROOT", "TRAIN.SNAPSHOT_DIR"])
-def test_an_unwritable_folder_is_one_line_before_any_work(tmp_path, capsys, monkeypatch, unwritable, denied, how):
+def test_an_unwritable_folder_is_one_line_before_any_model_work(tmp_path, capsys, monkeypatch, unwritable, denied, how):
     cfg, _ = tiny_cfg(tmp_path, "AdvEnt")
     root, folder = Path(cfg.EXP_ROOT), Path(cfg.TRAIN.SNAPSHOT_DIR)
     path = write_cfg_yaml(cfg, tmp_path / "run.yml")

@@ -1,5 +1,6 @@
 """No script loses a user's file: the five ways it once happened, each run through the real scripts
-on tiny data in the real formats (issue: one output layer that knows every file the project wrote)."""
+on tiny data in the real formats (issue: one output layer that knows every file the project wrote);
+and a run refused for its data leaves nothing behind."""
 import json
 from pathlib import Path
 
@@ -156,3 +157,29 @@ def test_the_gpu_checks_work_folder_must_be_new_or_empty_and_demo_seeds_takes_no
         err = capsys.readouterr().err.strip().splitlines()
         assert stop.value.code == 2 and len(err) == 1 and line in err[0], err
     assert (work / "data.txt").read_text() == "the user's" and [p.name for p in snapshots.iterdir()] == [MANIFEST_NAME]
+
+
+@pytest.mark.parametrize("script", ["train", "test", "esl"])
+def test_a_run_refused_for_missing_data_makes_no_folder_and_writes_nothing(tmp_path, capsys, script):
+    """The data are checked before the output folder is made: a refused run leaves no trace."""
+    if script == "train":
+        cfg, _ = tiny_cfg(tmp_path, "MinEnt")
+        main = train_script.main
+    elif script == "test":
+        cfg, _ = best_cfg(tmp_path)
+        cfg.TEST.MODE, cfg.TEST.RESTORE_FROM = "single", (str(model_snapshot_path(tmp_path / "snapshots", 2000)),)
+        main = run_test_py
+    else:
+        cfg, _ = esl_config(tmp_path)
+        cfg.PSEUDO_LABEL_DIRECTORY_TARGET = str(tmp_path / "new" / "labels")
+        main = esl_script.main
+    cfg.DATA_DIRECTORY_TARGET = str(tmp_path / "nowhere")
+    path = write_cfg_yaml(cfg, tmp_path / "run.yml")
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as stop:
+        run_main(main, ["--cfg", str(path)])
+    assert stop.value.code == 2
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")] == [
+        f"error: Cityscapes root {tmp_path / 'nowhere'} not found; expected leftImg8bit/{{split}}/{{city}}/"
+        f"*_leftImg8bit.png and gtFine/{{split}}/{{city}}/*_gtFine_labelIds.png"]
+    assert sorted(tmp_path.rglob("*")) == before

@@ -9,7 +9,9 @@ from advent.model import build_segmenter
 from advent.scripts import viz
 from advent.utils.errors import UserError
 from advent.utils.output_dir import MANIFEST_NAME, FolderReplacement
-from advent.utils.viz_segmask import CITYSCAPES_PALETTE, entropy_image, panel_row
+from advent.domain_adaptation.pseudo_labels import normalized_entropy
+from advent.model.inference import upsample
+from advent.utils.viz_segmask import CITYSCAPES_PALETTE, entropy_image, panel_row, softmax_entropy
 from fake_data import make_fake_cfg, write_cfg_yaml, write_pseudo_labels
 
 
@@ -49,10 +51,39 @@ def test_esl_stage_shows_the_pseudo_label(tmp_path):
 
 
 def test_entropy_panel_is_uniform_for_a_uniform_softmax():
-    grey = entropy_image(torch.zeros(19, 2, 3))
+    entropy = softmax_entropy(torch.zeros(19, 2, 3))
+    assert entropy.shape == (2, 3)
+    grey = entropy_image(entropy)
     assert torch.allclose(grey, torch.ones(3, 2, 3))
-    coloured = entropy_image(torch.zeros(19, 2, 3), colormap=True)
+    coloured = entropy_image(entropy, colormap=True)
     assert coloured.shape == (3, 2, 3) and torch.unique(coloured.reshape(3, -1), dim=1).shape[1] == 1
+
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' whose main output is the given logits, whatever the image."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, images):
+        return None, self.logits
+
+
+def test_each_stage_shows_the_prediction_and_entropy_of_its_script():
+    """Two confident classes meeting: upsampling the logits (test.py) and upsampling the
+    probabilities (ESL) give other labels and entropies between the two pixels' centres."""
+    logits = torch.tensor([[[40.0, -10.0]], [[-40.0, 10.0]]])[None].repeat(1, 1, 2, 1)  # 1 x 2 x 2 x 2
+    model, image, size = FixedLogits(logits), torch.zeros(3, 2, 9), (9, 2)
+    label, entropy = viz.prediction_and_entropy(model, image, size, "test")
+    logits_up = upsample(logits, size)[0]
+    assert torch.equal(label, logits_up.argmax(0))
+    assert torch.allclose(entropy, normalized_entropy(torch.softmax(logits_up[None], 1))[0])
+    esl_label, esl_entropy = viz.prediction_and_entropy(model, image, size, "esl")
+    prob_up = upsample(torch.softmax(logits, 1), size)
+    assert torch.equal(esl_label, prob_up.argmax(1)[0])
+    assert torch.equal(esl_entropy, normalized_entropy(prob_up)[0])
+    assert not torch.equal(label, esl_label) and not torch.allclose(entropy, esl_entropy)
 
 
 def test_panel_row_layout():

@@ -156,15 +156,15 @@ def build_test_loader(cfg, device):
 
 
 def setup(cfg, device, folder, what, names, stack):
-    """(dataset, loader, class info, PredictionWriter or None), after checking (the main process)
-    that `folder` (for `what`) can be written, that the files `names` test.py writes there are
-    absent or its own (the folder may hold other files: a training run's, the user's), and that
-    the predictions folder in it can be replaced."""
+    """(dataset, loader, class info, PredictionWriter or None), after checking the data and class
+    info, then (the main process) that `folder` (for `what`) can be written, that the files `names`
+    test.py writes there are absent or its own (the folder may hold other files: a training run's,
+    the user's), and that the predictions folder in it can be replaced. A refused run makes no folder."""
+    dataset, loader = build_test_loader(cfg, device)
+    info = get_class_info(cfg, "test")
     if is_main_process():
         prepare_folder(folder, WRITER, what)
         check_names(folder, WRITER, names, what)
-    dataset, loader = build_test_loader(cfg, device)
-    info = get_class_info(cfg, "test")
     writer = None
     if cfg.TEST.SAVE_PREDICTIONS:  # call its `share` once every check is done
         writer = PredictionWriter(Path(folder) / "predictions", info, dataset.img_ids, stack)

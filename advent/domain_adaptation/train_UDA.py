@@ -446,13 +446,13 @@ def train_domain_adaptation(cfg, device, resume=False, tensorboard=False, seeded
     lists, weights) before it joins the process group."""
     total = total_iterations(cfg)
     checkpointer = Checkpointer(cfg)
+    datasets = training_datasets(cfg)  # missing data fails before any model, and before the folder is made
     with checkpointer.holding(tensorboard):
         done = checkpointer.find(resume)  # None: a fresh run
         if done is not None and done >= total:
             log.info("%s: training already finished (%d iterations done, %d asked for by TRAIN.EARLY_STOP / "
                      "MAX_ITERS)", cfg.EXP_NAME, done, total)
             return done
-        datasets = training_datasets(cfg)  # missing data fails before any model
         if seeded:
             seed_everything(cfg.TRAIN.RANDOM_SEED)
         setup = build_setup(cfg, device)

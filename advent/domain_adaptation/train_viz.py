@@ -7,7 +7,7 @@ entropy map (black 0, white 1).
 from torchvision.utils import make_grid
 
 from advent.dataset import get_class_info
-from advent.utils.viz_segmask import entropy_image, input_image, prediction_image
+from advent.utils.viz_segmask import entropy_image, input_image, prediction_image, softmax_entropy
 
 
 class Monitor:
@@ -38,6 +38,7 @@ class Monitor:
         if n_iter % self.cfg.TRAIN.TENSORBOARD_VIZRATE == 0:
             for domain, logits in outputs.items():  # the first image of each batch
                 panels = [input_image(batch[domain][0][0], self.cfg.TRAIN.IMG_MEAN),
-                          prediction_image(logits[0], self.palette), entropy_image(logits[0])]
+                          prediction_image(logits[0], self.palette),
+                          entropy_image(softmax_entropy(logits[0]))]
                 self.writer.add_image(f"{domain}/image_prediction_entropy", make_grid(panels, nrow=3, padding=2),
                                       n_iter)

@@ -51,18 +51,20 @@ def check_checkpoint(path, wait, timeout):
     wait_for_file(path, timeout, "ESL")
 
 
-def prepare(cfg, device):
-    """(dataset, model on `device`, CheckpointInfo): the checks that can fail come first, the
-    model work last."""
-    esl = cfg.ESL
+def target_images(cfg):
+    """The ESL split, checked: it lists images, and their pseudo-label names do not collide."""
     dataset = get_target_dataset(cfg, "esl")
     if len(dataset) == 0:
-        raise UserError(f"the target split '{esl.SET_TARGET}' lists no image")
+        raise UserError(f"the target split '{cfg.ESL.SET_TARGET}' lists no image")
     check_png_names(dataset.img_ids, "PSEUDO_LABEL_DIRECTORY_TARGET")
+    return dataset
+
+
+def load_model(cfg, device):
+    """(model on `device`, CheckpointInfo) of ESL.RESTORE_FROM, once it exists."""
+    esl = cfg.ESL
     check_checkpoint(esl.RESTORE_FROM, esl.WAIT_MODEL, esl.WAIT_TIMEOUT)
-    model, checkpoint = load_segmenter(esl.MODEL, cfg.NUM_CLASSES, esl.MULTI_LEVEL, esl.RESTORE_FROM, device,
-                                       cfg.CHANNELS_LAST)
-    return dataset, model, checkpoint
+    return load_segmenter(esl.MODEL, cfg.NUM_CLASSES, esl.MULTI_LEVEL, esl.RESTORE_FROM, device, cfg.CHANNELS_LAST)
 
 
 def main(argv=None):
@@ -70,11 +72,12 @@ def main(argv=None):
     setup_logging()
     cfg = load_config(args.cfg)
     device = select_device(cfg.GPU_ID, cfg.TF32, cfg.CUDNN_BENCHMARK)
-    # every check first, on every process (the output folder, locked for the whole run, before the
-    # data and the model), then the process group
+    # every check first, on every process (the data before any folder is made; the output folder,
+    # locked for the whole run, before the model), then the process group
+    dataset = target_images(cfg)
     output = output_folder(cfg.PSEUDO_LABEL_DIRECTORY_TARGET)
     with output.held() as output_dir:
-        dataset, model, checkpoint = prepare(cfg, device)
+        model, checkpoint = load_model(cfg, device)
         join_process_group(device)
         record = None
         if is_main_process():

@@ -86,11 +86,12 @@ def is_summary(summary):
 
 
 def statistics(values):
-    """mean, std (n - 1; 0 for one run), min, max over the defined values; None when none is."""
+    """mean, std (n - 1; None for one run, where it is undefined), min, max over the defined values;
+    None when none is."""
     values = np.array([v for v in values if v is not None], dtype=np.float64)
     if values.size == 0:
         return None
-    std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    std = float(values.std(ddof=1)) if values.size > 1 else None
     return {"mean": float(values.mean()), "std": std, "min": float(values.min()),
             "max": float(values.max()), "n": int(values.size)}
 
@@ -134,14 +135,15 @@ def summarize_files(files):
 
 def format_group(group, summary):
     width = max(len(name) for name in summary["statistics"]) + 2
-    lines = [f"{GROUPS[group]}: {len(summary['runs'])} runs",
+    count = len(summary["runs"])
+    lines = [f"{GROUPS[group]}: {count} run{'s' if count > 1 else ''}",
              f"{'':<{width}}{'mean':>7} {'± std':>7}{'min':>8}{'max':>8}"]
     for name, stats in summary["statistics"].items():
         if stats is None:
             lines.append(f"{name:<{width}}{'-':>7}")
         else:
-            lines.append(f"{name:<{width}}{stats['mean']:>7.2f} ±{stats['std']:>6.2f}"
-                         f"{stats['min']:>8.2f}{stats['max']:>8.2f}")
+            std = "-" if stats["std"] is None else f"{stats['std']:.2f}"
+            lines.append(f"{name:<{width}}{stats['mean']:>7.2f} ±{std:>6}{stats['min']:>8.2f}{stats['max']:>8.2f}")
     return "\n".join(lines)
 
 

@@ -6,7 +6,9 @@
 --stage test (default) shows TEST.SET_TARGET with the model of TEST.RESTORE_FROM[0]; --stage esl
 shows ESL.SET_TARGET with ESL.RESTORE_FROM; --checkpoint overrides either (e.g. a snapshot of a
 'best'-mode run). Ground truth is shown when the split has it, the pseudo-label when
-PSEUDO_LABEL_DIRECTORY_TARGET holds one for the image. Everything is shown at the input size.
+PSEUDO_LABEL_DIRECTORY_TARGET holds one for the image. Everything is shown at the input size, and
+the prediction and entropy are those of the stage's script: test.py's argmax of the upsampled
+logits, or ESL's argmax and normalised entropy of the upsampled probabilities (what it thresholds).
 One PNG per image goes to --out (default EXP_ROOT_LOGS/viz/EXP_NAME), written beside what the
 folder holds: its manifest lists the files viz.py wrote there (output_dir), which a later run may
 replace; a file of that name it did not write is refused with one line, before any model work.
@@ -23,13 +25,14 @@ from PIL import Image
 
 from advent.config import load_config
 from advent.dataset import get_class_info, get_target_dataset, png_name
+from advent.domain_adaptation.pseudo_labels import predict_with_confidence
 from advent.model.inference import load_segmenter, main_logits, upsample
 from advent.utils.distributed import select_device
 from advent.utils.errors import UserError
 from advent.utils.output_dir import check_names, check_owner, prepare_folder
 from advent.utils.runtime import run_main, setup_logging
 from advent.utils.viz_segmask import (
-    entropy_image, input_image, mask_image, panel_row, prediction_image, save_png,
+    entropy_image, input_image, mask_image, panel_row, save_png, softmax_entropy,
 )
 
 log = logging.getLogger("viz")
@@ -82,13 +85,26 @@ def pseudo_label(folder, name, size):
     return np.asarray(Image.open(path).resize(size, Image.NEAREST))
 
 
+def prediction_and_entropy(model, image, size, stage):
+    """The label map and normalised entropy (H x W each, at `size` (W, H)) as the stage's script
+    computes them: test.py takes the argmax of the upsampled logits; ESL upsamples the
+    probabilities and takes their argmax and entropy."""
+    logits = main_logits(model, image[None])
+    if stage == "esl":
+        label, entropy = predict_with_confidence(logits, size, "entropy")
+        return label[0].cpu(), entropy[0].cpu()
+    logits = upsample(logits, size)[0].cpu()
+    return logits.argmax(0), softmax_entropy(logits)
+
+
 def panels_for(model, item, cfg, palette, has_labels, device):
     """[(title, panel)] of one dataset item, all at the input size."""
     image, label, _, name = item
     height, width = image.shape[1:]
-    logits = upsample(main_logits(model, torch.from_numpy(image)[None].to(device)), (width, height))[0].cpu()
-    panels = [("image", input_image(image, cfg.mean)), ("prediction", prediction_image(logits, palette)),
-              ("entropy", entropy_image(logits, colormap=True))]
+    prediction, entropy = prediction_and_entropy(model, torch.from_numpy(image).to(device), (width, height),
+                                                 cfg.stage)
+    panels = [("image", input_image(image, cfg.mean)), ("prediction", mask_image(prediction, palette)),
+              ("entropy", entropy_image(entropy, colormap=True))]
     if has_labels:
         resized = Image.fromarray(label.astype(np.uint8)).resize((width, height), Image.NEAREST)
         panels.append(("ground truth", mask_image(np.asarray(resized), palette)))
@@ -113,7 +129,7 @@ def main(argv=None):
     model, _ = load_segmenter(name, cfg.NUM_CLASSES, multi_level, checkpoint, device)
     palette = get_class_info(cfg, args.stage).palette
     section = cfg.ESL if args.stage == "esl" else cfg.TEST
-    view = argparse.Namespace(mean=section.IMG_MEAN, pseudo_dir=cfg.PSEUDO_LABEL_DIRECTORY_TARGET)
+    view = argparse.Namespace(mean=section.IMG_MEAN, pseudo_dir=cfg.PSEUDO_LABEL_DIRECTORY_TARGET, stage=args.stage)
     for index in indices:
         item = dataset[index]
         titled = panels_for(model, item, view, palette, dataset.has_labels, device)

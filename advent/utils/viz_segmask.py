@@ -55,11 +55,16 @@ def prediction_image(logits, palette):
     return mask_image(logits.detach().argmax(0), palette)
 
 
-def entropy_image(logits, colormap=False):
-    """C x H x W logits -> the normalised entropy of their softmax, 3 x H x W in [0, 1]:
-    grey (black 0, white 1), or with `colormap` OpenCV's viridis."""
+def softmax_entropy(logits):
+    """C x H x W logits -> the normalised entropy of their softmax, H x W in [0, 1]."""
     prob = F.softmax(logits.detach().float()[None], dim=1)
-    entropy = prob_2_entropy(prob).sum(1).clamp(0, 1).cpu()
+    return prob_2_entropy(prob).sum(1)[0].clamp(0, 1)
+
+
+def entropy_image(entropy, colormap=False):
+    """An H x W normalised entropy map -> 3 x H x W in [0, 1]: grey (black 0, white 1), or with
+    `colormap` OpenCV's viridis."""
+    entropy = entropy.detach().float().clamp(0, 1).cpu()[None]
     if not colormap:
         return entropy.expand(3, -1, -1)
     grey = (entropy[0].numpy() * 255).round().astype(np.uint8)
