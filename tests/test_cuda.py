@@ -32,7 +32,7 @@ from advent.utils.runtime import memory_format
 from advent.utils.serialization import json_load
 from fake_data import write_cfg_yaml
 from processes import HANG_GUARD_S
-from test_distributed import ENV, SCRIPTS, check, free_port, torchrun
+from test_distributed import ENV, SCRIPTS, check, torchrun
 from test_esl import esl_config
 from test_eval import save_tiny, single_cfg
 from test_train import tiny_cfg
@@ -215,7 +215,8 @@ from advent.utils import distributed
 cfg = load_config(sys.argv[1])
 device = distributed.select_device(cfg.GPU_ID, cfg.TF32, cfg.CUDNN_BENCHMARK)
 bind = {"device_id": device} if distributed._accepts(dist.init_process_group, "device_id") else {}
-dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{sys.argv[2]}", rank=0, world_size=1, **bind)
+# port 0: the one process's store takes a free port itself (no other process must find it)
+dist.init_process_group("nccl", init_method="tcp://127.0.0.1:0", rank=0, world_size=1, **bind)
 assert distributed.is_distributed() and dist.get_backend() == "nccl"
 assert distributed.sum_over_processes(torch.tensor([1.0, 2.0], device=device)).tolist() == [1.0, 2.0]
 assert distributed.max_over_processes(7) == 7 and distributed.broadcast_from_main({"a": 1}) == {"a": 1}
@@ -239,8 +240,7 @@ def test_an_nccl_process_group_of_one_process_runs_the_collectives_and_ddp_train
     cfg, _ = tiny_cfg(tmp_path, "AdvEnt", iters=4)
     cfg.GPU_ID = 0
     (tmp_path / "nccl.py").write_text(NCCL_ONE_PROCESS)
-    command = [sys.executable, str(tmp_path / "nccl.py"), str(write_cfg_yaml(cfg, tmp_path / "run.yml")),
-               str(free_port())]
+    command = [sys.executable, str(tmp_path / "nccl.py"), str(write_cfg_yaml(cfg, tmp_path / "run.yml"))]
     result = check(subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=HANG_GUARD_S))
     assert np.isfinite(float(result.stdout.split()[-1]))
 

@@ -3,14 +3,12 @@ process, train.py averages the gradients as DDP should, snapshots once, stops to
 and resumes exactly; the sharding and the collectives helpers. Tiny model, tiny images, 2 processes."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from advent import PROJECT_ROOT
 from advent.domain_adaptation import train_UDA
@@ -91,30 +89,32 @@ def test_one_process_helpers_are_the_single_process_case():
     assert not distributed.is_distributed()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _collectives_worker(rank, world_size, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    device = distributed.select_device(-1)  # the CPU (gloo), also where CUDA is visible
-    # before the group exists (where the checks run), each process knows its place from torchrun
-    results = {"before": (distributed.get_rank(), distributed.get_world_size(), distributed.is_distributed())}
-    distributed.join_process_group(device)
-    results.update(device=str(device),
-                   sum=distributed.sum_over_processes(torch.tensor([rank + 1, 10])).tolist(),
-                   max=distributed.max_over_processes(rank * 5),
-                   broadcast=distributed.broadcast_from_main(f"from {rank}"))
-    distributed.leave_process_group()
-    torch.save(results, Path(out) / f"rank{rank}.pth")
+COLLECTIVES = """
+import os
+import sys
+from pathlib import Path
+import torch
+from advent.utils import distributed
+torch.set_num_threads(1)
+rank = int(os.environ["RANK"])  # set by torchrun, also read by the helpers below
+device = distributed.select_device(-1)  # the CPU (gloo), also where CUDA is visible
+# before the group exists (where the checks run), each process knows its place from torchrun
+results = {"before": (distributed.get_rank(), distributed.get_world_size(), distributed.is_distributed())}
+distributed.join_process_group(device)
+results.update(device=str(device),
+               sum=distributed.sum_over_processes(torch.tensor([rank + 1, 10])).tolist(),
+               max=distributed.max_over_processes(rank * 5),
+               broadcast=distributed.broadcast_from_main(f"from {rank}"))
+distributed.leave_process_group()
+torch.save(results, Path(sys.argv[1]) / f"rank{rank}.pth")
+"""
 
 
 def test_rank_before_the_group_and_collectives_with_two_processes(tmp_path):
-    mp.spawn(_collectives_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    """Under torchrun (whose rendezvous chooses the port: no race for a free one)."""
+    script = tmp_path / "collectives.py"
+    script.write_text(COLLECTIVES)
+    check(torchrun([script, tmp_path], tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pth") for r in (0, 1)]
     for rank, results in enumerate(ranks):
         assert results["before"] == (rank, 2, False)
