@@ -29,7 +29,7 @@ from advent.utils.runtime import run_main
 SAMPLES = 4  # distinct (logits, label) pairs, cycled
 
 
-def get_arguments(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=positive, default=20, help="timed images per path (default 20)")
@@ -115,7 +115,7 @@ def describe(device):
 
 
 def main(argv=None):
-    args = get_arguments(argv)
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device, times, hist_original, hist_ours = run(args)

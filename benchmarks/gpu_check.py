@@ -51,16 +51,17 @@ collected, the sweep is 1 and 2 runs, the CUDA-graph row is skipped, nvidia-smi 
 that a test can keep the script working where no GPU is (tests/test_gpu_check.py).
 """
 import argparse
+import contextlib
 import importlib
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import namedtuple
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -82,11 +83,12 @@ PAPER = {"model": "DeepLabv2", "gta": (1914, 1052), "cityscapes": (2048, 1024), 
 TINY = {"model": "DeepLabv2-Tiny", "gta": (96, 52), "cityscapes": (64, 32), "source": (64, 32),
         "target": (64, 32), "test_output": (64, 32)}
 FASTEST = {"amp": "bf16", "channels_last": True, "cuda_graph": True}
-# the speed rows: (TRAIN.AMP, CHANNELS_LAST, TF32, CUDNN_BENCHMARK, CUDA graph)
-SPEED_VARIANTS = (("none", False, True, False, False), ("none", False, False, False, False),
-                  ("bf16", False, True, False, False), ("fp16", False, True, False, False),
-                  ("bf16", True, True, False, False), ("bf16", True, True, True, False),
-                  ("none", False, True, False, True), ("bf16", True, True, False, True))
+# a speed row: TRAIN.AMP, CHANNELS_LAST, TF32, CUDNN_BENCHMARK, TRAIN.CUDA_GRAPH, seeds batched
+Variant = namedtuple("Variant", "amp channels_last tf32 cudnn_benchmark cuda_graph seeds", defaults=(1,))
+SPEED_VARIANTS = (Variant("none", False, True, False, False), Variant("none", False, False, False, False),
+                  Variant("bf16", False, True, False, False), Variant("fp16", False, True, False, False),
+                  Variant("bf16", True, True, False, False), Variant("bf16", True, True, True, False),
+                  Variant("none", False, True, False, True), Variant("bf16", True, True, False, True))
 WRITER = "gpu_check.py"
 STAGES = ("tests", "speed", "profile", "sweep", "esl", "test", "mps")
 PROFILED_ITERS = 3  # the profiler slows the iterations about 2x (5 took 42 s with R101)
@@ -94,13 +96,13 @@ BARRIER_ENV = "GPU_CHECK_BARRIER"  # the sweep's start line for its runs' timed 
 BARRIER_TIMEOUT_S = 120  # longer than any start-up skew of the runs
 CHILD_TIMEOUT_S = 300  # a child (a timed script, a speed variant) still running after this is killed
 # the function each timed script runs per unit of work: (its module, its name, whether that name
-# is a factory whose result is the function: train_UDA.iteration gives train.py's step function)
-TIMED = {"train": ("advent.domain_adaptation.train_UDA", "iteration", True),
+# is a factory whose result is the function: train_UDA.make_step gives train.py's step function)
+TIMED = {"train": ("advent.domain_adaptation.train_UDA", "make_step", True),
          "esl": ("advent.domain_adaptation.esl_UDA", "main_logits", False),
          "test": ("advent.domain_adaptation.eval_UDA", "evaluate", False)}
 
 
-def get_arguments(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="gpu_check.json", help="the table as JSON (default gpu_check.json)")
     parser.add_argument("--gpu", type=non_negative, default=0, help="the GPU (GPU_ID, nvidia-smi -i)")
@@ -224,13 +226,13 @@ class SmiPoller:
             self._thread.join()
 
 
-def stage(args, name, work):
-    """Run `work()` (a dict of row fields) under the poller; the row, with its seconds and the GPU's
-    footprint and mean utilisation. An exception fails the row, not the check."""
+def timed_row(args, name, make_row):
+    """Run `make_row()` (a dict of row fields) under the poller; the row, with its seconds and the
+    GPU's footprint and mean utilisation. An exception fails the row, not the check."""
     start = time.monotonic()
     with SmiPoller(args.gpu, not args.dry_run) as poller:
         try:
-            row = work()
+            row = make_row()
         except Exception as error:  # noqa: BLE001 -- a broken row must not cost the others
             row = {"status": "failed", "note": f"{type(error).__name__}: {error}"[:300]}
     return {"stage": name, **row, "seconds": round(time.monotonic() - start, 1), "smi_mib": poller.peak,
@@ -244,8 +246,6 @@ def run_timed(kind, out, argv):
     (time.monotonic: comparable between processes) of each call of its unit of work (TIMED) and its
     peak memory into the JSON file `out`. With BARRIER_ENV set (the sweep), it waits there after its
     warm-up calls until every run of the sweep is past its own (`wait_at_barrier`)."""
-    from advent.utils.runtime import run_main
-
     module, name, factory = TIMED[kind]
     target = importlib.import_module(module)
     original, stamps = getattr(target, name), []
@@ -271,8 +271,7 @@ def run_timed(kind, out, argv):
     except SystemExit as stop:
         code = stop.code
     cuda = torch.cuda.is_initialized()
-    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else resource.getrusage(
-        resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else train_speed.peak_rss_mib()
     json_dump({"exit": code, "stamps": stamps, "end": time.monotonic(), "peak_mib": peak,
                "peak_kind": "torch.cuda.max_memory_allocated" if cuda else "ru_maxrss"}, out)
     return code
@@ -376,7 +375,7 @@ def test_rows(args):
     for name, marks in (("tests: -m cuda", "cuda"), ("tests: fast suite", "not slow and not cuda")):
         command = [sys.executable, "-m", "pytest", "-q", "-m", marks, "tests"]
         command += ["--collect-only"] if args.dry_run else []
-        yield stage(args, name, lambda: pytest_row(command, log, logged, None if args.dry_run else args.gpu))
+        yield timed_row(args, name, lambda: pytest_row(command, log, logged, None if args.dry_run else args.gpu))
 
 
 def pytest_row(command, log, logged, gpu=None):
@@ -412,13 +411,14 @@ def speed_spec(args, amp, channels_last, tf32=True, cudnn_benchmark=False, cuda_
 
 def speed_rows(args):
     """train_speed.py's variants, each in its own process (the CUDA graph needs a GPU)."""
-    fastest = ("bf16", True, True, False, not args.dry_run)
-    for variant in (*SPEED_VARIANTS, *((*fastest, seeds) for seeds in args.seed_batch)):
+    graph = FASTEST["cuda_graph"] and not args.dry_run
+    fastest = [Variant(FASTEST["amp"], FASTEST["channels_last"], True, False, graph, seeds) for seeds in args.seed_batch]
+    for variant in (*SPEED_VARIANTS, *fastest):
         name = f"speed: {train_speed.variant_name(*variant)}"
-        if variant[4] and args.dry_run:
+        if variant.cuda_graph and args.dry_run:
             yield skipped(name, "CUDA only")
             continue
-        yield stage(args, name, lambda: speed_row(speed_spec(args, *variant)))
+        yield timed_row(args, name, lambda: speed_row(speed_spec(args, *variant)))
 
 
 def speed_row(spec):
@@ -448,7 +448,7 @@ def sweep_rows(args, data, work, state):
     """One row per sweep size; the 1-run sweep's last snapshot goes into state['snapshot']."""
     for runs in args.sweep:
         folder = work / f"sweep{runs}"
-        row = stage(args, f"seed sweep: {runs} train.py", lambda: sweep_row(args, data, folder, runs))
+        row = timed_row(args, f"seed sweep: {runs} train.py", lambda: sweep_row(args, data, folder, runs))
         if runs == 1 and row["status"] == "ok":
             state["snapshot"] = folder / "snapshots" / "sweep_seed0" / f"model_{args.sweep_iters}.pth"
         else:
@@ -466,38 +466,34 @@ def mps_rows(args, data, work):
                 continue
             folder = work / f"sweep{runs}_mps"
             # a shorter deadline: clients of a daemon that does not work may hang
-            row = stage(args, name, lambda: sweep_row(args, data, folder, runs, mps["env"], CHILD_TIMEOUT_S / 2))
+            row = timed_row(args, name, lambda: sweep_row(args, data, folder, runs, mps["env"], CHILD_TIMEOUT_S / 2))
             shutil.rmtree(folder, ignore_errors=True)
             yield row
 
 
-class mps_daemon:
+@contextlib.contextmanager
+def mps_daemon(folder):
     """An MPS control daemon for the `with` block (its pipe and log folders under `folder`): yields
     {'env': what its clients need} or {'error': why none started}."""
+    env = {"CUDA_MPS_PIPE_DIRECTORY": str(folder / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(folder / "log")}
 
-    def __init__(self, folder):
-        folder.mkdir(parents=True, exist_ok=True)
-        self.env = {"CUDA_MPS_PIPE_DIRECTORY": str(folder / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(folder / "log")}
-        self.started = False
-
-    def _control(self, text=None, *options):
+    def control(text=None, *options):
         return subprocess.run(["nvidia-cuda-mps-control", *options], input=text, capture_output=True, text=True,
-                              env={**os.environ, **self.env}, timeout=30)
+                              env={**os.environ, **env}, timeout=30)
 
-    def __enter__(self):
-        if shutil.which("nvidia-cuda-mps-control") is None:
-            return {"error": "no nvidia-cuda-mps-control on the PATH"}
-        for path in self.env.values():
-            Path(path).mkdir(exist_ok=True)
-        result = self._control(None, "-d")
-        if result.returncode != 0:
-            return {"error": f"the MPS daemon did not start: {(result.stderr or result.stdout).strip()[:200]}"}
-        self.started = True
-        return {"env": self.env}
-
-    def __exit__(self, *exc):
-        if self.started:
-            self._control("quit\n")
+    if shutil.which("nvidia-cuda-mps-control") is None:
+        yield {"error": "no nvidia-cuda-mps-control on the PATH"}
+        return
+    for path in env.values():
+        Path(path).mkdir(parents=True, exist_ok=True)
+    result = control(None, "-d")
+    if result.returncode != 0:
+        yield {"error": f"the MPS daemon did not start: {(result.stderr or result.stdout).strip()[:200]}"}
+        return
+    try:
+        yield {"env": env}
+    finally:
+        control("quit\n")
 
 
 def sweep_row(args, data, folder, runs, env=None, timeout=CHILD_TIMEOUT_S):
@@ -607,12 +603,12 @@ def environment(args):
 
 
 def format_row(row):
-    rate = f"{row['rate']:>10.2f}" if row.get("rate") is not None else f"{'':>10}"
-    peak = f"{row['peak_mib']:>9.0f}" if row.get("peak_mib") is not None else f"{'':>9}"
-    smi = f"{row['smi_mib']:>9}" if row.get("smi_mib") is not None else f"{'':>9}"
-    util = f"{row['gpu_util']:>5}" if row.get("gpu_util") is not None else f"{'':>5}"
-    seconds = f"{row['seconds']:>6.0f}" if "seconds" in row else f"{'':>6}"
-    return (f"{row['stage']:<48}{row['status']:<8}{rate} {row.get('unit', ''):<16}{peak}{smi}{util}{seconds}  "
+    def cell(key, width, spec=""):
+        value = row.get(key)
+        return f"{'' if value is None else format(value, spec):>{width}}"
+
+    return (f"{row['stage']:<48}{row['status']:<8}{cell('rate', 10, '.2f')} {row.get('unit', ''):<16}"
+            f"{cell('peak_mib', 9, '.0f')}{cell('smi_mib', 9)}{cell('gpu_util', 5)}{cell('seconds', 6, '.0f')}  "
             f"{row.get('note', '')}")
 
 
@@ -649,7 +645,7 @@ def check_rows(args, work):
         speed[row["stage"]] = row
         yield row
     if "profile" in stages:
-        yield stage(args, "profile: bf16 + channels_last", lambda: profile_row(args))
+        yield timed_row(args, "profile: bf16 + channels_last", lambda: profile_row(args))
     if not stages & {"sweep", "esl", "test", "mps"}:
         return
     data = write_data(work / "data", args.sizes, args.images)
@@ -664,7 +660,7 @@ def check_rows(args, work):
         if state["snapshot"] is None:
             yield skipped(name, "no snapshot: the 1-run sweep failed or was not run")
         else:
-            yield stage(args, name, lambda: make(args, data, work, state["snapshot"]))
+            yield timed_row(args, name, lambda: make(args, data, work, state["snapshot"]))
     if "mps" in stages:
         yield from mps_rows(args, data, work)
 
@@ -673,7 +669,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--timed"]:
         return run_timed(argv[1], argv[2], argv[3:])
-    args = get_arguments(argv)
+    args = parse_args(argv)
     check_outputs(args)
     os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # the children's GPU numbers as nvidia-smi's (smi_gpu)
     env, rows = environment(args), []

@@ -41,7 +41,7 @@ WRITER = "host_speed.py"
 DEFAULT_BASELINE = "685a1e5"  # the last revision before the host-side work on esl.py and test.py
 
 
-def get_arguments(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--baseline", default=DEFAULT_BASELINE, help="git revision to compare with")
     parser.add_argument("--images", type=int, default=24)
@@ -223,7 +223,7 @@ def same_labels(first, second):
 
 
 def main(argv=None):
-    args = get_arguments(argv)
+    args = parse_args(argv)
     if args.child:
         return run_child(args)
     from advent.utils.output_dir import check_writable  # here: a child imports only the version it times

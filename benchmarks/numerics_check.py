@@ -11,7 +11,7 @@ The data: `--batches` source and target batches drawn once from a seed and cycle
 random label map (16-pixel blocks, 5 % of the pixels ignored) and an image whose pixels are their
 class's colour plus noise, so that the segmenter can learn them and its losses move: a curve worth
 comparing. Each variant starts from the weights of seed 0 and runs `--iters` iterations as
-train.py runs them (train_UDA.iteration; --cuda-graph replays them from a CUDA graph where
+train.py runs them (train_UDA.make_step; --cuda-graph replays them from a CUDA graph where
 TRAIN.AMP allows, which computes the same numbers).
 
 The comparison: each loss smoothed by a moving mean over `--window` iterations; its deviation is
@@ -54,7 +54,7 @@ VARIANTS = {"cuda": [("fp32, TF32 on", "none", True), ("bf16", "bf16", True), ("
 NUM_CLASSES, BLOCK, IGNORED = 19, 16, 0.05
 
 
-def get_arguments(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", default=None, help="default: DeepLabv2 (R101) on CUDA, DeepLabv2-Tiny on the CPU")
@@ -94,7 +94,7 @@ def learnable_batches(count, size, generator):
 def loss_curves(args, amp, tf32, data, perturb=False):
     """{loss name: [value per iteration]} of one variant, from the weights of seed 0 (each
     multiplied by 1 + PERTURBATION x a normal draw with `perturb`)."""
-    from advent.domain_adaptation.train_UDA import build_setup, iteration
+    from advent.domain_adaptation.train_UDA import build_setup, make_step
     from advent.utils.cuda_flags import set_cuda_flags
 
     device = torch.device(args.device)
@@ -110,7 +110,7 @@ def loss_curves(args, amp, tf32, data, perturb=False):
         with torch.no_grad():
             for param in setup.model.parameters():
                 param.mul_(1 + PERTURBATION * torch.randn_like(param))
-    step = iteration(setup, cfg)
+    step = make_step(setup, cfg)
     on_device = {domain: [(images.to(device, memory_format=memory_format(channels_last)), labels.to(device))
                           for images, labels in batches] for domain, batches in data.items()}
     curves = {}
@@ -149,7 +149,7 @@ def judge(deviations, floor, tolerance):
 
 
 def main(argv=None):
-    args = get_arguments(argv)
+    args = parse_args(argv)
     check_writable([args.json], WRITER, "--json")  # before any work: a user's file is refused
     generator = torch.Generator().manual_seed(1)
     data = {"source": learnable_batches(args.batches, args.source_size, generator),

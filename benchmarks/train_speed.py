@@ -7,7 +7,7 @@ each also with CHANNELS_LAST when asked.
         [--warmup 3] [--budget SECONDS] [--rounds N] [--source-size W H] [--target-size W H]
         [--modes none bf16 fp16] [--channels-last] [--cuda-graph] [--seed-batch N ...] [--threads N]
 
-What is timed: one AdvEnt iteration as train.py runs it (`train_UDA.iteration`: source and
+What is timed: one AdvEnt iteration as train.py runs it (`train_UDA.make_step`: source and
 target segmenter passes, multi-level, both discriminators frozen then trained, the faithful
 repeated-SGD optimiser, the GradScaler with fp16; with --cuda-graph, steps (1)-(3) replayed from
 a CUDA graph after the first iteration), batch 1 + 1, on random images and labels of the
@@ -44,7 +44,7 @@ MODES = ("none", "bf16", "fp16")
 LABEL = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
 
-def get_arguments(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", nargs="+", default=None,
@@ -121,7 +121,7 @@ def peak_rss_mib():
 def run_variant(spec):
     """{'it_s', 'peak_mib'} of `spec` (model, amp, channels_last, sizes, device, iters, warmup,
     seeds); with seeds N > 1, it_s counts seed-iterations (N per iteration)."""
-    from advent.domain_adaptation.train_UDA import build_setup, iteration
+    from advent.domain_adaptation.train_UDA import build_setup, make_step
     from advent.utils.cuda_flags import set_cuda_flags
 
     device = torch.device(spec["device"])
@@ -146,7 +146,7 @@ def run_variant(spec):
         setup = build_setup(cfg, device)
     setup.model.train()
     budget = spec["budget"] or float("inf")
-    one_iteration = iteration(setup, cfg)  # as train.py runs it (TRAIN.CUDA_GRAPH: graphed from the 2nd)
+    one_iteration = make_step(setup, cfg)  # as train.py runs it (TRAIN.CUDA_GRAPH: graphed from the 2nd)
 
     def step(i_iter):
         return one_iteration(src, trg, i_iter)
@@ -281,7 +281,7 @@ def print_table(rows, rounds):
 
 
 def main(argv=None):
-    args = get_arguments(argv)
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one is not None:

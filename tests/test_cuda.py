@@ -23,7 +23,7 @@ from PIL import Image
 from advent.dataset import png_name
 from advent.domain_adaptation.esl_UDA import REPORT_NAME
 from advent.domain_adaptation.eval_UDA import RESULTS_SINGLE
-from advent.domain_adaptation.train_UDA import build_setup, iteration, train_step
+from advent.domain_adaptation.train_UDA import build_setup, make_step, train_step
 from advent.scripts import esl as esl_script
 from advent.scripts import test as test_script
 from advent.scripts import train as train_script
@@ -137,7 +137,7 @@ def test_a_cuda_graph_computes_what_eager_iterations_compute(tmp_path, amp):
         torch.manual_seed(0)
         setup = build_setup(cfg, GPU)
         setup.model.train()
-        step, batches = iteration(setup, cfg), random_batches(8)
+        step, batches = make_step(setup, cfg), random_batches(8)
         metrics = [step(batches[2 * i], batches[2 * i + 1], i)[0] for i in range(4)]
         runs[graphed] = metrics, {k: v.float().cpu() for k, v in setup.model.state_dict().items()}
     (eager, eager_weights), (graphed, graphed_weights) = runs[False], runs[True]

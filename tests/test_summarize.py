@@ -68,7 +68,8 @@ def test_one_run_has_no_std(tmp_path, capsys):
     assert summarize.summarize_files([path])["single"]["statistics"]["mIoU"]["std"] is None
     assert summarize.main([str(path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "single-model results: 1 run" and lines[2].split() == ["mIoU", "40.00", "±", "-", "40.00", "40.00"]
+    assert lines[0] == "single-model results: 1 run"
+    assert lines[2].split() == ["mIoU", "40.00", "±", "-", "40.00", "40.00"]
 
 
 def test_bad_inputs(tmp_path):

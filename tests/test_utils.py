@@ -203,7 +203,6 @@ def test_numeric_flags_are_refused_out_of_range_by_argparse_in_one_line(capsys):
 ])
 def test_benchmarks_refuse_counts_that_would_measure_nothing_or_twice(capsys, name, argv, message):
     module = load_benchmark(name)
-    parse = getattr(module, "get_arguments", None) or module.parse_args
     with pytest.raises(SystemExit) as stop:
-        parse(argv)
+        module.parse_args(argv)
     assert stop.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]

@@ -233,10 +233,10 @@ class BaseDataset(data.Dataset):
     def _decide_labels(self, load_labels, paths, check_files):
         if load_labels is False:
             return False
-        if self.pseudo_label_dir and not Path(self.pseudo_label_dir).is_dir():
-            what = "is not a folder" if Path(self.pseudo_label_dir).exists() else "not found"
-            raise UserError(f"pseudo-label folder {self.pseudo_label_dir} {what}")
         if self.pseudo_label_dir:
+            if not Path(self.pseudo_label_dir).is_dir():
+                what = "is not a folder" if Path(self.pseudo_label_dir).exists() else "not found"
+                raise UserError(f"pseudo-label folder {self.pseudo_label_dir} {what}")
             check_complete(self.pseudo_label_dir, "PSEUDO_LABEL_DIRECTORY_TARGET")
         if load_labels == "auto":
             missing = missing_files(paths)

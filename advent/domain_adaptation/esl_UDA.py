@@ -125,8 +125,8 @@ class QualityStats:
 
     def reduce_from_all_processes(self):
         """Sum the counts of every process (no-op with one process)."""
-        for name in ("predicted", "kept"):
-            setattr(self, name, sum_over_processes(torch.from_numpy(getattr(self, name))).numpy())
+        self.predicted = sum_over_processes(torch.from_numpy(self.predicted)).numpy()
+        self.kept = sum_over_processes(torch.from_numpy(self.kept)).numpy()
         self.all.reduce_from_all_processes()
         self.kept_only.reduce_from_all_processes()
 
@@ -264,21 +264,22 @@ def format_report(report):
         header += f"{'acc kept %':>12}{'acc all %':>11}"
     lines = [header]
     for entry in report["classes"]:
-        row = f"{entry['name']:<15}{entry['threshold']:>10.4f}{_percent(entry['kept_fraction']):>9}"
+        row = f"{entry['name']:<15}{entry['threshold']:>10.4f}{_format_percent(entry['kept_fraction']):>9}"
         if with_gt:
-            row += f"{_percent(entry['accuracy_kept']):>12}{_percent(entry['accuracy_all']):>11}"
+            row += f"{_format_percent(entry['accuracy_kept']):>12}{_format_percent(entry['accuracy_all']):>11}"
         lines.append(row)
-    total = f"{'all':<15}{'':>10}{_percent(report['kept_fraction']):>9}"
+    total = f"{'all':<15}{'':>10}{_format_percent(report['kept_fraction']):>9}"
     if with_gt:
-        total += f"{_percent(report['accuracy_kept']):>12}{_percent(report['accuracy_all']):>11}"
+        total += f"{_format_percent(report['accuracy_kept']):>12}{_format_percent(report['accuracy_all']):>11}"
     lines.append(total)
     if with_gt:
-        lines.append(f"mIoU of kept pseudo-labels = {_percent(report['mIoU_kept'])} "
-                     f"(all predictions: {_percent(report['mIoU_all'])})")
+        lines.append(f"mIoU of kept pseudo-labels = {_format_percent(report['mIoU_kept'])} "
+                     f"(all predictions: {_format_percent(report['mIoU_all'])})")
     if len(report["groups"]) > 1:
         lines.append(f"thresholds: mean over {len(report['groups'])} groups (per group in {REPORT_NAME})")
     return "\n".join(lines)
 
 
-def _percent(value):
+def _format_percent(value):
+    """A fraction as a percentage for the table, '-' where it is undefined."""
     return "-" if value is None else f"{100 * value:.2f}"

@@ -155,7 +155,7 @@ def build_test_loader(cfg, device):
     return dataset, loader
 
 
-def setup(cfg, device, folder, what, names, stack):
+def prepare_test(cfg, device, folder, what, names, stack):
     """(dataset, loader, class info, PredictionWriter or None), after checking the data and class
     info, then (the main process) that `folder` (for `what`) can be written, that the files `names`
     test.py writes there are absent or its own (the folder may hold other files: a training run's,
@@ -210,7 +210,7 @@ def eval_single(cfg, device, cfg_path="", argv=None):
     if is_main_process():
         check_same_config(folder, cfg_path)
     with contextlib.ExitStack() as stack:  # the predictions folder's lock, while it is written
-        dataset, loader, info, writer = setup(cfg, device, folder, "the results", [RESULTS_SINGLE], stack)
+        dataset, loader, info, writer = prepare_test(cfg, device, folder, "the results", [RESULTS_SINGLE], stack)
         models, infos = load_models(cfg, device)
         join_process_group(device)  # every check done
         if writer:
@@ -252,10 +252,14 @@ def snapshot_dir_of(cfg):
         wait_for_file(folder, cfg.TEST.WAIT_TIMEOUT, "TEST")
     if not folder.is_dir():
         raise UserError(f"snapshot folder {folder} not found (TEST.SNAPSHOT_DIR)")
-    expected = expected_snapshots(cfg.TEST.SNAPSHOT_STEP, cfg.TEST.SNAPSHOT_MAXITER)
-    if not cfg.TEST.WAIT_MODEL and not any(model_snapshot_path(folder, n).exists() for n in expected):
+    if not cfg.TEST.WAIT_MODEL and not any(model_snapshot_path(folder, n).exists() for n in tested_iterations(cfg)):
         raise no_snapshot(cfg, folder)
     return folder
+
+
+def tested_iterations(cfg):
+    """The iterations whose snapshots 'best' mode evaluates: SNAPSHOT_STEP, 2 x STEP, ... MAXITER."""
+    return expected_snapshots(cfg.TEST.SNAPSHOT_STEP, cfg.TEST.SNAPSHOT_MAXITER)
 
 
 def no_snapshot(cfg, folder):
@@ -269,7 +273,7 @@ def available_snapshots(cfg, folder):
     or skipping the missing ones with a note. Under torchrun every process waits (no collective
     meanwhile); without waiting, the main process's view of which exist is taken by all."""
     found, skipped = 0, []
-    for n_iter in expected_snapshots(cfg.TEST.SNAPSHOT_STEP, cfg.TEST.SNAPSHOT_MAXITER):
+    for n_iter in tested_iterations(cfg):
         path = model_snapshot_path(folder, n_iter)
         if cfg.TEST.WAIT_MODEL:
             wait_for_file(path, cfg.TEST.WAIT_TIMEOUT, "TEST", lambda: finished_without(folder, n_iter))
@@ -310,7 +314,7 @@ def eval_best(cfg, device, cfg_path="", argv=None):
     """Evaluate every expected snapshot of TEST.SNAPSHOT_DIR[0]; report the last and the best."""
     with contextlib.ExitStack() as stack:  # the predictions folder's lock, for the whole run
         folder = snapshot_dir_of(cfg)
-        dataset, loader, info, writer = setup(cfg, device, folder, "the test cache and results",
+        dataset, loader, info, writer = prepare_test(cfg, device, folder, "the test cache and results",
                                               [CACHE_NAME, RESULTS_BEST], stack)
         model, _ = load_segmenter(cfg.TEST.MODEL[0], cfg.NUM_CLASSES, cfg.TEST.MULTI_LEVEL[0], None,
                                   device, cfg.CHANNELS_LAST)  # each snapshot's weights loaded in turn
@@ -348,7 +352,7 @@ def eval_best(cfg, device, cfg_path="", argv=None):
 def report_best(last, best, cfg):
     """Per-class table of the best snapshot, then the 'last' and 'best on val' lines; warnings."""
     log.info("per class, %s:\n%s", best["snapshot"], format_summary(best))
-    expected_last = expected_snapshots(cfg.TEST.SNAPSHOT_STEP, cfg.TEST.SNAPSHOT_MAXITER)[-1]
+    expected_last = tested_iterations(cfg)[-1]
     if last["iteration"] != expected_last:
         log.info("model_%d.pth was not evaluated: 'last' is the last snapshot found", expected_last)
     log.info("last (%s): %s", last["snapshot"], format_miou(last))

@@ -73,9 +73,10 @@ class PredictionWriter:
                 save_png(Image.fromarray(self.lut[pred]), folder / self.ids_name / png_name(name))
                 save_png(colorize_mask(pred, self.palette), folder / "color" / png_name(name))
         except OSError as error:
-            if file_system_fault(error) is None:
+            fault = file_system_fault(error)
+            if fault is None:
                 raise
-            self.fault = UserError(f"cannot write the predictions: {file_system_fault(error)}")
+            self.fault = UserError(f"cannot write the predictions: {fault}")
             log.warning("%s; the evaluation goes on without them", self.fault)
 
     def finish(self):
@@ -162,9 +163,10 @@ class EvalCache:
             json_dump({"format": CACHE_FORMAT, "entries": self.entries}, self.path, WRITER)
             self.fault = None
         except OSError as error:
-            if file_system_fault(error) is None:
+            fault = file_system_fault(error)
+            if fault is None:
                 raise
-            self.fault = UserError(f"cannot save the test cache: {file_system_fault(error)}")
+            self.fault = UserError(f"cannot save the test cache: {fault}")
             log.warning("%s; the evaluation goes on, the results are shown at the end", self.fault)
         return entry
 

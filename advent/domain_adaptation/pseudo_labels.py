@@ -53,7 +53,6 @@ def ignore_padding(label, content, canvas):
     cols = -(-int(content[1]) * width // int(canvas[1]))
     label[rows:] = IGNORE_LABEL
     label[:, cols:] = IGNORE_LABEL
-    return label
 
 
 def median_rank(count):
@@ -92,10 +91,10 @@ class PerClassSelector:
     Memory: two C x 65536 count tables. Counts can be summed across processes between passes.
     """
 
-    def __init__(self, num_classes, device="cpu"):
+    def __init__(self, num_classes):
         self.num_classes = num_classes
-        self.high_counts = torch.zeros(num_classes, _BINS, dtype=torch.int64, device=device)
-        self.low_counts = torch.zeros(num_classes, _BINS, dtype=torch.int64, device=device)
+        self.high_counts = torch.zeros(num_classes, _BINS, dtype=torch.int64)
+        self.low_counts = torch.zeros(num_classes, _BINS, dtype=torch.int64)
         self.bin = None
         self.rank_in_bin = None
         self._lock = threading.Lock()  # counting may run in several threads at once

@@ -5,8 +5,8 @@
 initialise them, then `train_loop`: min(EARLY_STOP, MAX_ITERS) iterations in total, a snapshot
 and a train state every SAVE_PRED_EVERY iterations and at the end.
 
-One iteration (`train_step`): zero the gradients, set the poly learning rates from the 0-based
-iteration, then
+One iteration (`train_step`): set the poly learning rates from the 0-based iteration, zero the
+gradients, then
   (1) source forward, both levels upsampled to the source input size, cross-entropy, backward;
   (2) target forward, upsampled to the target input size: the pseudo-label cross-entropy when
       PSEUDO_LABEL_DIRECTORY_TARGET is set (ESL), plus the adaptation loss (MinEnt: the
@@ -336,7 +336,7 @@ class GraphedStep:
         self.outputs = main_outputs(pred_src, pred_trg)
 
 
-def iteration(setup, cfg):
+def make_step(setup, cfg):
     """The function one iteration calls: (batch_src, batch_trg, i_iter) -> train_step's result."""
     if cfg.TRAIN.CUDA_GRAPH:
         return GraphedStep(setup, cfg)
@@ -402,7 +402,7 @@ def train_loop(cfg, device, setup, loaders, checkpointer, monitor, start):
     signal: before each iteration the processes agree on whether any of them got one, so that all
     stop after the same iteration (one small collective under torchrun, none otherwise)."""
     total, n_iter, signum = total_iterations(cfg), start, 0
-    step = iteration(setup, cfg)
+    step = make_step(setup, cfg)
     with ExitStack() as stack:
         # closed last, however the loop ends: the loader workers end with them (forked, they
         # share the snapshot folder's lock)

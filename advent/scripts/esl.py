@@ -46,9 +46,10 @@ def check_checkpoint(path, wait, timeout):
     """ESL.RESTORE_FROM must be set and exist; with ESL.WAIT_MODEL, wait for it to appear."""
     if not path:
         raise UserError("ESL.RESTORE_FROM is empty: set it to the trained model (e.g. the best AdvEnt snapshot)")
-    if not wait and not os.path.exists(path):
+    if wait:
+        wait_for_file(path, timeout, "ESL")
+    elif not os.path.exists(path):
         raise UserError(f"ESL.RESTORE_FROM not found: {path}")
-    wait_for_file(path, timeout, "ESL")
 
 
 def target_images(cfg):

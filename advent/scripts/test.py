@@ -23,7 +23,7 @@ from advent.utils.distributed import leave_process_group, select_device
 from advent.utils.runtime import run_main, setup_logging
 
 
-def get_arguments(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Code for evaluation")
     parser.add_argument("--cfg", type=str, required=True, help="the YAML config file")
     parser.add_argument("--exp-suffix", type=str, default="",
@@ -32,7 +32,7 @@ def get_arguments(argv=None):
 
 
 def main(argv=None):
-    args = get_arguments(argv)
+    args = parse_args(argv)
     setup_logging()
     cfg = load_config(args.cfg, args.exp_suffix)
     command = None if argv is None else [__file__] + list(argv)

@@ -120,4 +120,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_main(main)
+    sys.exit(run_main(main))

@@ -25,6 +25,7 @@ from PIL import Image
 
 from advent.config import load_config
 from advent.dataset import get_class_info, get_target_dataset, png_name
+from advent.dataset.factory import stage_section
 from advent.domain_adaptation.pseudo_labels import predict_with_confidence
 from advent.model.inference import load_segmenter, main_logits, upsample
 from advent.utils.distributed import select_device
@@ -97,18 +98,18 @@ def prediction_and_entropy(model, image, size, stage):
     return logits.argmax(0), softmax_entropy(logits)
 
 
-def panels_for(model, item, cfg, palette, has_labels, device):
-    """[(title, panel)] of one dataset item, all at the input size."""
+def panels_for(model, item, cfg, stage, palette, has_labels, device):
+    """[(title, panel)] of one dataset item of `stage`'s split, all at the input size."""
     image, label, _, name = item
     height, width = image.shape[1:]
-    prediction, entropy = prediction_and_entropy(model, torch.from_numpy(image).to(device), (width, height),
-                                                 cfg.stage)
-    panels = [("image", input_image(image, cfg.mean)), ("prediction", mask_image(prediction, palette)),
+    prediction, entropy = prediction_and_entropy(model, torch.from_numpy(image).to(device), (width, height), stage)
+    mean = stage_section(cfg, stage).IMG_MEAN
+    panels = [("image", input_image(image, mean)), ("prediction", mask_image(prediction, palette)),
               ("entropy", entropy_image(entropy, colormap=True))]
     if has_labels:
         resized = Image.fromarray(label.astype(np.uint8)).resize((width, height), Image.NEAREST)
         panels.append(("ground truth", mask_image(np.asarray(resized), palette)))
-    pseudo = pseudo_label(cfg.pseudo_dir, name, (width, height))
+    pseudo = pseudo_label(cfg.PSEUDO_LABEL_DIRECTORY_TARGET, name, (width, height))
     if pseudo is not None:
         panels.append(("pseudo-label", mask_image(pseudo, palette)))
     return panels
@@ -128,11 +129,9 @@ def main(argv=None):
     device = select_device(cfg.GPU_ID, cfg.TF32, cfg.CUDNN_BENCHMARK)
     model, _ = load_segmenter(name, cfg.NUM_CLASSES, multi_level, checkpoint, device)
     palette = get_class_info(cfg, args.stage).palette
-    section = cfg.ESL if args.stage == "esl" else cfg.TEST
-    view = argparse.Namespace(mean=section.IMG_MEAN, pseudo_dir=cfg.PSEUDO_LABEL_DIRECTORY_TARGET, stage=args.stage)
     for index in indices:
         item = dataset[index]
-        titled = panels_for(model, item, view, palette, dataset.has_labels, device)
+        titled = panels_for(model, item, cfg, args.stage, palette, dataset.has_labels, device)
         row = panel_row([p for _, p in titled], [t for t, _ in titled])
         path = out / png_name(item[3])
         save_png(Image.fromarray(row), path, WRITER)

@@ -49,6 +49,7 @@ MANIFEST_NAME = ".advent-manifest.json"
 _MANIFEST_TMP = MANIFEST_NAME + ".tmp"  # the manifest's own temporary file (written under the folder's flock)
 _RESERVED = {MANIFEST_NAME, _MANIFEST_TMP}
 MANIFEST_FORMAT = 2
+NEW_FOLDER = "choose a new or empty folder"  # the advice when a folder is refused
 
 _UMASK = os.umask(0)  # the umask can only be read by setting it: set it back at once
 os.umask(_UMASK)
@@ -182,7 +183,7 @@ def prepare_folder(folder, writer, what):
     it, and write its manifest (which also proves the folder writable). A UserError naming `what`,
     the folder and the cause when the file system refuses (a file in the way, read-only, no
     permission). Removes what killed runs left there (`remove_stale`). Returns the folder, resolved
-    (see check_folder)."""
+    (`_resolved`)."""
     shown, folder = folder, _resolved(folder)
     blocker = _file_in_the_way(folder)
     if blocker is not None:
@@ -200,7 +201,7 @@ def prepare_folder(folder, writer, what):
     return folder
 
 
-def check_owner(folder, writer, key, advice="choose a new or empty folder", guests=()):
+def check_owner(folder, writer, key, advice=NEW_FOLDER, guests=()):
     """`folder` is not another script's: not created by one, and holding no file of one but of
     `writer` and `guests` (the user's own files aside). Otherwise a UserError as check_folder's."""
     shown, folder = folder, _resolved(folder)
@@ -208,14 +209,17 @@ def check_owner(folder, writer, key, advice="choose a new or empty folder", gues
         raise UserError(f"{key} {shown} exists and is not a folder")
     manifest = read_manifest(folder) or Manifest()
     others = sorted(name for name, by in manifest.files.items() if by not in (writer, *guests))
-    if manifest.owner not in (None, writer) or others:
-        other = manifest.owner if manifest.owner not in (None, writer) else manifest.files[others[0]]
-        what = "" if manifest.owner not in (None, writer) else f" ({others[0]})"
-        raise UserError(f"{key} {shown} was written by {other}{what}; {writer} does not take over "
-                        f"another script's folder: {advice}")
+    if manifest.owner not in (None, writer):
+        other, which = manifest.owner, ""
+    elif others:
+        other, which = manifest.files[others[0]], f" ({others[0]})"
+    else:
+        return
+    raise UserError(f"{key} {shown} was written by {other}{which}; {writer} does not take over "
+                    f"another script's folder: {advice}")
 
 
-def check_folder(folder, writer, key, advice="choose a new or empty folder", guests=()):
+def check_folder(folder, writer, key, advice=NEW_FOLDER, guests=()):
     """`writer` may write `folder` freely (replace it, or remove its own files in it): it does not
     exist, or it was not created by another script and holds only what `writer` (or one of the
     scripts `guests`, which add their files beside its own) wrote there. Otherwise a UserError
@@ -431,21 +435,21 @@ def lock_path(folder):
 
 
 @contextlib.contextmanager
-def exclusive_lock(folder, what):
+def exclusive_lock(folder, writer):
     """Hold the exclusive lock of `folder` for the block; a UserError naming the folder and the
-    holder when another process holds it. `what` says what the run is ('train.py', 'esl.py').
+    holder when another process holds it. `writer` is the script that runs ('train.py', 'esl.py').
 
     The lock is an flock on a small file beside the folder (lock_path), recorded in that folder's
     manifest and released by the kernel when the process ends, however it ends; the file stays.
     A file of that name the project did not write is refused, not overwritten."""
     path = lock_path(folder)
     try:
-        prepare_folder(path.parent, what, f"the lock of {folder}")
+        prepare_folder(path.parent, writer, f"the lock of {folder}")
         manifest = read_manifest(path.parent)
         if path.exists() and manifest.writer_of(path.name) is None and not _is_lock_file(path):
             raise UserError(f"{path} exists and this project did not write it; move it away")
         with updating_manifest(path.parent) as manifest:
-            manifest.files.setdefault(path.name, what)
+            manifest.files.setdefault(path.name, writer)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as error:
         raise UserError(f"cannot create the lock file {path}: {error.strerror}") from None
@@ -455,7 +459,7 @@ def exclusive_lock(folder, what):
         except BlockingIOError:
             raise UserError(f"{Path(folder)} is in use by another run ({_holder(fd)}); wait for it to "
                             f"finish or write to another folder") from None
-        holder = {"what": what, "pid": os.getpid(), "host": socket.gethostname(),
+        holder = {"what": writer, "pid": os.getpid(), "host": socket.gethostname(),
                   "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
         with writing(path):  # a full disk: one line naming the lock file
             os.ftruncate(fd, 0)
@@ -498,7 +502,7 @@ class FolderReplacement:
     when the block succeeds, and every process has left it, the main process lists the whole tree
     in its manifest and swaps it in (`publish`); after an error it is removed."""
 
-    def __init__(self, final, writer, key, advice="choose a new or empty folder"):
+    def __init__(self, final, writer, key, advice=NEW_FOLDER):
         self.final, self.writer, self.key, self.advice = Path(final).resolve(), writer, key, advice
 
     def check(self):
