@@ -31,6 +31,7 @@ def test_eval_speed_gives_one_confusion_matrix_by_both_paths():
     stdout = run_benchmark("eval_speed", "--device", "cpu", "--repeats", "2", "--output-size", "128", "64",
                            "--input-size", "64", "32")
     assert re.search(r"^confusion matrices equal: yes \(\d+ pixels counted\)$", stdout, flags=re.M)
+    assert "speed-up" in stdout
 
 
 @pytest.mark.slow

@@ -1,14 +1,15 @@
 """benchmarks/gpu_check.py: its dry run (CPU, tiny sizes, the same steps) end to end, so that the GPU
 check cannot rot where no GPU is, and the seed sweep's rates on hand-made timestamps."""
+import os
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from advent.utils.serialization import json_load
 from benchmark_scripts import benchmark_path, load_benchmark
 from processes import HANG_GUARD_S
+from test_eval import fake_clock
 
 SCRIPT = benchmark_path("gpu_check")
 STAGES = ["tests: -m cuda", "tests: fast suite", "speed: fp32", "speed: fp32 (TF32 off)", "speed: bf16", "speed: fp16",
@@ -46,18 +47,24 @@ def test_nvidia_smi_names_the_gpu_cuda_numbers_and_reads_n_a_as_missing(monkeypa
     assert check.smi_number("81559") == 81559.0 and check.smi_number("[N/A]") is None
 
 
-def test_a_run_waits_after_its_warm_up_until_every_run_of_the_sweep_is_past_its_own(tmp_path):
+def test_a_run_waits_after_its_warm_up_until_every_run_of_the_sweep_is_past_its_own(tmp_path, monkeypatch):
     check = gpu_check()
-    waiting = threading.Thread(target=check.wait_at_barrier, args=(tmp_path, 2, 600))
-    waiting.start()
-    waiting.join(0.2)
-    assert waiting.is_alive()  # the other run is not there yet
-    (tmp_path / "another-run.ready").touch()
-    waiting.join(HANG_GUARD_S)
-    assert not waiting.is_alive() and len(list(tmp_path.glob("*.ready"))) == 2
+    polls = []
+
+    def another_run_arrives():  # at the third poll
+        polls.append(1)
+        if len(polls) == 3:
+            (tmp_path / "another-run.ready").touch()
+
+    fake_clock(monkeypatch, another_run_arrives, module=check)
+    check.wait_at_barrier(tmp_path, 2, 600)
+    assert len(polls) == 3  # it waited for the other run, and no longer
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{os.getpid()}.ready", "another-run.ready"])
     alone = tmp_path / "alone"
     alone.mkdir()
-    check.wait_at_barrier(alone, 2, 0.05)  # a run that never comes: it gives up after the timeout
+    now = fake_clock(monkeypatch, module=check)
+    check.wait_at_barrier(alone, 2, 5)  # a run that never comes: it gives up after the timeout
+    assert now[0] >= 5 and [p.name for p in alone.iterdir()] == [f"{os.getpid()}.ready"]
 
 
 @pytest.mark.slow

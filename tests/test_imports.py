@@ -79,3 +79,10 @@ def test_utils_import_nothing_above_them():
               for target, _ in advent_imports(tree, modules)
               if target != "advent" and not target.startswith("advent.utils")}
     assert not upward, sorted(upward)
+
+
+def test_advent_modules_import_by_absolute_names_only():
+    """So that the checks above see every import (advent_imports reads absolute names)."""
+    relative = sorted(f"{name}, line {node.lineno}" for name, tree in parsed_modules().items()
+                      for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level > 0)
+    assert not relative, relative

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from advent import PROJECT_ROOT
-from advent.domain_adaptation import esl_UDA, train_UDA
+from advent.domain_adaptation import esl_UDA, eval_UDA, train_UDA
 from advent.domain_adaptation.eval_UDA import RESULTS_SINGLE, build_test_loader, evaluate
 from advent.domain_adaptation.train_UDA import TrainingInterrupted, train_domain_adaptation
 from advent.scripts import esl as esl_script
@@ -81,23 +81,42 @@ def test_channels_last_may_change_on_resume(tmp_path, monkeypatch):
     assert train_domain_adaptation(resumed, CPU, resume=True) == 4
 
 
-def test_channels_last_evaluation_counts_as_the_default_layout(tmp_path):
+def layouts_seen(model):
+    """A list that each forward of `model` extends with (image in NHWC, first conv's weight in NHWC)."""
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append((is_nhwc(args[0]), is_nhwc(model.conv1.weight))))
+    return seen
+
+
+def test_channels_last_evaluation_feeds_nhwc_images_and_counts_as_the_default_layout(tmp_path):
     cfg, _ = base_cfg(tmp_path)
     _, loader = build_test_loader(cfg, CPU)
     model = tiny_model(3)
+    seen = layouts_seen(model)
     plain = evaluate([model], loader, 19, CPU, cfg.TEST.OUTPUT_SIZE_TARGET).hist()
+    assert seen and set(seen) == {(False, False)}
+    seen.clear()
     nhwc = evaluate([model.to(memory_format=NHWC)], loader, 19, CPU, cfg.TEST.OUTPUT_SIZE_TARGET,
                     channels_last=True).hist()
-    assert is_nhwc(model.conv1.weight)
+    assert seen and set(seen) == {(True, True)}
     assert np.abs(nhwc - plain).sum() <= 0.002 * plain.sum()  # argmax ties may fall either way
 
 
-def test_test_script_with_channels_last_and_bf16(tmp_path):
+def test_test_script_with_channels_last_and_bf16(tmp_path, monkeypatch):
     checkpoint = save_tiny(tmp_path / "model.pth", seed=7)
     cfg, _ = single_cfg(tmp_path, [checkpoint])
     cfg.CHANNELS_LAST, cfg.TEST.AMP = True, "bf16"
     path = write_cfg_yaml(cfg, tmp_path / "fast.yml")
+    original, seen = eval_UDA.load_segmenter, []
+
+    def spy(*args, **kwargs):  # test.py's model, watched
+        model, info = original(*args, **kwargs)
+        seen.append(layouts_seen(model))
+        return model, info
+
+    monkeypatch.setattr(eval_UDA, "load_segmenter", spy)
     assert test_script.main(["--cfg", str(path)]) == 0
+    assert len(seen) == 1 and seen[0] and set(seen[0]) == {(True, True)}  # NHWC weights and images
     results = json_load(Path(cfg.EXP_ROOT) / "logs" / "test" / "fast" / RESULTS_SINGLE)
     assert results["channels_last"] is True and results["amp"] == "bf16"
     hist = np.array(results["confusion_matrix"])
@@ -118,7 +137,7 @@ def test_esl_under_bf16_autocast_and_channels_last(tmp_path, monkeypatch):
         seen = []
 
         def spy(model, image, amp_arg):
-            seen.append((amp_arg, is_nhwc(image)))
+            seen.append((amp_arg, is_nhwc(image), is_nhwc(model.conv1.weight)))
             return original(model, image, amp_arg)
 
         cfg, written = esl_config(tmp_path / name, output_size=(64, 32))
@@ -126,7 +145,7 @@ def test_esl_under_bf16_autocast_and_channels_last(tmp_path, monkeypatch):
         with monkeypatch.context() as patch:
             patch.setattr(esl_UDA, "main_logits", spy)
             assert esl_script.main(["--cfg", str(write_cfg_yaml(cfg, tmp_path / name / "esl.yml"))]) == 0
-        assert seen and set(seen) == {(amp, channels_last)}
+        assert seen and set(seen) == {(amp, channels_last, channels_last)}
         folder = Path(cfg.PSEUDO_LABEL_DIRECTORY_TARGET)
         labels[name] = np.stack([np.asarray(Image.open(folder / Path(n).with_suffix(".png").name))
                                  for n in written["train"].names])

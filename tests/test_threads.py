@@ -30,7 +30,8 @@ def test_at_most_twice_the_threads_are_taken_ahead_of_the_consumer():
     results = map_in_threads(lambda i: i, items(), 3)
     for consumed in range(1, 41):
         assert next(results) == consumed - 1
-        assert len(taken) <= consumed + 6  # at most 2 * 3 items beyond those consumed
+        # 2 * 3 in flight: the result just handed over and the 5 items taken beyond it
+        assert len(taken) == min(40, consumed + 2 * 3 - 1)
     assert list(results) == []
 
 

@@ -114,7 +114,7 @@ BENCHMARK_OUTPUTS = [
     ("gpu_check", "check_rows", lambda tmp: ["--dry-run", "--out", f"{tmp}/check.json"], "check_pytest.log"),
     ("gpu_check", "check_rows", lambda tmp: ["--dry-run", "--out", f"{tmp}/check.json"], "check_profile.txt"),
     ("numerics_check", "loss_curves", lambda tmp: ["--json", f"{tmp}/curves.json"], "curves.json"),
-    ("host_speed", "write_data", lambda tmp: ["--json", f"{tmp}/speed.json"], "speed.json"),
+    ("host_speed", "unpack_revision", lambda tmp: ["--json", f"{tmp}/speed.json"], "speed.json"),
     ("demo_seeds", "run_seed", lambda tmp: ["--seeds", "0", "1", "--out", str(tmp)], "seed1.log"),
     ("demo_seeds", "run_seed", lambda tmp: ["--seeds", "0", "--out", str(tmp)], "demo_seeds.json"),
 ]
