@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from advent.domain_adaptation.eval_UDA import Buffers, upsampled_prediction
 from advent.domain_adaptation.metrics import ConfusionMatrix
-from advent.utils.cli import device, non_negative, number, positive
+from advent.utils.cli import description, device, non_negative, number, positive
 from advent.utils.func import fast_hist
 from advent.utils.runtime import run_main
 
@@ -30,7 +30,7 @@ SAMPLES = 4  # distinct (logits, label) pairs, cycled
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=positive, default=20, help="timed images per path (default 20)")
     parser.add_argument("--classes", type=number(int, 1, 255), default=19)

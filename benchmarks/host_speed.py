@@ -42,7 +42,7 @@ DEFAULT_BASELINE = "685a1e5"  # the last revision before the host-side work on e
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))  # no advent import here
     parser.add_argument("--baseline", default=DEFAULT_BASELINE, help="git revision to compare with")
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--rounds", type=int, default=2)

@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_speed (benchmarks/ is no package)
 from train_speed import training_cfg  # noqa: E402
 
-from advent.utils.cli import device, number, positive  # noqa: E402
+from advent.utils.cli import description, device, number, positive  # noqa: E402
 from advent.utils.output_dir import check_writable  # noqa: E402
 from advent.utils.runtime import memory_format, run_main  # noqa: E402
 from advent.utils.serialization import json_dump  # noqa: E402
@@ -55,7 +55,7 @@ NUM_CLASSES, BLOCK, IGNORED = 19, 16, 0.05
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", default=None, help="default: DeepLabv2 (R101) on CUDA, DeepLabv2-Tiny on the CPU")
     parser.add_argument("--iters", type=number(int, 2), default=200, help="iterations per variant (default 200)")

@@ -4,7 +4,7 @@ each also with CHANNELS_LAST when asked.
     python benchmarks/train_speed.py            # CUDA: R101 at 1280x720 (source) / 1024x512 (target)
                                                 # CPU: Tiny and R101 at 256x128
     python benchmarks/train_speed.py [--device cpu|cuda] [--models DeepLabv2 ...] [--iters 20]
-        [--warmup 3] [--budget SECONDS] [--rounds N] [--source-size W H] [--target-size W H]
+        [--warmup N] [--budget SECONDS] [--rounds N] [--source-size W H] [--target-size W H]
         [--modes none bf16 fp16] [--channels-last] [--cuda-graph] [--seed-batch N ...] [--threads N]
 
 What is timed: one AdvEnt iteration as train.py runs it (`train_UDA.make_step`: source and
@@ -37,7 +37,7 @@ import time
 
 import torch
 
-from advent.utils.cli import device, non_negative, number, positive
+from advent.utils.cli import description, device, non_negative, number, positive
 from advent.utils.runtime import run_main
 
 MODES = ("none", "bf16", "fp16")
@@ -45,7 +45,7 @@ LABEL = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", nargs="+", default=None,
                         help="default: DeepLabv2 (R101) on CUDA; DeepLabv2-Tiny and DeepLabv2 on the CPU")

@@ -20,6 +20,7 @@ import numpy as np
 from advent.config import load_config, mutable_copy
 from advent.dataset import factory
 from advent.dataset.base_dataset import image_size, missing_files, open_image
+from advent.utils.cli import description
 from advent.utils.errors import UserError
 from advent.utils.runtime import run_main
 
@@ -52,7 +53,7 @@ class Report:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--cfg", required=True, help="the YAML config whose datasets to check")
     parser.add_argument("--sample", type=int, default=20,
                         help="images and label files decoded per split (default 20)")

@@ -17,13 +17,13 @@ import sys
 
 from advent.demo.configs import QUICK_SCALE
 from advent.demo.pipeline import DEFAULT_DATA, DEFAULT_OUT, DEFAULT_SEED, run_demo
-from advent.utils.cli import non_negative
+from advent.utils.cli import description, non_negative
 from advent.utils.errors import UserError
 from advent.utils.runtime import run_main
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--quick", action="store_true",
                         help=f"CI mode: every run {QUICK_SCALE:g} times as long (about 2 minutes)")
     parser.add_argument("--study", action="store_true",

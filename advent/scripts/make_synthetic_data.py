@@ -13,12 +13,13 @@ import sys
 import time
 
 from advent.demo.synthetic import write_demo_data
+from advent.utils.cli import description
 from advent.utils.errors import UserError
 from advent.utils.runtime import run_main
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--out", required=True, help="output folder (GTA5/ and Cityscapes/ go inside)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-source", type=int, default=400, help="source training images (split 'all')")

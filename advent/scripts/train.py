@@ -27,6 +27,7 @@ import sys
 from advent.config import load_config
 from advent.domain_adaptation.checkpoint import total_iterations
 from advent.domain_adaptation.train_UDA import TrainingInterrupted, train_domain_adaptation
+from advent.utils.cli import description
 from advent.utils.distributed import (
     get_world_size, is_main_process, launched_by_torchrun, leave_process_group, select_device,
 )
@@ -47,7 +48,7 @@ def describe(cfg):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--cfg", required=True, help="the YAML config file")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest train state in the run's snapshot folder "

@@ -35,5 +35,10 @@ def device(text):
     return text
 
 
+def description(doc):
+    """A script's --help description: the first paragraph of its docstring `doc`, on one line."""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
 positive = number(int, 1)  # a count: images, iterations, rounds, threads
 non_negative = number(int, 0)  # a seed, a warm-up, a thread count where 0 means the default
