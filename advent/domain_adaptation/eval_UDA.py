@@ -315,7 +315,7 @@ def eval_best(cfg, device, cfg_path="", argv=None):
     with contextlib.ExitStack() as stack:  # the predictions folder's lock, for the whole run
         folder = snapshot_dir_of(cfg)
         dataset, loader, info, writer = prepare_test(cfg, device, folder, "the test cache and results",
-                                              [CACHE_NAME, RESULTS_BEST], stack)
+                                                     [CACHE_NAME, RESULTS_BEST], stack)
         model, _ = load_segmenter(cfg.TEST.MODEL[0], cfg.NUM_CLASSES, cfg.TEST.MULTI_LEVEL[0], None,
                                   device, cfg.CHANNELS_LAST)  # each snapshot's weights loaded in turn
         cache = None
