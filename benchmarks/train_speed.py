@@ -145,32 +145,38 @@ def run_variant(spec):
     else:
         setup = build_setup(cfg, device)
     setup.model.train()
-    budget = spec["budget"] or float("inf")
     one_iteration = make_step(setup, cfg)  # as train.py runs it (TRAIN.CUDA_GRAPH: graphed from the 2nd)
 
     def step(i_iter):
         return one_iteration(src, trg, i_iter)
 
-    start = time.perf_counter()
-    for i_iter in range(max(1, spec["warmup"])):
-        step(i_iter)
-        if time.perf_counter() - start > budget / 4:
-            break  # a slow variant: one warm-up iteration is enough
-    if cuda:  # the peak is the whole run's, warm-up included: the autotuner's trials, a graph's capture
-        torch.cuda.synchronize(device)
-    start, timed = time.perf_counter(), 0
-    while timed < spec["iters"] and (timed == 0 or time.perf_counter() - start < budget):
-        step(1000 + timed)  # includes one device sync (the losses)
-        timed += 1
-    if cuda:
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
+    timed, elapsed = time_steps(step, spec["warmup"], spec["iters"], spec["budget"] or float("inf"), device)
+    # the whole variant's peak, warm-up included: the autotuner's trials, a graph's capture
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if cuda else peak_rss_mib() - rss_before
     result = {"it_s": timed * seeds / elapsed, "timed": timed, "peak_mib": peak,
               "reserved_mib": torch.cuda.max_memory_reserved(device) / 2 ** 20 if cuda else None}
     if spec.get("profile"):
         result["profile"] = profile_steps(step, spec["profile"], device)
     return result
+
+
+def time_steps(step, warmup, iters, budget, device):
+    """(timed iterations, their seconds): `warmup` untimed calls of `step(i_iter)` (one only when
+    slow), then `iters` timed ones, or fewer past `budget` seconds (at least one)."""
+    start = time.perf_counter()
+    for i_iter in range(max(1, warmup)):
+        step(i_iter)
+        if time.perf_counter() - start > budget / 4:
+            break  # a slow variant: one warm-up iteration is enough
+    if device.type == "cuda":  # the warm-up's kernels done before the clock starts
+        torch.cuda.synchronize(device)
+    start, timed = time.perf_counter(), 0
+    while timed < iters and (timed == 0 or time.perf_counter() - start < budget):
+        step(1000 + timed)  # includes one device sync (the losses)
+        timed += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return timed, time.perf_counter() - start
 
 
 def device_time_us(event):
