@@ -15,8 +15,10 @@ WORKDIR /workspace/ESL
 COPY setup.py README.md ./
 COPY advent ./advent
 COPY benchmarks ./benchmarks
+COPY tests ./tests
+# [dev]: pytest, for benchmarks/gpu_check.py, which runs the test suite on the GPU first
 RUN python -c "import torch; print('torch==' + torch.__version__)" > /tmp/constraints.txt \
-    && pip install --no-cache-dir --constraint /tmp/constraints.txt -e . \
+    && pip install --no-cache-dir --constraint /tmp/constraints.txt -e ".[dev]" \
     && rm /tmp/constraints.txt \
     && ln -s experiments/labels labels \
     && ln -s experiments/labels_synthia labels_synthia

@@ -10,6 +10,7 @@ config works from any working directory. A config built by hand (tests, benchmar
 """
 import copy
 import difflib
+import math
 import os.path as osp
 
 import numpy as np
@@ -315,14 +316,24 @@ def _coerce(value, default, key, filename):
     expected = type(default)  # bool, int, float or str; a bool is no number here
     accepted = {bool: bool, int: int, float: (int, float), str: str}[expected]
     if isinstance(value, accepted) and (expected is bool or not isinstance(value, bool)):
-        return float(value) if expected is float else value
+        return _finite(float(value), key, filename) if expected is float else value
     if expected is float and isinstance(value, str):
         # YAML 1.1 reads '1e-4' (no dot) as a string: accept any text float() accepts.
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             pass
+        else:
+            return _finite(number, key, filename)
     raise _type_error(filename, key, expected.__name__, value)
+
+
+def _finite(number, key, filename):
+    """`number`, refused when NaN or infinite (YAML's .nan / .inf): no check below would catch
+    a NaN (every comparison with it is False), and a run would train or score nonsense."""
+    if not math.isfinite(number):
+        raise UserError(f"{filename}: {key} must be a finite number, got {number}")
+    return number
 
 
 def _resolve_path(value):

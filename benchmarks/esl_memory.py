@@ -134,6 +134,9 @@ def main(argv=None):
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--input-size", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    odd = [n for n in (*args.counts, args.defaults_count) if n % 2]
+    if odd and not args.child:  # the fake Cityscapes split holds two cities of count / 2 images
+        parser.error(f"--counts and --defaults-count must be even, got {odd[0]}")
     if args.child:
         args.approach = args.child
         return run_child(args)

@@ -72,7 +72,7 @@ import train_speed  # noqa: E402
 
 from advent import PROJECT_ROOT  # noqa: E402
 from advent.config import get_default_cfg  # noqa: E402
-from advent.utils.cli import description, non_negative, number, positive  # noqa: E402
+from advent.utils.cli import description, device, non_negative, number, positive  # noqa: E402
 from advent.utils.errors import UserError  # noqa: E402
 from advent.utils.output_dir import check_writable  # noqa: E402
 from advent.utils.runtime import run_main  # noqa: E402
@@ -130,6 +130,10 @@ def parse_args(argv=None):
     dry = args.dry_run
     args.sizes = TINY if dry else PAPER
     args.device = "cpu" if dry else f"cuda:{args.gpu}"
+    try:
+        device(args.device)  # before any work: this machine has that GPU
+    except argparse.ArgumentTypeError as error:
+        parser.error(f"--gpu {args.gpu}: {error} (--dry-run runs the same steps on the CPU, at tiny sizes)")
     args.images = args.images or (4 if dry else 100)  # target train and val images each
     args.sweep = list(dict.fromkeys(args.sweep or ([1, 2] if dry else [1, 2, 4, 8])))  # each size once
     args.mps = list(dict.fromkeys(args.mps))

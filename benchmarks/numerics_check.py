@@ -74,6 +74,8 @@ def parse_args(argv=None):
     args.target_size = tuple(args.target_size or ((1024, 512) if cuda else (128, 64)))
     if not 1 <= args.window < args.iters:
         parser.error("--window must be at least 1 and below --iters")
+    if args.cuda_graph and not cuda:
+        parser.error(f"--cuda-graph needs a CUDA device (--device is {args.device})")
     return args
 
 

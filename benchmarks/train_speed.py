@@ -72,6 +72,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
     args.models = args.models or (["DeepLabv2"] if cuda else ["DeepLabv2-Tiny", "DeepLabv2"])
+    if args.cuda_graph and not cuda:
+        parser.error(f"--cuda-graph needs a CUDA device (--device is {args.device})")
     args.source_size = tuple(args.source_size or ((1280, 720) if cuda else (256, 128)))
     args.target_size = tuple(args.target_size or ((1024, 512) if cuda else (256, 128)))
     args.modes = args.modes or supported_modes(args.device)

@@ -66,10 +66,10 @@ def unwritable(monkeypatch):
     """unwritable(folder, how): creating a file or a folder directly in `folder` fails with EACCES
     (Permission denied) until the test ends. how='chmod': the kernel refuses it (mode 555; the
     test is skipped as root, whom permission bits do not stop). how='deny': os.open and os.mkdir
-    refuse it as the kernel would, also for root (CI runs as root); below tempfile and pathlib,
-    so the project's code meets the error where it would meet the kernel's."""
+    refuse it as the kernel would, also for root (CI runs as root), and os.access says so; below
+    tempfile and pathlib, so the project's code meets the error where it would meet the kernel's."""
     denied, chmodded = set(), []
-    original_open, original_mkdir = os.open, os.mkdir
+    original_open, original_mkdir, original_access = os.open, os.mkdir, os.access
 
     def check(path):
         path = Path(os.path.abspath(os.fsdecode(path)))
@@ -95,7 +95,13 @@ def unwritable(monkeypatch):
         folder.chmod(0o555)
         chmodded.append(folder)
 
+    def access_denied(path, mode, *args, **kwargs):
+        if mode & os.W_OK and Path(os.path.abspath(os.fsdecode(path))) in denied:
+            return False
+        return original_access(path, mode, *args, **kwargs)
+
     monkeypatch.setattr(os, "open", open_denied)
+    monkeypatch.setattr(os, "access", access_denied)
     monkeypatch.setattr(os, "mkdir", mkdir_denied)
     yield make
     for folder in chmodded:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from benchmark_scripts import benchmark_path
+from benchmark_scripts import benchmark_path, load_benchmark
 from processes import HANG_GUARD_S
 
 
@@ -41,3 +41,11 @@ def test_synthetic_gap_trains_and_reports_every_model(tmp_path):
     assert re.search(r"^ +0 +[\d.]+ +[\d.]+ +[\d.]+ +-?[\d.]+$", stdout, flags=re.M)  # seed 0's mIoUs and gap
     assert re.search(r"^total time [\d.]+ s$", stdout, flags=re.M)
     assert (tmp_path / "data" / "seed0").is_dir()
+
+
+def test_esl_memory_refuses_an_odd_image_count_before_any_work(capsys):
+    with pytest.raises(SystemExit) as stop:
+        load_benchmark("esl_memory").main(["--counts", "2", "3"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        ": error: --counts and --defaults-count must be even, got 3")

@@ -113,6 +113,17 @@ def test_float_keys_take_yaml_exponent_strings_and_ints(tmp_path):
     assert "expects float" in _error(tmp_path, "TRAIN:\n  LEARNING_RATE: fast\n")
 
 
+@pytest.mark.parametrize("text, key, shown", [
+    ("TRAIN:\n  LEARNING_RATE: .nan\n", "TRAIN.LEARNING_RATE", "nan"),  # passes every `< 0` check
+    ("TRAIN:\n  LAMBDA_ADV_MAIN: .inf\n", "TRAIN.LAMBDA_ADV_MAIN", "inf"),
+    ("TRAIN:\n  IMG_MEAN: [104, .nan, 122]\n", "TRAIN.IMG_MEAN[1]", "nan"),
+    ("TEST:\n  MODEL_WEIGHT: [nan]\n", "TEST.MODEL_WEIGHT[0]", "nan"),  # text float() reads
+    ("ESL:\n  THRESHOLD: -.inf\n", "ESL.THRESHOLD", "-inf"),
+])
+def test_nan_and_infinity_are_refused_naming_the_key(tmp_path, text, key, shown):
+    assert _error(tmp_path, text).endswith(f"exp.yml: {key} must be a finite number, got {shown}")
+
+
 def test_yaml_syntax_error_names_file_and_line(tmp_path):
     message = _error(tmp_path, "TRAIN:\n  MAX_ITERS: 10\n  INPUT_SIZE_SOURCE: [1, 2\n")
     assert "exp.yml:4" in message and "YAML syntax error" in message

@@ -515,6 +515,26 @@ def test_best_mode_cache_is_reused_and_invalidated_by_file_or_setting_changes(tm
     assert json.loads((folder / RESULTS_BEST).read_text())["images"] == 3
 
 
+def test_best_mode_does_not_replace_the_results_another_config_wrote_in_the_snapshot_folder(
+        tmp_path, monkeypatch, capsys):
+    cfg, folder = best_cfg(tmp_path, iterations=(2000,), maxiter=2000)
+    on_val = run_test(cfg, tmp_path, "eval_val.yml")
+    before = (folder / RESULTS_BEST).read_bytes()
+    cfg.TEST.SET_TARGET = "train"  # another evaluation of the same run
+    on_train = write_cfg_yaml(cfg, tmp_path / "eval_train.yml")
+    monkeypatch.setattr(eval_UDA, "evaluate", lambda *a, **k: pytest.fail("evaluated before the check"))
+    assert user_error(["--cfg", str(on_train)], capsys) == [
+        f"error: {folder / RESULTS_BEST} holds the results of another config file, {on_val.resolve()}; test.py "
+        f"does not replace them with those of {on_train.resolve()}: move that file out of the folder first (its "
+        f"evaluations stay in the test cache), or run that config file"]
+    assert (folder / RESULTS_BEST).read_bytes() == before
+    monkeypatch.undo()
+    assert main(["--cfg", str(on_val)]) == 0  # the same config again: its own results, replaced
+    (folder / RESULTS_BEST).rename(tmp_path / "results_best_val.json")  # the way out the message names
+    assert main(["--cfg", str(on_train)]) == 0
+    assert json.loads((folder / RESULTS_BEST).read_text())["set"] == "train"
+
+
 def test_best_mode_waits_for_a_snapshot_then_evaluates_it(tmp_path, monkeypatch, caplog):
     cfg, folder = best_cfg(tmp_path, iterations=(2000, 4000), wait=True)
     cfg.TEST.WAIT_TIMEOUT = 3600  # on the fake clock below: never reached

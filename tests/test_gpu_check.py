@@ -95,3 +95,15 @@ def test_dry_run_runs_every_step_and_writes_the_table(tmp_path):
     # esl.py and test.py ran on the 1-run sweep's snapshot, over the 4 images written
     assert len(list((work / "esl" / "labels").glob("*.png"))) == 4
     assert json_load(next((work / "test").rglob("results_single.json")))["images"] == 4
+
+
+def test_without_the_gpu_it_names_it_refuses_before_any_work_with_one_line(capsys):
+    import torch
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(SystemExit) as stop:
+        gpu_check().parse_args(["--gpu", str(count)])  # one past the last GPU; the CPU has none
+    assert stop.value.code == 2
+    reason = "CUDA is not available here" if count == 0 else f"this machine has {count} GPU(s)"
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(  # after the program's name
+        f": error: --gpu {count}: cuda:{count}: {reason} (--dry-run runs the same steps on the CPU, "
+        f"at tiny sizes)")

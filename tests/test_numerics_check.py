@@ -63,3 +63,12 @@ def test_a_short_run_compares_bf16_with_ieee_float32(tmp_path):
     # the reference is IEEE float32 from the same weights: its curve differs from bf16's, a little
     reference, ours = table["reference"]["curves"]["loss_seg_src_main"], variant["curves"]["loss_seg_src_main"]
     assert reference != ours and reference[0] == pytest.approx(ours[0], rel=0.05)
+
+
+@pytest.mark.parametrize("name", ["numerics_check", "train_speed"])
+def test_a_cuda_graph_on_the_cpu_is_refused_with_one_line(name, capsys):
+    with pytest.raises(SystemExit) as stop:
+        load_benchmark(name).parse_args(["--device", "cpu", "--cuda-graph"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        ": error: --cuda-graph needs a CUDA device (--device is cpu)")

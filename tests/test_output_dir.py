@@ -379,3 +379,28 @@ def test_an_entry_recorded_by_an_enclosing_manifest_is_the_projects(tmp_path):
     assert foreign_entries(out) == []
     (out / "snapshots" / "run" / "notes.txt").write_text("mine")
     assert foreign_entries(out) == ["snapshots/run/notes.txt"]
+
+
+# --- run records: a new name each, also for runs writing at the same moment ---
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_a_run_record_never_replaces_one_another_run_wrote_at_the_same_moment(tmp_path, monkeypatch, hard_links):
+    from advent.utils.run_record import write_run_record
+    record = {"kind": "test", "started": "2026-12-06T02:49:19+00:00", "n": "ours"}
+    other = tmp_path / "run_test_20261206T024919.json"
+    link = os.link
+
+    def link_after_the_other_run(source, target):  # the other run takes the name between check and write
+        if not other.exists():
+            other.write_text('{"n": "theirs"}\n')
+        if not hard_links:
+            raise PermissionError(1, "Operation not permitted")  # a file system without hard links
+        return link(source, target)
+
+    monkeypatch.setattr(os, "link", link_after_the_other_run)
+    path = write_run_record(tmp_path, record, "test.py")
+    assert path.name == "run_test_20261206T024919_1.json"
+    assert json.loads(other.read_text()) == {"n": "theirs"}
+    assert json.loads(path.read_text())["n"] == "ours"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != MANIFEST_NAME) == [other.name, path.name]
+    assert write_run_record(tmp_path, record, "test.py").name == "run_test_20261206T024919_2.json"

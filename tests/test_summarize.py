@@ -80,7 +80,8 @@ def test_bad_inputs(tmp_path):
     for text, message in (("{", "cannot read results"),
                           ("[1, 2]", "x.json is not a test.py results file"),
                           ('{"per_class": 5, "mIoU": 3}', r"x.json is not a test.py results file \(an mIoU and a per_class"),
-                          ('{"mode": "best", "snapshots": []}', "x.json is not a complete test.py 'best' results file")):
+                          ('{"mode": "best", "snapshots": []}', "x.json is not a complete test.py 'best' results file"),
+                          ('{"per_class": [], "mIoU": 3, "mIoU13": "high"}', r"mIoU13 a number where given\)$")):
         (tmp_path / "x.json").write_text(text)
         with pytest.raises(UserError, match=message):
             summarize.summarize_files([tmp_path / "x.json"])

@@ -166,6 +166,28 @@ def test_snapshots_of_several_iterations_whose_train_state_is_gone_are_refused_w
     assert digests(folder) == before
 
 
+@pytest.mark.parametrize("iters, kept, what", [
+    (2, 2, "the final snapshot of its run"),  # SAVE_PRED_EVERY == EARLY_STOP, as in the demo configs
+    (6, 4, "a snapshot written after the run's first train state (with model_2.pth)"),
+])
+def test_a_lone_snapshot_that_had_a_train_state_beside_it_is_never_replaced(tmp_path, capsys, iters, kept, what):
+    cfg, _ = tiny_cfg(tmp_path / "run", "AdvEnt", iters=iters, save_every=2)
+    folder = Path(cfg.TRAIN.SNAPSHOT_DIR)
+    folder.mkdir(parents=True)
+    for name in (f"model_{kept}.pth", f"model_{kept}_D_main.pth"):
+        torch_save_atomic({"w": torch.zeros(1)}, folder / name)  # its train state deleted by hand
+    before = digests(folder)
+    path = str(write_cfg_yaml(cfg, tmp_path / "run.yml"))
+    assert train_py(["--cfg", path, "--resume"], capsys) == (2, [
+        f"error: {folder} holds model_{kept}.pth, {what}, but no train state, so this run cannot be resumed, and "
+        f"restarting it would replace it; put train_state_{kept}.pth back, or change EXP_NAME / --exp-suffix "
+        f"for a new run"])
+    assert train_py(["--cfg", path], capsys) == (2, [
+        f"error: {folder} holds model_{kept}.pth, {what}, but no train state; put train_state_{kept}.pth back "
+        f"and pass --resume to continue the run, or change EXP_NAME / --exp-suffix for a new run"])
+    assert digests(folder) == before
+
+
 def test_resume_restarts_a_run_that_died_before_its_first_snapshot(tmp_path, monkeypatch):
     cfg, _ = tiny_cfg(tmp_path, "SourceOnly", iters=2, save_every=2)
 

@@ -10,6 +10,7 @@ from advent.domain_adaptation.checkpoint import model_snapshot_path
 from advent.domain_adaptation.eval_UDA import CACHE_NAME, RESULTS_BEST
 from advent.scripts import esl as esl_script
 from advent.scripts import train as train_script
+from advent.scripts import viz as viz_script
 from advent.scripts.test import main as run_test_py
 from advent.utils.runtime import run_main
 from advent.utils.output_dir import MANIFEST_NAME, Manifest, prepare_folder, read_manifest
@@ -183,3 +184,80 @@ def test_a_run_refused_for_missing_data_makes_no_folder_and_writes_nothing(tmp_p
         f"error: Cityscapes root {tmp_path / 'nowhere'} not found; expected leftImg8bit/{{split}}/{{city}}/"
         f"*_leftImg8bit.png and gtFine/{{split}}/{{city}}/*_gtFine_labelIds.png"]
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def script_and_cfg(tmp_path, script):
+    """(main, cfg) of `script` on tiny data in tmp_path, its output folder not yet made."""
+    if script == "train":
+        cfg, _ = tiny_cfg(tmp_path, "MinEnt")
+        return train_script.main, cfg
+    if script in ("test", "viz"):
+        cfg, _ = best_cfg(tmp_path)
+        cfg.TEST.MODE, cfg.TEST.RESTORE_FROM = "single", (str(model_snapshot_path(tmp_path / "snapshots", 2000)),)
+        return (run_test_py if script == "test" else viz_script.main), cfg
+    cfg, _ = esl_config(tmp_path)
+    cfg.PSEUDO_LABEL_DIRECTORY_TARGET = str(tmp_path / "new" / "labels")
+    return esl_script.main, cfg
+
+
+def refused(main, argv, capsys):
+    """The error lines of `main(argv)` run as the script runs, which must exit with code 2."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run_main(main, argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize("script", ["train", "test", "esl", "viz"])
+def test_a_run_refused_for_its_checkpoint_makes_no_folder_and_writes_nothing(tmp_path, capsys, script):
+    """The checkpoint is loaded before the output folder is made: a corrupt one leaves no trace."""
+    main, cfg = script_and_cfg(tmp_path, script)
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint")
+    cfg.TRAIN.RESTORE_FROM, cfg.ESL.RESTORE_FROM, cfg.TEST.RESTORE_FROM = str(corrupt), str(corrupt), (str(corrupt),)
+    path = write_cfg_yaml(cfg, tmp_path / "run.yml")
+    before = sorted(tmp_path.rglob("*"))
+    [line] = refused(main, ["--cfg", str(path)], capsys)
+    assert line.startswith(f"error: cannot read {corrupt}: not a torch checkpoint or corrupt")
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_tensorboard_folder_that_is_a_file_stops_train_before_it_makes_any_folder(tmp_path, capsys):
+    main, cfg = script_and_cfg(tmp_path, "train")
+    (tmp_path / "events").write_text("a file of the user's")
+    cfg.TRAIN.TENSORBOARD_LOGDIR = str(tmp_path / "events")
+    path = write_cfg_yaml(cfg, tmp_path / "run.yml")
+    before = sorted(tmp_path.rglob("*"))
+    assert refused(main, ["--cfg", str(path), "--tensorboard"], capsys) == [
+        f"error: cannot write the TensorBoard events (TRAIN.TENSORBOARD_LOGDIR) to {tmp_path / 'events'}: "
+        f"{tmp_path / 'events'} is a file, not a folder"]
+    assert sorted(tmp_path.rglob("*")) == before and (tmp_path / "events").read_text() == "a file of the user's"
+
+
+@pytest.mark.parametrize("script, key", [("train", "TRAIN.SNAPSHOT_DIR"), ("esl", "PSEUDO_LABEL_DIRECTORY_TARGET"),
+                                         ("test", "TEST.RESTORE_FROM")])
+def test_a_symbolic_link_loop_or_a_name_too_long_is_one_line_and_makes_nothing(tmp_path, capsys, script, key):
+    main, cfg = script_and_cfg(tmp_path, script)
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    # 245 bytes: a valid name, but .<name>.partial-xxxxxxxx beside it would not be
+    sizes = (300,) if key == "TEST.RESTORE_FROM" else (300, 245)
+    cases = [(loop / "inside", f"{loop / 'inside'}: Too many levels of symbolic links")]
+    cases += [(tmp_path / ("x" * n), "File name too long" if key == "TEST.RESTORE_FROM" else
+               f"{key} {tmp_path / ('x' * n)}: the folder name is {n} bytes, over the 237 this project can use "
+               f"there") for n in sizes]
+    for bad, reason in cases:
+        if key == "TEST.RESTORE_FROM":
+            cfg.TEST.RESTORE_FROM = (str(bad),)
+        elif key == "TRAIN.SNAPSHOT_DIR":
+            cfg.TRAIN.SNAPSHOT_DIR = str(bad)
+        else:
+            cfg.PSEUDO_LABEL_DIRECTORY_TARGET = str(bad)
+        path = write_cfg_yaml(cfg, tmp_path / "run.yml")
+        before = sorted(tmp_path.rglob("*"))
+        [line] = refused(main, ["--cfg", str(path)], capsys)
+        assert reason in line, line
+        assert sorted(tmp_path.rglob("*")) == before

@@ -37,7 +37,8 @@ from advent.model.weights import CheckpointInfo, file_sha256, read_checkpoint
 from advent.utils.distributed import get_world_size, is_main_process
 from advent.utils.errors import UserError, file_system_fault
 from advent.utils.output_dir import (
-    atomic_path, check_folder, exclusive_lock, prepare_folder, record_new_entries, remove_own, tree_entries,
+    atomic_path, check_creatable, check_folder, exclusive_lock, prepare_folder, record_new_entries, remove_own,
+    tree_entries,
 )
 from advent.utils.run_record import build_run_record, write_run_record
 from advent.utils.serialization import yaml_dump, yaml_load
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 WRITER = "train.py"
 SNAPSHOT_KEY = "TRAIN.SNAPSHOT_DIR"
+SNAPSHOTS = f"the snapshots ({SNAPSHOT_KEY})"  # what the folder messages say is written
+EVENTS = "the TensorBoard events (TRAIN.TENSORBOARD_LOGDIR)"
 POLL_SECONDS = 10.0  # how often a waiting tester or ESL run looks for a snapshot
 FORMAT = "advent-train-state-1"
 COMMON_KEYS = ("format", "iteration", "model", "optimizer", "scaler", "rng", "data", "config")
@@ -125,16 +128,26 @@ def wait_for_file(path, timeout, section, never=lambda: None):
         time.sleep(min(POLL_SECONDS, remaining))
 
 
+def saved_train(snapshot_dir):
+    """The TRAIN section of the run's config.yml in `snapshot_dir`, or None where there is none
+    readable with integer SAVE_PRED_EVERY, EARLY_STOP and MAX_ITERS."""
+    try:
+        train = yaml_load(Path(snapshot_dir) / "config.yml")["TRAIN"]
+        for key in ("SAVE_PRED_EVERY", "EARLY_STOP", "MAX_ITERS"):
+            int(train[key])
+        return train
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return None
+
+
 def finished_without(snapshot_dir, n_iter):
     """Why model_<n_iter>.pth will never appear in `snapshot_dir`, or None: the training run there
     has finished (its last snapshot, by its config.yml, exists; snapshots are written in order)
     without it, so the run's snapshot step or length does not give that iteration."""
-    folder = Path(snapshot_dir)
-    try:
-        train = yaml_load(folder / "config.yml")["TRAIN"]
-        step, last = int(train["SAVE_PRED_EVERY"]), min(int(train["EARLY_STOP"]), int(train["MAX_ITERS"]))
-    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+    folder, train = Path(snapshot_dir), saved_train(snapshot_dir)
+    if train is None:
         return None  # no run there yet, or not one of ours: it may still come
+    step, last = int(train["SAVE_PRED_EVERY"]), min(int(train["EARLY_STOP"]), int(train["MAX_ITERS"]))
     if not model_snapshot_path(folder, last).exists() or model_snapshot_path(folder, n_iter).exists():
         return None
     return (f"model_{n_iter}.pth will not come: the training run in {folder} finished at iteration {last}, "
@@ -187,7 +200,22 @@ def train_state_gone(folder, iterations):
             f"model_{iterations[-1]}.pth) but no train state")
 
 
-def check_fresh_snapshot_dir(snapshot_dir):
+def lone_snapshot_kept(folder, iteration, train):
+    """Why the snapshots of one `iteration` in `folder`, without a train state, must not be replaced
+    by a restart from iteration 0, or None. Only a run killed while writing its first train state
+    (which follows its first snapshot) may restart; a later snapshot, or the run's final one, had
+    a train state beside it, so it has been removed since. `train`: the TRAIN section of the run
+    that wrote them (its config.yml, else this config)."""
+    last = min(int(train["EARLY_STOP"]), int(train["MAX_ITERS"]))
+    first = min(int(train["SAVE_PRED_EVERY"]), last)
+    if iteration == first and iteration < last:
+        return None
+    what = ("the final snapshot of its run" if iteration >= last else
+            f"a snapshot written after the run's first train state (with model_{first}.pth)")
+    return f"{folder} holds model_{iteration}.pth, {what}, but no train state"
+
+
+def check_fresh_snapshot_dir(snapshot_dir, cfg):
     """Refuse to start a new run in a folder that holds snapshots or a train state of another."""
     found = run_files(snapshot_dir)
     if not found:
@@ -197,9 +225,11 @@ def check_fresh_snapshot_dir(snapshot_dir):
         raise UserError(f"{folder} already holds a training run ({files}); pass --resume to continue it, "
                         f"or change EXP_NAME / --exp-suffix for a new run")
     iterations = snapshot_iterations(found)
-    if len(iterations) > 1:
-        raise UserError(f"{train_state_gone(folder, iterations)}; put train_state_{iterations[-1]}.pth back and "
-                        f"pass --resume to continue the run, or change EXP_NAME / --exp-suffix for a new run")
+    kept = (train_state_gone(folder, iterations) if len(iterations) > 1 else
+            iterations and lone_snapshot_kept(folder, iterations[0], saved_train(folder) or cfg.TRAIN))
+    if kept:
+        raise UserError(f"{kept}; put train_state_{iterations[-1]}.pth back and pass --resume to continue "
+                        f"the run, or change EXP_NAME / --exp-suffix for a new run")
     raise UserError(f"{folder} already holds a training run stopped before its first train state was "
                     f"complete ({files}); pass --resume to restart it from iteration 0 (its snapshots are "
                     f"replaced as it goes), or delete the model_*.pth files there, or change EXP_NAME / "
@@ -221,6 +251,10 @@ def check_restart(snapshot_dir, cfg):
         raise UserError(f"{train_state_gone(snapshot_dir, iterations)}, so this run cannot be resumed, and "
                         f"restarting it would replace them; put train_state_{iterations[-1]}.pth back, or change "
                         f"EXP_NAME / --exp-suffix for a new run")
+    kept = iterations and lone_snapshot_kept(snapshot_dir, iterations[0], saved_train(snapshot_dir) or cfg.TRAIN)
+    if kept:
+        raise UserError(f"{kept}, so this run cannot be resumed, and restarting it would replace it; put "
+                        f"train_state_{iterations[0]}.pth back, or change EXP_NAME / --exp-suffix for a new run")
     if config.is_file():
         try:
             saved = yaml_load(config)
@@ -281,29 +315,36 @@ class Checkpointer:
         self.saved = self.info = self.last_saved = None  # the train state resumed from; the newest one
         self.setup = self.streams = self.weights = None  # what is saved (restore, start); the weights loaded
 
+    def check_folders(self, tensorboard=False):
+        """Before any model work, creating nothing (main process): the snapshot folder is new,
+        empty, or holds only what the project wrote, and was not created by another script
+        (check_folder); it and TensorBoard's folder can be made (no file in the way, writable)."""
+        if not is_main_process():
+            return
+        folder = self.cfg.TRAIN.SNAPSHOT_DIR  # as given: the messages name it so
+        check_folder(folder, WRITER, SNAPSHOT_KEY, "change EXP_NAME / --exp-suffix or TRAIN.SNAPSHOT_DIR to a "
+                     "new or empty folder", guests=("test.py",))  # test.py's 'best' results may stand beside the run
+        check_creatable(folder, SNAPSHOTS)
+        if tensorboard:
+            check_creatable(self.cfg.TRAIN.TENSORBOARD_LOGDIR, EVENTS)
+
     @contextmanager
     def holding(self, tensorboard=False):
-        """For the block, in the main process: the folder checked (new, empty, or holding only what
-        the project wrote, and not created by another script: check_folder) and writable, its
-        exclusive lock held (a second run into it stops with one line naming the holder), what
-        killed runs left in it removed; TensorBoard's folder (which may hold other files: its event
-        files get new names) checked writable. TensorBoard's new files are recorded at the end."""
-        folder = self.cfg.TRAIN.SNAPSHOT_DIR  # as given: the messages name it so
+        """For the block, in the main process: the folders checked (check_folders) and made, the
+        snapshot folder's exclusive lock held (a second run into it stops with one line naming the
+        holder), what killed runs left in it removed; TensorBoard's folder (which may hold other
+        files: its event files get new names) made. TensorBoard's new files are recorded at the end."""
+        folder = self.cfg.TRAIN.SNAPSHOT_DIR
         logdir = self.cfg.TRAIN.TENSORBOARD_LOGDIR if tensorboard else None
-        advice = "change EXP_NAME / --exp-suffix or TRAIN.SNAPSHOT_DIR to a new or empty folder"
-
-        def check():  # test.py's 'best' results may stand beside the run
-            check_folder(folder, WRITER, SNAPSHOT_KEY, advice, guests=("test.py",))
-
         with ExitStack() as held:
             if is_main_process():
-                check()
-                prepare_folder(folder, WRITER, f"the snapshots ({SNAPSHOT_KEY})")
+                self.check_folders(tensorboard)
+                prepare_folder(folder, WRITER, SNAPSHOTS)
                 if logdir:
-                    prepare_folder(logdir, WRITER, "the TensorBoard events (TRAIN.TENSORBOARD_LOGDIR)")
+                    prepare_folder(logdir, WRITER, EVENTS)
                     held.callback(record_new_entries, logdir, WRITER, set(tree_entries(logdir)))
                 held.enter_context(exclusive_lock(folder, WRITER))
-                check()  # again: no other run can change it now
+                self.check_folders(tensorboard)  # again: no other run can change it now
             yield
 
     def find(self, resume):
@@ -312,7 +353,7 @@ class Checkpointer:
         state (`check_restart`: it starts again from iteration 0)."""
         folder = self.cfg.TRAIN.SNAPSHOT_DIR
         if not resume:
-            check_fresh_snapshot_dir(folder)
+            check_fresh_snapshot_dir(folder, self.cfg)
             return None
         iterations = train_state_iterations(folder)
         if not iterations:
@@ -325,19 +366,27 @@ class Checkpointer:
                  total_iterations(self.cfg))
         return self.saved["iteration"]
 
-    def restore(self, setup):
-        """Load what `setup` trains: resumed, networks and optimisers from the train state; fresh,
-        the segmenter from TRAIN.RESTORE_FROM (ImageNet init, torchvision, a released or own model)."""
-        self.setup = setup
-        if self.saved is not None:
-            self.restore_train_state()
-            self.weights = [self.info]
+    def load_init(self, setup, resume):
+        """Before the folder is made: the segmenter's weights from TRAIN.RESTORE_FROM (ImageNet
+        init, torchvision, a released or own model), so that a bad file makes no folder; not when
+        resuming from a train state, which holds them (and the file may have moved since)."""
+        if resume and train_state_iterations(self.cfg.TRAIN.SNAPSHOT_DIR):
             return
         restore_from = self.cfg.TRAIN.RESTORE_FROM
         if not restore_from:
             log.warning("TRAIN.RESTORE_FROM is empty: the segmenter starts from random weights "
                         "(the papers start from the ImageNet init)")
         self.weights = [load_checkpoint(setup.model, restore_from)] if restore_from else []
+
+    def restore(self, setup):
+        """What `setup` trains: resumed, networks and optimisers from the train state; fresh, the
+        segmenter's init (load_init)."""
+        self.setup = setup
+        if self.saved is not None:
+            self.restore_train_state()
+            self.weights = [self.info]
+        elif self.weights is None:  # the train state load_init saw is gone since
+            self.load_init(setup, resume=False)
 
     def start(self, datasets, data_seed, device):
         """Each loader's order (seed, length, position: new from `data_seed`, or the train state's,

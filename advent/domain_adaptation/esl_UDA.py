@@ -48,7 +48,7 @@ from advent.utils.distributed import (
     get_rank, is_main_process, shard_batches, sum_over_processes,
 )
 from advent.utils.errors import UserError
-from advent.utils.output_dir import FolderReplacement, prepare_folder, writing
+from advent.utils.output_dir import FolderReplacement, check_creatable, writing
 from advent.utils.run_record import write_run_record
 from advent.utils.serialization import json_dump
 from advent.utils.threads import map_in_threads
@@ -62,15 +62,15 @@ WRITER = "esl.py"
 
 def output_folder(output_dir):
     """The pseudo-label folder as a FolderReplacement (esl.py replaces it as a whole), after the
-    checks that need no lock: the key is set, it is not a file, its parent can be written (the
-    new set is built beside it)."""
+    checks that need no lock: the key is set, it is not a file, its parent can be made and
+    written (the new set is built beside it). Nothing is made yet (the lock's `held` does)."""
     if not str(output_dir):
         raise UserError(f"{OUTPUT_KEY} is empty: set it to the folder for the pseudo-labels")
     replacement = FolderReplacement(output_dir, WRITER, OUTPUT_KEY,
                                     advice="esl.py replaces only a new, empty or own earlier label folder")
     replacement.check()
     if is_main_process():
-        prepare_folder(replacement.final.parent, WRITER, f"the pseudo-labels ({OUTPUT_KEY} {output_dir})")
+        check_creatable(replacement.final.parent, f"the pseudo-labels ({OUTPUT_KEY} {output_dir})")
     return replacement
 
 

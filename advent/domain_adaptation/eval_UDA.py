@@ -37,7 +37,7 @@ from advent.domain_adaptation.checkpoint import (
     expected_snapshots, finished_without, model_snapshot_path, wait_for_file,
 )
 from advent.domain_adaptation.eval_output import (
-    WRITER, EvalCache, PredictionWriter, eval_setting, run_header, write_outputs,
+    WRITER, EvalCache, PredictionWriter, check_predictions_folder, eval_setting, run_header, write_outputs,
 )
 from advent.domain_adaptation.metrics import (
     ConfusionMatrix, format_miou, format_summary, summarize, warn_if_suspicious,
@@ -49,7 +49,7 @@ from advent.utils.distributed import (
     broadcast_from_main, is_main_process, join_process_group, shard_batches, sum_over_processes,
 )
 from advent.utils.errors import UserError
-from advent.utils.output_dir import check_names, prepare_folder
+from advent.utils.output_dir import check_creatable, check_names, prepare_folder
 from advent.utils.serialization import json_load
 
 log = logging.getLogger(__name__)
@@ -155,20 +155,28 @@ def build_test_loader(cfg, device):
     return dataset, loader
 
 
-def prepare_test(cfg, device, folder, what, names, stack):
-    """(dataset, loader, class info, PredictionWriter or None), after checking the data and class
-    info, then (the main process) that `folder` (for `what`) can be written, that the files `names`
-    test.py writes there are absent or its own (the folder may hold other files: a training run's,
-    the user's), and that the predictions folder in it can be replaced. A refused run makes no folder."""
+def prepare_test(cfg, device, folder, what, names):
+    """(dataset, loader, class info), after checking the data and class info, then (the main
+    process), creating nothing: that `folder` (for `what`) can be made and written, that the files
+    `names` test.py writes there are absent or its own (the folder may hold other files: a training
+    run's, the user's), and that the predictions folder in it can be replaced."""
     dataset, loader = build_test_loader(cfg, device)
     info = get_class_info(cfg, "test")
     if is_main_process():
-        prepare_folder(folder, WRITER, what)
+        check_creatable(folder, what)
         check_names(folder, WRITER, names, what)
-    writer = None
-    if cfg.TEST.SAVE_PREDICTIONS:  # call its `share` once every check is done
-        writer = PredictionWriter(Path(folder) / "predictions", info, dataset.img_ids, stack)
-    return dataset, loader, info, writer
+        if cfg.TEST.SAVE_PREDICTIONS:
+            check_predictions_folder(Path(folder) / "predictions", dataset.img_ids)
+    return dataset, loader, info
+
+
+def open_outputs(cfg, folder, what, info, stack):
+    """Once the models are loaded (so that a bad checkpoint makes no folder): `folder` made (main
+    process) and, with TEST.SAVE_PREDICTIONS, the PredictionWriter of its predictions folder
+    (locked until `stack` closes; call its `share` once every check is done), else None."""
+    if is_main_process():
+        prepare_folder(folder, WRITER, what)
+    return PredictionWriter(Path(folder) / "predictions", info, stack) if cfg.TEST.SAVE_PREDICTIONS else None
 
 
 # --- 'single' mode ---
@@ -186,21 +194,21 @@ def load_models(cfg, device):
     return models, infos
 
 
-def check_same_config(folder, cfg_path):
-    """'single' mode's folder is named after the config file: refuse (before any work) to replace
-    the results another config file of that name wrote there (another experiment's)."""
-    path = Path(folder) / RESULTS_SINGLE
+def check_same_config(path, cfg_path, way_out):
+    """Refuse (before any work) to replace the results file `path` that another config file wrote
+    (another experiment's, or another evaluation of the same run: TEST.SET_TARGET train beside
+    val). `way_out` ends the message. The same config file again replaces its own results."""
     try:
         results = json_load(path)
     except (OSError, ValueError):
         return  # none, or unreadable (check_names decides whether it may be replaced)
-    if not isinstance(results, dict) or results.get("mode") != "single":
+    if not isinstance(results, dict) or results.get("mode") not in ("single", "best"):
         return  # not test.py's results: check_names refuses it, naming why
     earlier = results.get("config")
     current = str(Path(cfg_path).resolve()) if cfg_path else None
     if earlier != current:
         raise UserError(f"{path} holds the results of another config file, {earlier}; test.py does not replace "
-                        f"them with those of {current}: give this config file another name, or move that folder")
+                        f"them with those of {current}: {way_out}")
 
 
 def eval_single(cfg, device, cfg_path="", argv=None):
@@ -208,10 +216,11 @@ def eval_single(cfg, device, cfg_path="", argv=None):
     results go to EXP_ROOT_LOGS/test/<config file name without .yml> (EXP_NAME without one)."""
     folder = Path(cfg.EXP_ROOT_LOGS) / "test" / (Path(cfg_path).stem if cfg_path else cfg.EXP_NAME)
     if is_main_process():
-        check_same_config(folder, cfg_path)
+        check_same_config(folder / RESULTS_SINGLE, cfg_path, "give this config file another name, or move that folder")
     with contextlib.ExitStack() as stack:  # the predictions folder's lock, while it is written
-        dataset, loader, info, writer = prepare_test(cfg, device, folder, "the results", [RESULTS_SINGLE], stack)
+        dataset, loader, info = prepare_test(cfg, device, folder, "the results", [RESULTS_SINGLE])
         models, infos = load_models(cfg, device)
+        writer = open_outputs(cfg, folder, "the results", info, stack)
         join_process_group(device)  # every check done
         if writer:
             writer.share()
@@ -314,10 +323,14 @@ def eval_best(cfg, device, cfg_path="", argv=None):
     """Evaluate every expected snapshot of TEST.SNAPSHOT_DIR[0]; report the last and the best."""
     with contextlib.ExitStack() as stack:  # the predictions folder's lock, for the whole run
         folder = snapshot_dir_of(cfg)
-        dataset, loader, info, writer = prepare_test(cfg, device, folder, "the test cache and results",
-                                                     [CACHE_NAME, RESULTS_BEST], stack)
+        if is_main_process():
+            check_same_config(folder / RESULTS_BEST, cfg_path, "move that file out of the folder first (its "
+                              "evaluations stay in the test cache), or run that config file")
+        what = "the test cache and results"
+        dataset, loader, info = prepare_test(cfg, device, folder, what, [CACHE_NAME, RESULTS_BEST])
         model, _ = load_segmenter(cfg.TEST.MODEL[0], cfg.NUM_CLASSES, cfg.TEST.MULTI_LEVEL[0], None,
                                   device, cfg.CHANNELS_LAST)  # each snapshot's weights loaded in turn
+        writer = open_outputs(cfg, folder, what, info, stack)
         cache = None
         if is_main_process():
             cache = EvalCache(folder / CACHE_NAME, eval_setting(cfg, dataset, info))

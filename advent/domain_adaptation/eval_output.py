@@ -30,6 +30,19 @@ WRITER = "test.py"
 
 # --- saved predictions ---
 
+def predictions_folder(final):
+    """The predictions folder `final` as the FolderReplacement test.py replaces it with."""
+    return FolderReplacement(final, WRITER, PREDICTIONS_KEY,
+                             advice="move it away (an earlier version's predictions/ has no manifest)")
+
+
+def check_predictions_folder(final, names):
+    """Before any model work, creating nothing: the predictions of the list entries `names` can be
+    written to `final` (no two share a file name; the folder may be replaced: FolderReplacement)."""
+    check_png_names(names, PREDICTIONS_KEY)
+    predictions_folder(final).check()
+
+
 class PredictionWriter:
     """Writes each prediction (TEST.SAVE_PREDICTIONS) as a colour PNG in color/ and an id PNG:
     Cityscapes label ids in labelIds/ (via the class info's train2label; the names cityscapesscripts'
@@ -43,19 +56,17 @@ class PredictionWriter:
     into; `finish` swaps it in, all or nothing: a crash or a kill before leaves the complete
     earlier predictions.
 
-    `names`: every list entry of the test set, checked for clashing file names. A file-system
-    fault while writing an image stops the writing, not the evaluation: `finish` reports it."""
+    Check it first with check_predictions_folder. A file-system fault while writing an image stops
+    the writing, not the evaluation: `finish` reports it."""
 
-    def __init__(self, final, info, names, stack):
-        check_png_names(names, PREDICTIONS_KEY)
+    def __init__(self, final, info, stack):
         self.subfolder, self.fault, self.staging = "", None, None
         self.palette = info.palette
         if info.train2label is not None:
             self.ids_name, self.lut = "labelIds", info.train2label.astype(np.uint8)
         else:
             self.ids_name, self.lut = "trainIds", np.arange(info.num_classes, dtype=np.uint8)
-        self.output = FolderReplacement(final, WRITER, PREDICTIONS_KEY,
-                                        advice="move it away (an earlier version's predictions/ has no manifest)")
+        self.output = predictions_folder(final)
         self.final = self.output.final
         stack.enter_context(self.output.held())
         stack.callback(lambda: self.staging and self.output.discard(self.staging))  # after a failure (else gone)

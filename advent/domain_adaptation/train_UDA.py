@@ -447,15 +447,17 @@ def train_domain_adaptation(cfg, device, resume=False, tensorboard=False, seeded
     total = total_iterations(cfg)
     checkpointer = Checkpointer(cfg)
     datasets = training_datasets(cfg)  # missing data fails before any model, and before the folder is made
+    checkpointer.check_folders(tensorboard)  # creating nothing yet
+    if seeded:
+        seed_everything(cfg.TRAIN.RANDOM_SEED)
+    setup = build_setup(cfg, device)
+    checkpointer.load_init(setup, resume)  # a bad TRAIN.RESTORE_FROM makes no folder either
     with checkpointer.holding(tensorboard):
         done = checkpointer.find(resume)  # None: a fresh run
         if done is not None and done >= total:
             log.info("%s: training already finished (%d iterations done, %d asked for by TRAIN.EARLY_STOP / "
                      "MAX_ITERS)", cfg.EXP_NAME, done, total)
             return done
-        if seeded:
-            seed_everything(cfg.TRAIN.RANDOM_SEED)
-        setup = build_setup(cfg, device)
         checkpointer.restore(setup)
         join_process_group(device)
         # one data order for all processes (drawn at random with --random-train)

@@ -76,9 +76,9 @@ def main(argv=None):
     # every check first, on every process (the data before any folder is made; the output folder,
     # locked for the whole run, before the model), then the process group
     dataset = target_images(cfg)
-    output = output_folder(cfg.PSEUDO_LABEL_DIRECTORY_TARGET)
+    output = output_folder(cfg.PSEUDO_LABEL_DIRECTORY_TARGET)  # checked; made once the model is loaded
+    model, checkpoint = load_model(cfg, device)
     with output.held() as output_dir:
-        model, checkpoint = load_model(cfg, device)
         join_process_group(device)
         record = None
         if is_main_process():

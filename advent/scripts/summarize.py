@@ -70,17 +70,18 @@ def runs_of(path):
     for summary in runs.values():
         if not is_summary(summary):
             raise UserError(f"{path} is not a test.py results file (an mIoU and a per_class list of "
-                            f"{{name, IoU}} expected)")
+                            f"{{name, IoU}} expected, mIoU13 a number where given)")
     return runs, {key: results[key] for key in SETTING_KEYS if results.get(key) is not None}
 
 
 def is_summary(summary):
-    """An mIoU and a per-class list of {name, IoU}, IoU a number or None (a class never seen)."""
+    """An mIoU (and mIoU13, when there) and a per-class list of {name, IoU}, IoU a number or None
+    (a class never seen)."""
     def number(value):
         return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
     per_class = summary.get("per_class") if isinstance(summary, dict) else None
-    return (isinstance(per_class, list) and number(summary.get("mIoU"))
+    return (isinstance(per_class, list) and number(summary.get("mIoU")) and number(summary.get("mIoU13"))
             and all(isinstance(e, dict) and isinstance(e.get("name"), str) and number(e.get("IoU"))
                     for e in per_class))
 

@@ -30,7 +30,7 @@ from advent.domain_adaptation.pseudo_labels import predict_with_confidence
 from advent.model.inference import load_segmenter, main_logits, upsample
 from advent.utils.distributed import select_device
 from advent.utils.errors import UserError
-from advent.utils.output_dir import check_names, check_owner, prepare_folder
+from advent.utils.output_dir import check_creatable, check_names, check_owner, prepare_folder
 from advent.utils.runtime import run_main, setup_logging
 from advent.utils.viz_segmask import (
     entropy_image, input_image, mask_image, panel_row, save_png, softmax_entropy,
@@ -124,10 +124,11 @@ def main(argv=None):
     indices = chosen_indices(dataset, args.names, args.num_images)
     out = args.out or Path(cfg.EXP_ROOT_LOGS) / "viz" / cfg.EXP_NAME
     check_owner(out, WRITER, "--out")  # the user's files may stay beside the panels, another script's not
-    out = prepare_folder(out, WRITER, "the panels")
+    check_creatable(out, "the panels")
     check_names(out, WRITER, [png_name(dataset.img_ids[i]) for i in indices], "--out")
     device = select_device(cfg.GPU_ID, cfg.TF32, cfg.CUDNN_BENCHMARK)
     model, _ = load_segmenter(name, cfg.NUM_CLASSES, multi_level, checkpoint, device)
+    out = prepare_folder(out, WRITER, "the panels")  # once the checkpoint loaded: a bad one makes no folder
     palette = get_class_info(cfg, args.stage).palette
     for index in indices:
         item = dataset[index]

@@ -5,6 +5,7 @@ faults a user has to fix (a full disk, a read-only or unwritable folder). Ctrl-C
 with one line and exit code 130. Anything else is a bug and keeps its traceback.
 """
 import errno
+import os
 
 
 class UserError(Exception):
@@ -21,9 +22,19 @@ class UserError(Exception):
         super().__init__(message)
 
 
-# OSErrors that say what the user must fix about the file system, not a bug of ours (EFBIG: a
-# file over the file system's or the process's size limit, e.g. 4 GiB on FAT32, `ulimit -f`)
-FILE_SYSTEM_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+# OSErrors that say what the user must fix about the file system or a path they gave, not a bug
+# of ours (EFBIG: a file over the file system's or the process's size limit, e.g. 4 GiB on FAT32,
+# `ulimit -f`; ELOOP: a symbolic link loop; ENAMETOOLONG: a name over the file system's limit)
+FILE_SYSTEM_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                      errno.ELOOP, errno.ENAMETOOLONG}
+
+
+def symlink_loop(error):
+    """One line for pathlib's RuntimeError on a symbolic link loop (Python < 3.13), else None."""
+    text = str(error)
+    if isinstance(error, RuntimeError) and text.startswith("Symlink loop from "):
+        return f"{text[len('Symlink loop from '):].strip(chr(39))}: {os.strerror(errno.ELOOP)}"
+    return None
 
 
 def file_system_fault(error):

@@ -178,6 +178,22 @@ def _file_in_the_way(folder):
     return None if nearest.is_dir() else nearest
 
 
+def check_creatable(folder, what):
+    """Before any work, creating nothing: `folder` is a folder or can be made (no file in the way,
+    the nearest existing folder on its way writable). A UserError as prepare_folder's otherwise,
+    so that a run whose later checks fail (a bad checkpoint) leaves no folder behind."""
+    shown, folder = folder, _resolved(folder)
+    blocker = _file_in_the_way(folder)
+    if blocker is not None:
+        raise UserError(f"cannot write {what} to {shown}: {blocker} is a file, not a folder")
+    nearest = next(path for path in (folder, *folder.parents) if path.exists())
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        code = errno.EROFS if os.statvfs(nearest).f_flag & os.ST_RDONLY else errno.EACCES
+        made = next((path for path in (folder, *folder.parents) if path.parent == nearest), folder)  # first mkdir
+        where = "" if made == folder else f" ({made})"
+        raise UserError(f"cannot write {what} to {shown}: {os.strerror(code)}{where}")
+
+
 def prepare_folder(folder, writer, what):
     """Create `folder` (and its parents) when missing, recording `writer` as the script that created
     it, and write its manifest (which also proves the folder writable). A UserError naming `what`,
@@ -185,9 +201,7 @@ def prepare_folder(folder, writer, what):
     permission). Removes what killed runs left there (`remove_stale`). Returns the folder, resolved
     (`_resolved`)."""
     shown, folder = folder, _resolved(folder)
-    blocker = _file_in_the_way(folder)
-    if blocker is not None:
-        raise UserError(f"cannot write {what} to {shown}: {blocker} is a file, not a folder")
+    check_creatable(shown, what)
     try:
         created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
@@ -219,12 +233,33 @@ def check_owner(folder, writer, key, advice=NEW_FOLDER, guests=()):
                     f"another script's folder: {advice}")
 
 
+# what the longest name the project puts beside an output folder adds to its name: the staging
+# folder .<name>.partial-<8 hex digits> (the lock, .<name>.lock, adds less)
+BESIDE_EXTRA = len("..partial-") + 8
+
+
+def check_name_room(folder, shown, key):
+    """The (resolved) `folder`'s name leaves room for the names written beside it; a UserError
+    naming `key` and the limit otherwise (before anything is made: no half-made staging folder)."""
+    try:
+        nearest = next(path for path in (folder, *folder.parents) if path.exists())
+        name_max = os.pathconf(nearest, "PC_NAME_MAX")
+    except (OSError, ValueError):  # ENAMETOOLONG: a name over the limit already
+        name_max = 255
+    size = len(os.fsencode(folder.name))
+    if size + BESIDE_EXTRA > name_max:
+        raise UserError(f"{key} {shown}: the folder name is {size} bytes, over the {name_max - BESIDE_EXTRA} this "
+                        f"project can use there (the file system allows {name_max}, and .<name>.partial-* "
+                        f"folders are made beside it)")
+
+
 def check_folder(folder, writer, key, advice=NEW_FOLDER, guests=()):
     """`writer` may write `folder` freely (replace it, or remove its own files in it): it does not
     exist, or it was not created by another script and holds only what `writer` (or one of the
     scripts `guests`, which add their files beside its own) wrote there. Otherwise a UserError
     naming `key`, the folder, the other script or a foreign entry, and what to do (`advice`)."""
     shown, folder = folder, _resolved(folder)
+    check_name_room(folder, shown, key)
     check_owner(shown, writer, key, advice, guests)
     foreign = foreign_entries(folder)
     if foreign:
@@ -320,9 +355,10 @@ def writing(path):
 
 
 @contextlib.contextmanager
-def atomic_path(path, writer=None):
+def atomic_path(path, writer=None, new=False):
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`, so a
-    crash or a kill leaves `path` as it was, never a truncated file.
+    crash or a kill leaves `path` as it was, never a truncated file. With `new`, `path` must not
+    exist: FileExistsError when another process took the name meanwhile (publish_new).
 
     With `writer` (a folder that may hold the user's files too): `path` may exist only as
     `writer`'s own (check_names), and both `path` and the temporary file are recorded in the
@@ -345,13 +381,26 @@ def atomic_path(path, writer=None):
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
+        publish_new(tmp, path) if new else os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
         if writer is not None:
             with contextlib.suppress(OSError), updating_manifest(folder) as manifest:
                 manifest.temporary.pop(tmp.name, None)
+
+
+def publish_new(tmp, path):
+    """Give the complete file `tmp` the name `path` only if no file has it (FileExistsError else):
+    a hard link, atomic and exclusive; where the file system has none, the name is taken with
+    O_EXCL first (a kill between the two then leaves an empty file of that name)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+        os.replace(tmp, path)
 
 
 @contextlib.contextmanager

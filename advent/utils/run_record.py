@@ -5,6 +5,7 @@ package runs from a checkout), the torch / CUDA / cuDNN versions, the device, an
 of every weight file the run loaded, so a number can be traced to exactly what produced it.
 """
 import datetime
+import itertools
 import platform
 import subprocess
 import sys
@@ -66,13 +67,16 @@ def build_run_record(kind, config, device, weights=(), argv=None):
 
 
 def write_run_record(folder, record, writer=None):
-    """Write `record` as run_{kind}_{time}.json in `folder` (atomic; earlier records are kept; with
-    `writer`, recorded in the folder's manifest as that script's)."""
+    """Write `record` as run_{kind}_{time}.json in `folder`, or run_{kind}_{time}_{n}.json where
+    that name is taken, also by a run writing at the same moment (atomic and exclusive: earlier
+    records are kept; with `writer`, recorded in the folder's manifest as that script's)."""
     stamp = record["started"].replace(":", "").replace("-", "")[:15]
-    path = Path(folder) / f"run_{record['kind']}_{stamp}.json"
-    counter = 1
-    while path.exists():
-        path = Path(folder) / f"run_{record['kind']}_{stamp}_{counter}.json"
-        counter += 1
-    json_dump(record, path, writer)
-    return path
+    for counter in itertools.count():
+        path = Path(folder) / (f"run_{record['kind']}_{stamp}" + (f"_{counter}" if counter else "") + ".json")
+        if path.exists():
+            continue
+        try:
+            json_dump(record, path, writer, new=True)
+            return path
+        except FileExistsError:
+            continue

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from advent.utils.distributed import get_rank, is_main_process, leave_process_group, lost_another_process
-from advent.utils.errors import UserError, file_system_fault
+from advent.utils.errors import UserError, file_system_fault, symlink_loop
 from advent.utils.startup import loud_interrupts
 
 
@@ -52,6 +52,9 @@ def run_main(main, argv=None):
             leave_process_group()
         sys.exit(2)
     except RuntimeError as error:
+        if symlink_loop(error):
+            _say(symlink_loop(error))
+            sys.exit(2)
         if not lost_another_process(error):
             raise
         _say("stopped: another process of this run ended; its error is above")

@@ -22,9 +22,10 @@ def text_dump(text, path, writer=None):
         Path(tmp).write_text(text)
 
 
-def json_dump(data, path, writer=None):
-    """Write `data` as indented JSON, atomically."""
-    with atomic_path(path, writer) as tmp, open(tmp, "w") as f:
+def json_dump(data, path, writer=None, new=False):
+    """Write `data` as indented JSON, atomically (with `new`, only where `path` does not exist:
+    FileExistsError else)."""
+    with atomic_path(path, writer, new) as tmp, open(tmp, "w") as f:
         json.dump(data, f, indent=2)
         f.write("\n")
 
