@@ -20,7 +20,6 @@ torch threads each; the thread count changes the last digits, so compare runs wi
 --reuse takes the results of a seed already run into <out> with the same --quick / --study
 instead of running it again (a long study can be run a few seeds at a time).
 """
-import argparse
 import os
 import statistics
 import subprocess
@@ -31,7 +30,7 @@ from pathlib import Path
 
 from advent import PROJECT_ROOT
 from advent.demo.report import per_class_table
-from advent.utils.cli import description, non_negative, positive
+from advent.utils.cli import ArgumentParser, description, non_negative, positive
 from advent.utils.output_dir import check_owner, check_writable, recorded_file
 from advent.utils.runtime import run_main
 from advent.utils.serialization import json_dump, json_load
@@ -46,7 +45,7 @@ GAPS = (("label noise: oracle at ESL's coverage - ESL retrain", "oracle_coverage
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser = ArgumentParser(description=description(__doc__))
     parser.add_argument("--seeds", type=non_negative, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="demo.py --quick (shorter runs)")
     parser.add_argument("--study", action="store_true", help="demo.py --study (MPSL retrain, oracles)")

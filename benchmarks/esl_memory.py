@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from advent.utils.cli import number, positive
+from advent.utils.cli import ArgumentParser, number, positive
 from advent.utils.runtime import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ def defaults(count):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", type=number(int, 2), nargs=2, default=(8, 40))
     parser.add_argument("--output-size", type=positive, nargs=2, default=(2048, 1024))
     parser.add_argument("--defaults", action="store_true", help="also measure R101 at 1024x512 (slow on a CPU)")

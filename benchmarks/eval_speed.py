@@ -11,7 +11,6 @@ and the same labels at the output size; the two confusion matrices must be equal
     python benchmarks/eval_speed.py [--device cpu|cuda] [--repeats 20]
                                     [--output-size 2048 1024] [--input-size 1024 512] [--threads N]
 """
-import argparse
 import statistics
 import sys
 import time
@@ -22,7 +21,7 @@ import torch.nn as nn
 
 from advent.domain_adaptation.eval_UDA import Buffers, upsampled_prediction
 from advent.domain_adaptation.metrics import ConfusionMatrix
-from advent.utils.cli import description, device, non_negative, number, positive
+from advent.utils.cli import ArgumentParser, description, device, non_negative, number, positive
 from advent.utils.func import fast_hist
 from advent.utils.runtime import run_main
 
@@ -30,7 +29,7 @@ SAMPLES = 4  # distinct (logits, label) pairs, cycled
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser = ArgumentParser(description=description(__doc__))
     parser.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=positive, default=20, help="timed images per path (default 20)")
     parser.add_argument("--classes", type=number(int, 1, 255), default=19)

@@ -72,7 +72,7 @@ import train_speed  # noqa: E402
 
 from advent import PROJECT_ROOT  # noqa: E402
 from advent.config import get_default_cfg  # noqa: E402
-from advent.utils.cli import description, device, non_negative, number, positive  # noqa: E402
+from advent.utils.cli import ArgumentParser, description, device, non_negative, number, positive  # noqa: E402
 from advent.utils.errors import UserError  # noqa: E402
 from advent.utils.output_dir import check_writable  # noqa: E402
 from advent.utils.runtime import run_main  # noqa: E402
@@ -103,7 +103,7 @@ TIMED = {"train": ("advent.domain_adaptation.train_UDA", "make_step", True),
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser = ArgumentParser(description=description(__doc__))
     parser.add_argument("--out", default="gpu_check.json", help="the table as JSON (default gpu_check.json)")
     parser.add_argument("--gpu", type=non_negative, default=0, help="the GPU (GPU_ID, nvidia-smi -i)")
     parser.add_argument("--images", type=positive, default=None, help="target train and val images (default 100)")

@@ -29,7 +29,6 @@ another path. Exit 1 when a variant fails.
 Variants: fp32 with TF32 (the default on GPUs that have it), bf16 and fp16, against fp32 with TF32
 off; on the CPU, where TF32 does not exist and fp16 has no fast kernels, bf16 only.
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -39,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_speed (benchmarks/ is no package)
 from train_speed import training_cfg  # noqa: E402
 
-from advent.utils.cli import description, device, number, positive  # noqa: E402
+from advent.utils.cli import ArgumentParser, description, device, number, positive  # noqa: E402
 from advent.utils.output_dir import check_writable  # noqa: E402
 from advent.utils.runtime import memory_format, run_main  # noqa: E402
 from advent.utils.serialization import json_dump  # noqa: E402
@@ -55,7 +54,7 @@ NUM_CLASSES, BLOCK, IGNORED = 19, 16, 0.05
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser = ArgumentParser(description=description(__doc__))
     parser.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", default=None, help="default: DeepLabv2 (R101) on CUDA, DeepLabv2-Tiny on the CPU")
     parser.add_argument("--iters", type=number(int, 2), default=200, help="iterations per variant (default 200)")

@@ -11,7 +11,6 @@ supervised loop (Adam, main + 0.1 aux cross-entropy on logits upsampled to the l
     the target itself is learnable.
 Prints mIoU (19-class nanmean, as the test stage) per seed, the mean, per-class IoU and runtime.
 """
-import argparse
 import copy
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from advent.config import get_default_cfg
 from advent.dataset import get_class_info, get_source_dataset, get_target_dataset
 from advent.demo.synthetic import write_demo_data
 from advent.model import build_segmenter
-from advent.utils.cli import description, non_negative, number, positive
+from advent.utils.cli import ArgumentParser, description, non_negative, number, positive
 from advent.utils.func import fast_hist, per_class_iu
 from advent.utils.loss import cross_entropy_2d
 from advent.utils.runtime import run_main
@@ -35,7 +34,7 @@ MODEL = "DeepLabv2-Tiny"
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser = ArgumentParser(description=description(__doc__))
     parser.add_argument("--seeds", type=non_negative, nargs="+", default=[0, 1])
     parser.add_argument("--iters", type=positive, default=300, help="training iterations per model")
     parser.add_argument("--batch", type=positive, default=8)

@@ -37,7 +37,7 @@ import time
 
 import torch
 
-from advent.utils.cli import description, device, non_negative, number, positive
+from advent.utils.cli import ArgumentParser, description, device, non_negative, number, positive
 from advent.utils.runtime import run_main
 
 MODES = ("none", "bf16", "fp16")
@@ -45,7 +45,7 @@ LABEL = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser = ArgumentParser(description=description(__doc__))
     parser.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", nargs="+", default=None,
                         help="default: DeepLabv2 (R101) on CUDA; DeepLabv2-Tiny and DeepLabv2 on the CPU")

@@ -21,7 +21,7 @@ from advent.dataset.mapillary import MapillaryDataSet
 from advent.dataset.synthia import SYNDataSet
 from advent.utils.errors import UserError
 from fake_data import (MAPILLARY_V12_NAMES, make_fake_cfg, save_ids, save_synthia_label, write_cityscapes,
-                       write_gta5, write_list, write_mapillary, write_pseudo_labels, write_synthia)
+                       write_gta5, write_mapillary, write_pseudo_labels, write_synthia)
 
 MEAN = np.array((104.00698793, 116.66876762, 122.67891434), dtype=np.float32)
 ID_TO_TRAIN_19 = {label.id: (255 if label.trainId in (255, -1) else label.trainId)
@@ -289,8 +289,19 @@ def test_missing_root_and_list(tmp_path, fake_gta5):
     assert len(GTA5DataSet(fake_gta5.root, str(tmp_path / "runs {2}" / "{}.txt"), crop_size=(64, 32))) == 4
 
 
-def test_missing_listed_files_counted_once(fake_gta5):
-    write_list(fake_gta5.list_path, fake_gta5.names * 2)  # duplicates count once
+def test_a_list_naming_an_image_twice_or_a_folder_as_the_list_is_one_line(tmp_path, fake_gta5):
+    names = fake_gta5.list_path.read_text().splitlines()
+    repeated = tmp_path / "lists" / "all.txt"
+    repeated.parent.mkdir()
+    repeated.write_text("\n".join(names + ["", names[1]]) + "\n")  # would weigh that image twice
+    with pytest.raises(UserError, match=one_line(repeated, f"names {names[1]} twice (lines 2 and {len(names) + 2})")):
+        GTA5DataSet(fake_gta5.root, str(tmp_path / "lists" / "{}.txt"))
+    (tmp_path / "folder" / "all.txt").mkdir(parents=True)
+    with pytest.raises(UserError, match=one_line(tmp_path / "folder" / "all.txt", "is a folder, not a list of names")):
+        GTA5DataSet(fake_gta5.root, str(tmp_path / "folder" / "{}.txt"))
+
+
+def test_missing_listed_files_are_counted_and_the_first_named(fake_gta5):
     fake_gta5.image_paths[1].unlink()
     fake_gta5.image_paths[3].unlink()
     with pytest.raises(UserError, match=one_line("2 of 4 images", fake_gta5.image_paths[1], fake_gta5.list_path)):

@@ -515,6 +515,36 @@ def test_best_mode_cache_is_reused_and_invalidated_by_file_or_setting_changes(tm
     assert json.loads((folder / RESULTS_BEST).read_text())["images"] == 3
 
 
+@pytest.mark.parametrize("damage", ["text", "rows", "negative", "unexpected"])
+def test_best_mode_evaluates_again_a_snapshot_whose_cached_counts_were_damaged(tmp_path, monkeypatch, caplog, damage):
+    cfg, folder = best_cfg(tmp_path, iterations=(2000, 4000), maxiter=4000)
+    loaded = spy_loads(monkeypatch)
+    run_test(cfg, tmp_path)
+    first = json.loads((folder / RESULTS_BEST).read_text())
+    cache = json.loads((folder / CACHE_NAME).read_text())
+    entry = cache["entries"][0]
+    counts = json.loads(json.dumps(entry["confusion_matrix"]))  # as evaluated
+    if damage == "text":
+        entry["confusion_matrix"] = "abc"
+    elif damage == "rows":
+        entry["confusion_matrix"] = entry["confusion_matrix"][:3]
+    elif damage == "negative":
+        entry["confusion_matrix"][0][0] = -100000  # would lift that snapshot's mIoU and make it 'best'
+    else:
+        entry["unexpected_label_pixels"] = 1.5
+    (folder / CACHE_NAME).write_text(json.dumps(cache))
+    loaded.clear()
+    with caplog.at_level(logging.WARNING):
+        run_test(cfg, tmp_path)
+    assert loaded == [entry["snapshot"]]  # that one again, the other from the cache
+    assert f"ignoring the damaged entry of {entry['snapshot']}" in caplog.text
+    again = json.loads((folder / RESULTS_BEST).read_text())
+    assert [s["mIoU"] for s in again["snapshots"]] == [s["mIoU"] for s in first["snapshots"]]
+    assert again["best"] == first["best"]
+    stored = {e["snapshot"]: e for e in json.loads((folder / CACHE_NAME).read_text())["entries"]}
+    assert stored[entry["snapshot"]]["confusion_matrix"] == counts  # the damaged entry replaced
+
+
 def test_best_mode_does_not_replace_the_results_another_config_wrote_in_the_snapshot_folder(
         tmp_path, monkeypatch, capsys):
     cfg, folder = best_cfg(tmp_path, iterations=(2000,), maxiter=2000)

@@ -206,3 +206,15 @@ def test_benchmarks_refuse_counts_that_would_measure_nothing_or_twice(capsys, na
     with pytest.raises(SystemExit) as stop:
         module.parse_args(argv)
     assert stop.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("script", ["train", "esl", "test", "viz", "summarize", "check_data", "demo",
+                                    "make_synthetic_data"])
+def test_a_bad_command_line_is_one_line_without_the_usage_block(script, capsys):
+    import importlib
+    module = importlib.import_module(f"advent.scripts.{script}")
+    with pytest.raises(SystemExit) as stop:
+        module.main(["--no-such-flag", "1"])
+    assert stop.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert ": error: " in line and "usage" not in line, line

@@ -36,14 +36,20 @@ def read_list(list_path):
     """The non-empty, stripped lines of a split list file."""
     try:
         text = Path(list_path).read_text()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+    except (FileNotFoundError, NotADirectoryError):
         raise UserError(f"list file {list_path} not found") from None
+    except IsADirectoryError:
+        raise UserError(f"list file {list_path} is a folder, not a list of names") from None
     except UnicodeDecodeError:
         raise UserError(f"list file {list_path} is not a text file of names") from None
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    if not names:
+    first_line = {}  # name: its line number
+    for number, line in enumerate(text.splitlines(), 1):
+        name = line.strip()
+        if name and first_line.setdefault(name, number) != number:  # it would count twice in every score
+            raise UserError(f"list file {list_path} names {name} twice (lines {first_line[name]} and {number})")
+    if not first_line:
         raise UserError(f"list file {list_path} is empty")
-    return names
+    return list(first_line)
 
 
 def repeat_for_iters(names, max_iters):

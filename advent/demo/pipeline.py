@@ -87,7 +87,8 @@ def staged_out(out):
         try:
             yield work
         except BaseException:
-            log.warning("demo.py stopped; %s is as it was", output.final)
+            log.warning("demo.py stopped; %s is as it was, and the unfinished demo is removed (a stage's "
+                        "'resume with' line above does not apply to it): run demo.py again", output.final)
             raise
 
 

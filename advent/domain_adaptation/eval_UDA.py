@@ -207,6 +207,7 @@ def check_same_config(path, cfg_path, way_out):
     earlier = results.get("config")
     current = str(Path(cfg_path).resolve()) if cfg_path else None
     if earlier != current:
+        earlier, current = (name or "none (a call from Python)" for name in (earlier, current))
         raise UserError(f"{path} holds the results of another config file, {earlier}; test.py does not replace "
                         f"them with those of {current}: {way_out}")
 
@@ -259,6 +260,8 @@ def snapshot_dir_of(cfg):
                         f"{len(cfg.TEST.MODEL)}; use 'single' mode for an ensemble")
     if cfg.TEST.WAIT_MODEL:
         wait_for_file(folder, cfg.TEST.WAIT_TIMEOUT, "TEST")
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"snapshot folder {folder} is a file, not a folder (TEST.SNAPSHOT_DIR)")
     if not folder.is_dir():
         raise UserError(f"snapshot folder {folder} not found (TEST.SNAPSHOT_DIR)")
     if not cfg.TEST.WAIT_MODEL and not any(model_snapshot_path(folder, n).exists() for n in tested_iterations(cfg)):

@@ -130,6 +130,17 @@ def eval_setting(cfg, dataset, info):
     return json.loads(json.dumps(setting))  # the form it has after a round trip through the file
 
 
+def valid_counts(entry, num_classes):
+    """A cache entry's confusion matrix is num_classes x num_classes counts (integers, 0 or more)
+    and its count of unexpected label pixels one too: as written, not edited into nonsense."""
+    def count(value):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    matrix = entry.get("confusion_matrix")
+    return (count(entry.get("unexpected_label_pixels")) and isinstance(matrix, list) and len(matrix) == num_classes
+            and all(isinstance(row, list) and len(row) == num_classes and all(map(count, row)) for row in matrix))
+
+
 class EvalCache:
     """Confusion matrices of evaluated snapshots in a JSON file, found by (file name, SHA-256 of
     the file, evaluation setting): a changed file or setting is never served a stale entry.
@@ -158,10 +169,16 @@ class EvalCache:
         return [e for e in data["entries"] if isinstance(e, dict)]
 
     def lookup(self, snapshot, sha256):
+        """The entry of that file under this setting, or None (also when its counts are damaged:
+        the snapshot is evaluated again and the entry replaced)."""
         for entry in self.entries:
             if (entry.get("snapshot"), entry.get("sha256"), entry.get("setting")) == \
                     (snapshot, sha256, self.setting):
-                return entry
+                if valid_counts(entry, self.setting["num_classes"]):
+                    return entry
+                log.warning("ignoring the damaged entry of %s in the test cache %s (its counts are not a %d x %d "
+                            "matrix of counts); evaluating it again", snapshot, self.path,
+                            self.setting["num_classes"], self.setting["num_classes"])
         return None
 
     def store(self, snapshot, info, hist, unexpected):

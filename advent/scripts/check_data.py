@@ -11,7 +11,6 @@ optional, for its quality report only). Exit code 0: all well; 1: problems found
 error such as a bad config file.
 """
 import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
-import argparse
 import sys
 from dataclasses import dataclass, field
 
@@ -20,7 +19,7 @@ import numpy as np
 from advent.config import load_config, mutable_copy
 from advent.dataset import factory
 from advent.dataset.base_dataset import image_size, missing_files, open_image
-from advent.utils.cli import description
+from advent.utils.cli import ArgumentParser, description
 from advent.utils.errors import UserError
 from advent.utils.runtime import run_main
 
@@ -53,7 +52,7 @@ class Report:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser = ArgumentParser(description=description(__doc__))
     parser.add_argument("--cfg", required=True, help="the YAML config whose datasets to check")
     parser.add_argument("--sample", type=int, default=20,
                         help="images and label files decoded per split (default 20)")

@@ -12,18 +12,17 @@ Exit code 2 with one line on a user error (among them an --out holding files the
 write, or in use by another demo).
 """
 import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
-import argparse
 import sys
 
 from advent.demo.configs import QUICK_SCALE
 from advent.demo.pipeline import DEFAULT_DATA, DEFAULT_OUT, DEFAULT_SEED, run_demo
-from advent.utils.cli import description, non_negative
+from advent.utils.cli import ArgumentParser, description, non_negative
 from advent.utils.errors import UserError
 from advent.utils.runtime import run_main
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser = ArgumentParser(description=description(__doc__))
     parser.add_argument("--quick", action="store_true",
                         help=f"CI mode: every run {QUICK_SCALE:g} times as long (about 2 minutes)")
     parser.add_argument("--study", action="store_true",

@@ -16,7 +16,6 @@ a kill keeps the previous labels; so does a full disk, which stops the run with 
 the file (exit code 2).
 """
 import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
-import argparse
 import logging
 import os
 import sys
@@ -26,6 +25,7 @@ from advent.dataset import check_png_names, get_target_dataset
 from advent.domain_adaptation.checkpoint import wait_for_file
 from advent.domain_adaptation.esl_UDA import format_report, generate_pseudo_labels, output_folder
 from advent.model.inference import load_segmenter
+from advent.utils.cli import ArgumentParser
 from advent.utils.distributed import (
     get_world_size, is_main_process, join_process_group, leave_process_group, select_device,
 )
@@ -37,7 +37,7 @@ log = logging.getLogger("esl")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Generate ESL (or MPSL) pseudo-labels for the target domain")
+    parser = ArgumentParser(description="Generate ESL (or MPSL) pseudo-labels for the target domain")
     parser.add_argument("--cfg", required=True, help="YAML config file")
     return parser.parse_args(argv)
 

@@ -8,18 +8,17 @@ The files are in the real GTA5 and Cityscapes layouts (see advent.demo.synthetic
 config values that point at them are printed at the end, as YAML.
 """
 import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
-import argparse
 import sys
 import time
 
 from advent.demo.synthetic import write_demo_data
-from advent.utils.cli import description
+from advent.utils.cli import ArgumentParser, description
 from advent.utils.errors import UserError
 from advent.utils.runtime import run_main
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser = ArgumentParser(description=description(__doc__))
     parser.add_argument("--out", required=True, help="output folder (GTA5/ and Cityscapes/ go inside)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-source", type=int, default=400, help="source training images (split 'all')")

@@ -8,12 +8,12 @@ results give two rows of figures: the last snapshot, and the best on val (an ora
 as in the papers). std is the sample standard deviation (n - 1); min and max give the range.
 """
 import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from advent.utils.cli import ArgumentParser
 from advent.utils.errors import UserError
 from advent.utils.output_dir import check_writable
 from advent.utils.runtime import run_main
@@ -149,7 +149,7 @@ def format_group(group, summary):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="mean ± std of test.py results over runs (e.g. seeds)")
+    parser = ArgumentParser(description="mean ± std of test.py results over runs (e.g. seeds)")
     parser.add_argument("paths", nargs="+", help="results_*.json files or folders holding them")
     parser.add_argument("--json", help="also write the statistics to this JSON file")
     return parser.parse_args(argv)

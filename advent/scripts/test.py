@@ -14,17 +14,17 @@ TEST.SAVE_PREDICTIONS replaces the predictions folder as a whole, all or nothing
 one holding files the project did not write.
 """
 import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
-import argparse
 import sys
 
 from advent.config import load_config
 from advent.domain_adaptation.eval_UDA import evaluate_domain_adaptation
+from advent.utils.cli import ArgumentParser
 from advent.utils.distributed import leave_process_group, select_device
 from advent.utils.runtime import run_main, setup_logging
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Code for evaluation")
+    parser = ArgumentParser(description="Code for evaluation")
     parser.add_argument("--cfg", type=str, required=True, help="the YAML config file")
     parser.add_argument("--exp-suffix", type=str, default="",
                         help="appended to EXP_NAME (the default snapshot folder of 'best' mode)")

@@ -17,7 +17,6 @@ after SIGINT / SIGTERM, with a train state saved for --resume.
 Under torchrun each process takes TRAIN.BATCH_SIZE_* images per iteration (docs/distributed.md).
 """
 import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
-import argparse
 import logging
 import os
 import shlex
@@ -27,7 +26,7 @@ import sys
 from advent.config import load_config
 from advent.domain_adaptation.checkpoint import total_iterations
 from advent.domain_adaptation.train_UDA import TrainingInterrupted, train_domain_adaptation
-from advent.utils.cli import description
+from advent.utils.cli import ArgumentParser, description
 from advent.utils.distributed import (
     get_world_size, is_main_process, launched_by_torchrun, leave_process_group, select_device,
 )
@@ -48,7 +47,7 @@ def describe(cfg):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser = ArgumentParser(description=description(__doc__))
     parser.add_argument("--cfg", required=True, help="the YAML config file")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest train state in the run's snapshot folder "

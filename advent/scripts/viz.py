@@ -14,7 +14,6 @@ folder holds: its manifest lists the files viz.py wrote there (output_dir), whic
 replace; a file of that name it did not write is refused with one line, before any model work.
 """
 import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from advent.dataset import get_class_info, get_target_dataset, png_name
 from advent.dataset.factory import stage_section
 from advent.domain_adaptation.pseudo_labels import predict_with_confidence
 from advent.model.inference import load_segmenter, main_logits, upsample
+from advent.utils.cli import ArgumentParser
 from advent.utils.distributed import select_device
 from advent.utils.errors import UserError
 from advent.utils.output_dir import check_creatable, check_names, check_owner, prepare_folder
@@ -41,7 +41,7 @@ WRITER = "viz.py"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Write image | prediction | entropy | labels panels")
+    parser = ArgumentParser(description="Write image | prediction | entropy | labels panels")
     parser.add_argument("--cfg", required=True, help="YAML config file")
     parser.add_argument("--stage", choices=("test", "esl"), default="test",
                         help="which config section gives the split, sizes and model (default: test)")

@@ -1,8 +1,17 @@
-"""argparse value types for numeric flags: argparse itself refuses a value out of range, in one line
-naming the flag (`argument --iters: must be at least 1, got 0`), before any work."""
+"""The scripts' command lines: a parser whose mistakes are one line, and argparse value types for
+numeric flags, so that a value out of range is refused in one line naming the flag
+(`train_speed.py: error: argument --iters: must be at least 1, got 0`), before any work."""
 import argparse
 
 import torch
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but a bad command line is one line, `<script>: error: <what>`, and exit
+    code 2, as every other user mistake: without argparse's usage block before it (--help has it)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def number(kind=int, low=None, high=None):
