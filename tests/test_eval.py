@@ -663,6 +663,15 @@ def test_best_mode_gives_up_on_a_snapshot_folder_that_never_appears(tmp_path, mo
     assert not folder.exists()
 
 
+def test_best_mode_checks_the_data_before_it_waits_for_the_run(tmp_path, monkeypatch, capsys):
+    cfg, _ = base_cfg(tmp_path)
+    cfg.TEST.MODE, cfg.TEST.SNAPSHOT_DIR = "best", (str(tmp_path / "run"),)  # not trained yet
+    cfg.TEST.WAIT_MODEL, cfg.DATA_DIRECTORY_TARGET = True, str(tmp_path / "nowhere")
+    fake_clock(monkeypatch, lambda: pytest.fail("waited for the run before checking the data"))
+    lines = user_error(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "wait.yml"))], capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"error: Cityscapes root {tmp_path / 'nowhere'} not found")
+
+
 def test_best_mode_without_waiting_skips_missing_snapshots(tmp_path, caplog, capsys):
     cfg, folder = best_cfg(tmp_path, iterations=(2000, 6000))
     with caplog.at_level(logging.INFO):

@@ -155,19 +155,21 @@ def build_test_loader(cfg, device):
     return dataset, loader
 
 
-def prepare_test(cfg, device, folder, what, names):
-    """(dataset, loader, class info), after checking the data and class info, then (the main
-    process), creating nothing: that `folder` (for `what`) can be made and written, that the files
-    `names` test.py writes there are absent or its own (the folder may hold other files: a training
-    run's, the user's), and that the predictions folder in it can be replaced."""
+def test_data(cfg, device):
+    """(dataset, loader, class info) of the test split, checked (before any wait for a snapshot)."""
     dataset, loader = build_test_loader(cfg, device)
-    info = get_class_info(cfg, "test")
+    return dataset, loader, get_class_info(cfg, "test")
+
+
+def check_outputs(cfg, folder, what, names, dataset):
+    """(The main process), creating nothing: `folder` (for `what`) can be made and written, the
+    files `names` test.py writes there are absent or its own (the folder may hold other files: a
+    training run's, the user's), and the predictions folder in it can be replaced."""
     if is_main_process():
         check_creatable(folder, what)
         check_names(folder, WRITER, names, what)
         if cfg.TEST.SAVE_PREDICTIONS:
             check_predictions_folder(Path(folder) / "predictions", dataset.img_ids)
-    return dataset, loader, info
 
 
 def open_outputs(cfg, folder, what, info, stack):
@@ -219,7 +221,8 @@ def eval_single(cfg, device, cfg_path="", argv=None):
     if is_main_process():
         check_same_config(folder / RESULTS_SINGLE, cfg_path, "give this config file another name, or move that folder")
     with contextlib.ExitStack() as stack:  # the predictions folder's lock, while it is written
-        dataset, loader, info = prepare_test(cfg, device, folder, "the results", [RESULTS_SINGLE])
+        dataset, loader, info = test_data(cfg, device)
+        check_outputs(cfg, folder, "the results", [RESULTS_SINGLE], dataset)
         models, infos = load_models(cfg, device)
         writer = open_outputs(cfg, folder, "the results", info, stack)
         join_process_group(device)  # every check done
@@ -325,12 +328,13 @@ def pick_best(results):
 def eval_best(cfg, device, cfg_path="", argv=None):
     """Evaluate every expected snapshot of TEST.SNAPSHOT_DIR[0]; report the last and the best."""
     with contextlib.ExitStack() as stack:  # the predictions folder's lock, for the whole run
+        dataset, loader, info = test_data(cfg, device)  # missing data is not waited for
         folder = snapshot_dir_of(cfg)
         if is_main_process():
             check_same_config(folder / RESULTS_BEST, cfg_path, "move that file out of the folder first (its "
                               "evaluations stay in the test cache), or run that config file")
         what = "the test cache and results"
-        dataset, loader, info = prepare_test(cfg, device, folder, what, [CACHE_NAME, RESULTS_BEST])
+        check_outputs(cfg, folder, what, [CACHE_NAME, RESULTS_BEST], dataset)
         model, _ = load_segmenter(cfg.TEST.MODEL[0], cfg.NUM_CLASSES, cfg.TEST.MULTI_LEVEL[0], None,
                                   device, cfg.CHANNELS_LAST)  # each snapshot's weights loaded in turn
         writer = open_outputs(cfg, folder, what, info, stack)
