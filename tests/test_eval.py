@@ -34,6 +34,7 @@ from advent.model.weights import file_sha256
 from advent.scripts.test import main
 from advent.utils.runtime import run_main
 from advent.utils.func import fast_hist
+from advent.utils.output_dir import exclusive_lock
 from advent.utils.serialization import yaml_dump
 from fake_data import make_fake_cfg, write_cfg_yaml, write_list
 
@@ -661,6 +662,17 @@ def test_best_mode_gives_up_on_a_snapshot_folder_that_never_appears(tmp_path, mo
     lines = user_error(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "wait.yml"))], capsys)
     assert lines == [f"error: gave up waiting for {folder} after 30 s (TEST.WAIT_TIMEOUT)"]
     assert not folder.exists()
+
+
+def test_a_second_best_mode_run_on_one_snapshot_folder_stops_before_it_reads_the_cache(tmp_path, capsys):
+    cfg, folder = best_cfg(tmp_path, iterations=(2000,), maxiter=2000)
+    run_test(cfg, tmp_path)
+    before = {name: (folder / name).read_bytes() for name in (RESULTS_BEST, CACHE_NAME)}
+    with exclusive_lock(folder / CACHE_NAME, "test.py"):  # another test.py evaluating there
+        lines = user_error(["--cfg", str(tmp_path / "test.yml")], capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"error: {folder / CACHE_NAME} is in use by another run (test.py, "
+                                                   f"pid {os.getpid()}")
+    assert {name: (folder / name).read_bytes() for name in before} == before
 
 
 def test_best_mode_checks_the_data_before_it_waits_for_the_run(tmp_path, monkeypatch, capsys):

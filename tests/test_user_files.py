@@ -2,6 +2,7 @@
 on tiny data in the real formats (issue: one output layer that knows every file the project wrote);
 and a run refused for its data leaves nothing behind."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from advent.scripts import train as train_script
 from advent.scripts import viz as viz_script
 from advent.scripts.test import main as run_test_py
 from advent.utils.runtime import run_main
-from advent.utils.output_dir import MANIFEST_NAME, Manifest, prepare_folder, read_manifest
+from advent.utils.output_dir import MANIFEST_NAME, Manifest, exclusive_lock, prepare_folder, read_manifest
 from benchmark_scripts import load_benchmark
 from fake_data import write_cfg_yaml
 from test_esl import esl_config
@@ -261,3 +262,53 @@ def test_a_symbolic_link_loop_or_a_name_too_long_is_one_line_and_makes_nothing(t
         [line] = refused(main, ["--cfg", str(path)], capsys)
         assert reason in line, line
         assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_train_writes_no_tensorboard_events_into_another_scripts_folder(tmp_path, capsys):
+    esl_main, esl_cfg = script_and_cfg(tmp_path / "esl", "esl")
+    assert esl_main(["--cfg", str(write_cfg_yaml(esl_cfg, tmp_path / "esl.yml"))]) == 0
+    labels = Path(esl_cfg.PSEUDO_LABEL_DIRECTORY_TARGET)
+    before = files_bytes(labels)
+    main, cfg = script_and_cfg(tmp_path, "train")
+    cfg.TRAIN.TENSORBOARD_LOGDIR = str(labels)
+    lines = refused(main, ["--cfg", str(write_cfg_yaml(cfg, tmp_path / "run.yml")), "--tensorboard"], capsys)
+    assert lines == [f"error: TRAIN.TENSORBOARD_LOGDIR {labels} was written by esl.py; train.py does not take over "
+                     f"another script's folder: point it at a folder of its own"]
+    assert files_bytes(labels) == before
+
+
+def test_pseudo_labels_are_not_replaced_while_a_run_trains_on_them_nor_trained_on_while_replaced(tmp_path, capsys):
+    esl_main, esl_cfg = script_and_cfg(tmp_path / "esl", "esl")
+    esl_path = write_cfg_yaml(esl_cfg, tmp_path / "esl.yml")
+    assert esl_main(["--cfg", str(esl_path)]) == 0
+    labels = Path(esl_cfg.PSEUDO_LABEL_DIRECTORY_TARGET)
+    before = files_bytes(labels)
+    with exclusive_lock(labels, "train.py", shared=True):  # a training run on them (several may read at once)
+        with exclusive_lock(labels, "train.py", shared=True):
+            assert refused(esl_main, ["--cfg", str(esl_path)], capsys) == [
+                f"error: {labels} is in use by another run (train.py, reading it to train on); wait for it to "
+                f"finish or write to another folder"]
+    assert files_bytes(labels) == before
+    main, cfg = script_and_cfg(tmp_path, "train")
+    cfg.PSEUDO_LABEL_DIRECTORY_TARGET = str(labels)
+    with exclusive_lock(labels, "esl.py"):  # esl.py replacing them: the run does not start on half a set
+        [line] = refused(main, ["--cfg", str(write_cfg_yaml(cfg, tmp_path / "run.yml"))], capsys)
+    assert line.startswith(f"error: {labels} is in use by another run (esl.py, pid {os.getpid()}")
+
+
+def test_a_run_resumed_on_other_pseudo_labels_than_it_trained_on_is_refused(tmp_path, capsys):
+    cfg, _ = tiny_cfg(tmp_path, "SourceOnly", iters=2, save_every=2, pseudo=True)
+    report = Path(cfg.PSEUDO_LABEL_DIRECTORY_TARGET) / "esl_report.json"
+    report.write_text('{"thresholds": [0.1]}\n')  # as esl.py writes one with every set
+    path = write_cfg_yaml(cfg, tmp_path / "run.yml")
+    assert train_script.main(["--cfg", str(path)]) == 0
+    report.write_text('{"thresholds": [0.2]}\n')  # esl.py ran again, from another model
+    cfg.TRAIN.EARLY_STOP = 4  # extend the run
+    path = write_cfg_yaml(cfg, tmp_path / "run.yml")
+    state = Path(cfg.TRAIN.SNAPSHOT_DIR) / "train_state_2.pth"
+    assert refused(train_script.main, ["--cfg", str(path), "--resume"], capsys) == [
+        f"error: --resume: the pseudo-labels in {cfg.PSEUDO_LABEL_DIRECTORY_TARGET} are not those the run trained "
+        f"on (esl_report.json changed since {state} was saved); put those back, or train on these in a new run "
+        f"(EXP_NAME / --exp-suffix)"]
+    report.write_text('{"thresholds": [0.1]}\n')  # the labels it trained on, back
+    assert train_script.main(["--cfg", str(path), "--resume"]) == 0

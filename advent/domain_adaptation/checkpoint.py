@@ -22,23 +22,25 @@ position}, the samples all processes consumed); config (the resolved config, whi
 match, RESUME_MAY_CHANGE aside); world_size (which a resume must match; absent means 1).
 """
 import logging
+import os
 import re
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 import yaml
 
 from advent.config import cfg_to_dict, flat_items
+from advent.domain_adaptation.esl_UDA import REPORT_NAME as ESL_REPORT
 from advent.domain_adaptation.train_data import rng_state, set_rng_state
 from advent.model import load_checkpoint
 from advent.model.weights import CheckpointInfo, file_sha256, read_checkpoint
 from advent.utils.distributed import get_world_size, is_main_process
 from advent.utils.errors import UserError, file_system_fault
 from advent.utils.output_dir import (
-    atomic_path, check_creatable, check_folder, exclusive_lock, prepare_folder, record_new_entries, remove_own,
-    tree_entries,
+    atomic_path, check_creatable, check_folder, check_owner, exclusive_lock, prepare_folder, record_new_entries,
+    remove_own, tree_entries,
 )
 from advent.utils.run_record import build_run_record, write_run_record
 from advent.utils.serialization import yaml_dump, yaml_load
@@ -186,6 +188,27 @@ def data_stream(seed, num_samples, position=0):
     return {"seed": int(seed), "num_samples": int(num_samples), "position": int(position)}
 
 
+# --- the pseudo-labels trained on ---
+
+def reading_pseudo_labels(cfg):
+    """While the run trains on pseudo-labels (main process): a reader's lock of their folder, so
+    that esl.py does not replace them meanwhile (it stops with one line naming this run, and this
+    run does not start while esl.py writes them); none where the folder's parent cannot be written,
+    where no esl.py can replace them either (released labels on a read-only disk)."""
+    folder = cfg.PSEUDO_LABEL_DIRECTORY_TARGET
+    if not folder or not os.access(Path(folder).resolve().parent, os.W_OK | os.X_OK):
+        return nullcontext()
+    return exclusive_lock(folder, WRITER, shared=True)
+
+
+def pseudo_label_version(cfg):
+    """The SHA-256 of the pseudo-labels' esl_report.json (esl.py writes a new one with every set:
+    its thresholds and counts), or None: no pseudo-labels, or a set not written by esl.py."""
+    folder = cfg.PSEUDO_LABEL_DIRECTORY_TARGET
+    report = Path(folder) / ESL_REPORT if folder else None
+    return file_sha256(report) if report is not None and report.is_file() else None
+
+
 # --- checks before a run starts or resumes ---
 
 def snapshot_iterations(names):
@@ -314,19 +337,23 @@ class Checkpointer:
         self.cfg, self.folder = cfg, Path(cfg.TRAIN.SNAPSHOT_DIR)
         self.saved = self.info = self.last_saved = None  # the train state resumed from; the newest one
         self.setup = self.streams = self.weights = None  # what is saved (restore, start); the weights loaded
+        self.pseudo_labels = None  # the version of the pseudo-labels trained on (pseudo_label_version)
 
     def check_folders(self, tensorboard=False):
         """Before any model work, creating nothing (main process): the snapshot folder is new,
         empty, or holds only what the project wrote, and was not created by another script
-        (check_folder); it and TensorBoard's folder can be made (no file in the way, writable)."""
+        (check_folder); TensorBoard's folder is not another script's (check_owner); both can be made
+        (no file in the way, writable)."""
         if not is_main_process():
             return
         folder = self.cfg.TRAIN.SNAPSHOT_DIR  # as given: the messages name it so
         check_folder(folder, WRITER, SNAPSHOT_KEY, "change EXP_NAME / --exp-suffix or TRAIN.SNAPSHOT_DIR to a "
                      "new or empty folder", guests=("test.py",))  # test.py's 'best' results may stand beside the run
         check_creatable(folder, SNAPSHOTS)
-        if tensorboard:
-            check_creatable(self.cfg.TRAIN.TENSORBOARD_LOGDIR, EVENTS)
+        if tensorboard:  # the user's files may stand beside the events, another script's not
+            logdir = self.cfg.TRAIN.TENSORBOARD_LOGDIR
+            check_creatable(logdir, EVENTS)
+            check_owner(logdir, WRITER, "TRAIN.TENSORBOARD_LOGDIR", "point it at a folder of its own")
 
     @contextmanager
     def holding(self, tensorboard=False):
@@ -345,6 +372,7 @@ class Checkpointer:
                     held.callback(record_new_entries, logdir, WRITER, set(tree_entries(logdir)))
                 held.enter_context(exclusive_lock(folder, WRITER))
                 self.check_folders(tensorboard)  # again: no other run can change it now
+                held.enter_context(reading_pseudo_labels(self.cfg))
             yield
 
     def find(self, resume):
@@ -352,6 +380,7 @@ class Checkpointer:
         None: a fresh run (its folder must hold no other run), or a resumed one that left no train
         state (`check_restart`: it starts again from iteration 0)."""
         folder = self.cfg.TRAIN.SNAPSHOT_DIR
+        self.pseudo_labels = pseudo_label_version(self.cfg)  # read under their reader's lock (holding)
         if not resume:
             check_fresh_snapshot_dir(folder, self.cfg)
             return None
@@ -361,6 +390,10 @@ class Checkpointer:
             return None
         path = train_state_path(folder, iterations[-1])
         self.saved, self.info = load_train_state(path, self.cfg)
+        if self.saved.get("pseudo_labels", self.pseudo_labels) != self.pseudo_labels:  # older states: unchecked
+            raise UserError(f"--resume: the pseudo-labels in {self.cfg.PSEUDO_LABEL_DIRECTORY_TARGET} are not those "
+                            f"the run trained on ({ESL_REPORT} changed since {path} was saved); put those back, or "
+                            f"train on these in a new run (EXP_NAME / --exp-suffix)")
         self.last_saved = path
         log.info("resuming from %s (%d of %d iterations done)", path, self.saved["iteration"],
                  total_iterations(self.cfg))
@@ -467,6 +500,7 @@ class Checkpointer:
                      for name, s in streams.items()},
             "config": cfg_to_dict(self.cfg),
             "world_size": get_world_size(),
+            "pseudo_labels": self.pseudo_labels,
         }
         for level, discriminator in setup.discriminators.items():
             state[f"d_{level}"] = cpu_state_dict(discriminator)

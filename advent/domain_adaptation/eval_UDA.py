@@ -49,7 +49,7 @@ from advent.utils.distributed import (
     broadcast_from_main, is_main_process, join_process_group, shard_batches, sum_over_processes,
 )
 from advent.utils.errors import UserError
-from advent.utils.output_dir import check_creatable, check_names, prepare_folder
+from advent.utils.output_dir import check_creatable, check_names, exclusive_lock, prepare_folder
 from advent.utils.serialization import json_load
 
 log = logging.getLogger(__name__)
@@ -325,19 +325,26 @@ def pick_best(results):
     return max(results, key=lambda result: -math.inf if result["mIoU"] is None else result["mIoU"])
 
 
+def check_best_config(folder, cfg_path):
+    check_same_config(folder / RESULTS_BEST, cfg_path, "move that file out of the folder first (its evaluations "
+                      "stay in the test cache), or run that config file")
+
+
 def eval_best(cfg, device, cfg_path="", argv=None):
     """Evaluate every expected snapshot of TEST.SNAPSHOT_DIR[0]; report the last and the best."""
     with contextlib.ExitStack() as stack:  # the predictions folder's lock, for the whole run
         dataset, loader, info = test_data(cfg, device)  # missing data is not waited for
         folder = snapshot_dir_of(cfg)
-        if is_main_process():
-            check_same_config(folder / RESULTS_BEST, cfg_path, "move that file out of the folder first (its "
-                              "evaluations stay in the test cache), or run that config file")
         what = "the test cache and results"
         check_outputs(cfg, folder, what, [CACHE_NAME, RESULTS_BEST], dataset)
+        if is_main_process():
+            check_best_config(folder, cfg_path)
         model, _ = load_segmenter(cfg.TEST.MODEL[0], cfg.NUM_CLASSES, cfg.TEST.MULTI_LEVEL[0], None,
                                   device, cfg.CHANNELS_LAST)  # each snapshot's weights loaded in turn
         writer = open_outputs(cfg, folder, what, info, stack)
+        if is_main_process():
+            stack.enter_context(exclusive_lock(folder / CACHE_NAME, WRITER))  # one test.py at a time there
+            check_best_config(folder, cfg_path)  # again: no other test.py can write there now
         cache = None
         if is_main_process():
             cache = EvalCache(folder / CACHE_NAME, eval_setting(cfg, dataset, info))

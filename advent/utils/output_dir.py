@@ -484,9 +484,11 @@ def lock_path(folder):
 
 
 @contextlib.contextmanager
-def exclusive_lock(folder, writer):
+def exclusive_lock(folder, writer, shared=False):
     """Hold the exclusive lock of `folder` for the block; a UserError naming the folder and the
     holder when another process holds it. `writer` is the script that runs ('train.py', 'esl.py').
+    With `shared`: a reader's lock instead (train.py reading the pseudo-labels it trains on; any
+    number at once), which the exclusive holder (esl.py replacing them) and a reader exclude.
 
     The lock is an flock on a small file beside the folder (lock_path), recorded in that folder's
     manifest and released by the kernel when the process ends, however it ends; the file stays.
@@ -504,15 +506,16 @@ def exclusive_lock(folder, writer):
         raise UserError(f"cannot create the lock file {path}: {error.strerror}") from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"{Path(folder)} is in use by another run ({_holder(fd)}); wait for it to "
+            raise UserError(f"{Path(folder)} is in use by another run ({_holder(fd, shared)}); wait for it to "
                             f"finish or write to another folder") from None
-        holder = {"what": writer, "pid": os.getpid(), "host": socket.gethostname(),
-                  "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
-        with writing(path):  # a full disk: one line naming the lock file
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        if not shared:  # a reader leaves the last writer's record
+            holder = {"what": writer, "pid": os.getpid(), "host": socket.gethostname(),
+                      "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
+            with writing(path):  # a full disk: one line naming the lock file
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(holder).encode(), 0)
         _HELD_LOCKS.add(fd)
         yield
     finally:
@@ -529,7 +532,16 @@ def _is_lock_file(path):
         return False
 
 
-def _holder(fd):
+def _holder(fd, shared):
+    """Who holds the lock `fd` could not take: training runs reading the folder (when a shared
+    lock can be had), else the exclusive holder its file names."""
+    if not shared:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return "train.py, reading it to train on"
+        except BlockingIOError:
+            pass
     try:
         holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
         return (f"{holder['what']}, pid {holder['pid']} on {holder['host']}, started {holder['started']}: "
