@@ -166,25 +166,35 @@ def test_snapshots_of_several_iterations_whose_train_state_is_gone_are_refused_w
     assert digests(folder) == before
 
 
-@pytest.mark.parametrize("iters, kept, what", [
-    (2, 2, "the final snapshot of its run"),  # SAVE_PRED_EVERY == EARLY_STOP, as in the demo configs
-    (6, 4, "a snapshot written after the run's first train state (with model_2.pth)"),
+FINAL = ("the final snapshot of its run, but no train state (the run finished and it was removed since, or the "
+         "run was killed while writing it)")
+
+
+@pytest.mark.parametrize("iters, save_every, kept, why, way_out", [
+    # SAVE_PRED_EVERY == EARLY_STOP, as in the demo configs: its one snapshot is the final one, complete
+    (2, 2, 2, FINAL, "the snapshot is complete: use it as it is, delete the model_2*.pth files there to train "
+                     "the run again, or change EXP_NAME / --exp-suffix for a new run"),
+    (6, 2, 6, FINAL, "the snapshot is complete: use it as it is, delete the model_6*.pth files there to train "
+                     "the run again, or change EXP_NAME / --exp-suffix for a new run"),
+    (6, 2, 4, "a snapshot written after the run's first train state (with model_2.pth), but no train state", None),
 ])
-def test_a_lone_snapshot_that_had_a_train_state_beside_it_is_never_replaced(tmp_path, capsys, iters, kept, what):
-    cfg, _ = tiny_cfg(tmp_path / "run", "AdvEnt", iters=iters, save_every=2)
+def test_a_lone_snapshot_other_than_a_first_one_is_never_replaced(tmp_path, capsys, iters, save_every, kept, why,
+                                                                   way_out):
+    cfg, _ = tiny_cfg(tmp_path / "run", "AdvEnt", iters=iters, save_every=save_every)
     folder = Path(cfg.TRAIN.SNAPSHOT_DIR)
     folder.mkdir(parents=True)
     for name in (f"model_{kept}.pth", f"model_{kept}_D_main.pth"):
-        torch_save_atomic({"w": torch.zeros(1)}, folder / name)  # its train state deleted by hand
+        torch_save_atomic({"w": torch.zeros(1)}, folder / name)  # its train state deleted by hand, or never written
     before = digests(folder)
     path = str(write_cfg_yaml(cfg, tmp_path / "run.yml"))
     assert train_py(["--cfg", path, "--resume"], capsys) == (2, [
-        f"error: {folder} holds model_{kept}.pth, {what}, but no train state, so this run cannot be resumed, and "
-        f"restarting it would replace it; put train_state_{kept}.pth back, or change EXP_NAME / --exp-suffix "
-        f"for a new run"])
+        f"error: {folder} holds model_{kept}.pth, {why}, so this run cannot be resumed, and restarting it would "
+        f"replace it; " + (way_out or f"put train_state_{kept}.pth back, or change EXP_NAME / --exp-suffix for a "
+                                      f"new run")])
     assert train_py(["--cfg", path], capsys) == (2, [
-        f"error: {folder} holds model_{kept}.pth, {what}, but no train state; put train_state_{kept}.pth back "
-        f"and pass --resume to continue the run, or change EXP_NAME / --exp-suffix for a new run"])
+        f"error: {folder} holds model_{kept}.pth, {why}; " + (
+            way_out or f"put train_state_{kept}.pth back and pass --resume to continue the run, or change "
+                       f"EXP_NAME / --exp-suffix for a new run")])
     assert digests(folder) == before
 
 

@@ -291,9 +291,12 @@ def test_pseudo_labels_are_not_replaced_while_a_run_trains_on_them_nor_trained_o
     assert files_bytes(labels) == before
     main, cfg = script_and_cfg(tmp_path, "train")
     cfg.PSEUDO_LABEL_DIRECTORY_TARGET = str(labels)
+    path = write_cfg_yaml(cfg, tmp_path / "run.yml")
+    before = sorted(tmp_path.rglob("*"))
     with exclusive_lock(labels, "esl.py"):  # esl.py replacing them: the run does not start on half a set
-        [line] = refused(main, ["--cfg", str(write_cfg_yaml(cfg, tmp_path / "run.yml"))], capsys)
+        [line] = refused(main, ["--cfg", str(path), "--tensorboard"], capsys)
     assert line.startswith(f"error: {labels} is in use by another run (esl.py, pid {os.getpid()}")
+    assert sorted(tmp_path.rglob("*")) == before  # no snapshot or TensorBoard folder made
 
 
 def test_a_run_resumed_on_other_pseudo_labels_than_it_trained_on_is_refused(tmp_path, capsys):
@@ -312,3 +315,14 @@ def test_a_run_resumed_on_other_pseudo_labels_than_it_trained_on_is_refused(tmp_
         f"(EXP_NAME / --exp-suffix)"]
     report.write_text('{"thresholds": [0.1]}\n')  # the labels it trained on, back
     assert train_script.main(["--cfg", str(path), "--resume"]) == 0
+
+
+def test_tensorboard_events_may_go_to_the_snapshot_folder_beside_test_py_results(tmp_path):
+    from advent.domain_adaptation.checkpoint import Checkpointer
+    from advent.utils.output_dir import updating_manifest
+    cfg, _ = tiny_cfg(tmp_path, "SourceOnly")
+    cfg.TRAIN.TENSORBOARD_LOGDIR = cfg.TRAIN.SNAPSHOT_DIR
+    folder = prepare_folder(cfg.TRAIN.SNAPSHOT_DIR, "train.py", "the snapshots")
+    with updating_manifest(folder) as manifest:  # test.py 'best' evaluated the run there
+        manifest.files.update({RESULTS_BEST: "test.py", CACHE_NAME: "test.py"})
+    Checkpointer(cfg).check_folders(tensorboard=True)  # accepted, as for the snapshots themselves

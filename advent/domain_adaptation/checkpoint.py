@@ -224,18 +224,23 @@ def train_state_gone(folder, iterations):
 
 
 def lone_snapshot_kept(folder, iteration, train):
-    """Why the snapshots of one `iteration` in `folder`, without a train state, must not be replaced
-    by a restart from iteration 0, or None. Only a run killed while writing its first train state
-    (which follows its first snapshot) may restart; a later snapshot, or the run's final one, had
-    a train state beside it, so it has been removed since. `train`: the TRAIN section of the run
-    that wrote them (its config.yml, else this config)."""
+    """(why, way out) the snapshots of one `iteration` in `folder`, without a train state, must
+    not be replaced by a restart from iteration 0, or None. Only a run killed while writing its
+    first train state (which follows its first snapshot) may restart: a later snapshot had a train
+    state before it, removed since, and the run's final one is complete (the run finished and its
+    train state was removed, or it was killed while writing it). `train`: the TRAIN section of the
+    run that wrote them (its config.yml, else this config)."""
     last = min(int(train["EARLY_STOP"]), int(train["MAX_ITERS"]))
     first = min(int(train["SAVE_PRED_EVERY"]), last)
-    if iteration == first and iteration < last:
+    if iteration == first < last:
         return None
-    what = ("the final snapshot of its run" if iteration >= last else
-            f"a snapshot written after the run's first train state (with model_{first}.pth)")
-    return f"{folder} holds model_{iteration}.pth, {what}, but no train state"
+    if iteration >= last:
+        return (f"{folder} holds model_{iteration}.pth, the final snapshot of its run, but no train state (the "
+                f"run finished and it was removed since, or the run was killed while writing it)",
+                f"the snapshot is complete: use it as it is, delete the model_{iteration}*.pth files there to "
+                f"train the run again, or change EXP_NAME / --exp-suffix for a new run")
+    return (f"{folder} holds model_{iteration}.pth, a snapshot written after the run's first train state "
+            f"(with model_{first}.pth), but no train state", None)
 
 
 def check_fresh_snapshot_dir(snapshot_dir, cfg):
@@ -248,11 +253,12 @@ def check_fresh_snapshot_dir(snapshot_dir, cfg):
         raise UserError(f"{folder} already holds a training run ({files}); pass --resume to continue it, "
                         f"or change EXP_NAME / --exp-suffix for a new run")
     iterations = snapshot_iterations(found)
-    kept = (train_state_gone(folder, iterations) if len(iterations) > 1 else
+    kept = ((train_state_gone(folder, iterations), None) if len(iterations) > 1 else
             iterations and lone_snapshot_kept(folder, iterations[0], saved_train(folder) or cfg.TRAIN))
     if kept:
-        raise UserError(f"{kept}; put train_state_{iterations[-1]}.pth back and pass --resume to continue "
-                        f"the run, or change EXP_NAME / --exp-suffix for a new run")
+        why, way_out = kept
+        raise UserError(f"{why}; " + (way_out or f"put train_state_{iterations[-1]}.pth back and pass --resume to "
+                                      f"continue the run, or change EXP_NAME / --exp-suffix for a new run"))
     raise UserError(f"{folder} already holds a training run stopped before its first train state was "
                     f"complete ({files}); pass --resume to restart it from iteration 0 (its snapshots are "
                     f"replaced as it goes), or delete the model_*.pth files there, or change EXP_NAME / "
@@ -276,8 +282,9 @@ def check_restart(snapshot_dir, cfg):
                         f"EXP_NAME / --exp-suffix for a new run")
     kept = iterations and lone_snapshot_kept(snapshot_dir, iterations[0], saved_train(snapshot_dir) or cfg.TRAIN)
     if kept:
-        raise UserError(f"{kept}, so this run cannot be resumed, and restarting it would replace it; put "
-                        f"train_state_{iterations[0]}.pth back, or change EXP_NAME / --exp-suffix for a new run")
+        why, way_out = kept
+        raise UserError(f"{why}, so this run cannot be resumed, and restarting it would replace it; " + (
+            way_out or f"put train_state_{iterations[0]}.pth back, or change EXP_NAME / --exp-suffix for a new run"))
     if config.is_file():
         try:
             saved = yaml_load(config)
@@ -353,26 +360,28 @@ class Checkpointer:
         if tensorboard:  # the user's files may stand beside the events, another script's not
             logdir = self.cfg.TRAIN.TENSORBOARD_LOGDIR
             check_creatable(logdir, EVENTS)
-            check_owner(logdir, WRITER, "TRAIN.TENSORBOARD_LOGDIR", "point it at a folder of its own")
+            check_owner(logdir, WRITER, "TRAIN.TENSORBOARD_LOGDIR", "point it at a folder of its own",
+                        guests=("test.py",))  # it may be the snapshot folder
 
     @contextmanager
     def holding(self, tensorboard=False):
-        """For the block, in the main process: the folders checked (check_folders) and made, the
-        snapshot folder's exclusive lock held (a second run into it stops with one line naming the
-        holder), what killed runs left in it removed; TensorBoard's folder (which may hold other
-        files: its event files get new names) made. TensorBoard's new files are recorded at the end."""
+        """For the block, in the main process: the folders checked (check_folders); the reader's
+        lock of the pseudo-labels held (reading_pseudo_labels); the folders made, the snapshot
+        folder's exclusive lock held (a second run into it stops with one line naming the holder),
+        what killed runs left in it removed; TensorBoard's folder (which may hold other files: its
+        event files get new names) made. TensorBoard's new files are recorded at the end."""
         folder = self.cfg.TRAIN.SNAPSHOT_DIR
         logdir = self.cfg.TRAIN.TENSORBOARD_LOGDIR if tensorboard else None
         with ExitStack() as held:
             if is_main_process():
                 self.check_folders(tensorboard)
+                held.enter_context(reading_pseudo_labels(self.cfg))  # before any folder is made
                 prepare_folder(folder, WRITER, SNAPSHOTS)
                 if logdir:
                     prepare_folder(logdir, WRITER, EVENTS)
                     held.callback(record_new_entries, logdir, WRITER, set(tree_entries(logdir)))
                 held.enter_context(exclusive_lock(folder, WRITER))
                 self.check_folders(tensorboard)  # again: no other run can change it now
-                held.enter_context(reading_pseudo_labels(self.cfg))
             yield
 
     def find(self, resume):
