@@ -74,7 +74,12 @@ RESUME_MAY_CHANGE = {
 
 
 def total_iterations(cfg):
-    return min(cfg.TRAIN.EARLY_STOP, cfg.TRAIN.MAX_ITERS)
+    return last_iteration(cfg.TRAIN)
+
+
+def last_iteration(train):
+    """The iterations a run of TRAIN section `train` (a config's, or a config.yml's) trains."""
+    return min(int(train["EARLY_STOP"]), int(train["MAX_ITERS"]))
 
 
 # --- file names ---
@@ -149,7 +154,7 @@ def finished_without(snapshot_dir, n_iter):
     folder, train = Path(snapshot_dir), saved_train(snapshot_dir)
     if train is None:
         return None  # no run there yet, or not one of ours: it may still come
-    step, last = int(train["SAVE_PRED_EVERY"]), min(int(train["EARLY_STOP"]), int(train["MAX_ITERS"]))
+    step, last = int(train["SAVE_PRED_EVERY"]), last_iteration(train)
     if not model_snapshot_path(folder, last).exists() or model_snapshot_path(folder, n_iter).exists():
         return None
     return (f"model_{n_iter}.pth will not come: the training run in {folder} finished at iteration {last}, "
@@ -230,7 +235,7 @@ def lone_snapshot_kept(folder, iteration, train):
     state before it, removed since, and the run's final one is complete (the run finished and its
     train state was removed, or it was killed while writing it). `train`: the TRAIN section of the
     run that wrote them (its config.yml, else this config)."""
-    last = min(int(train["EARLY_STOP"]), int(train["MAX_ITERS"]))
+    last = last_iteration(train)
     first = min(int(train["SAVE_PRED_EVERY"]), last)
     if iteration == first < last:
         return None
@@ -243,6 +248,14 @@ def lone_snapshot_kept(folder, iteration, train):
             f"(with model_{first}.pth), but no train state", None)
 
 
+def snapshots_kept(folder, iterations, cfg):
+    """(why, way out or None for 'put the train state back') the snapshots of `iterations` in
+    `folder`, without a train state, must not be replaced by a restart from iteration 0, or None."""
+    if len(iterations) > 1:
+        return train_state_gone(folder, iterations), None
+    return iterations and lone_snapshot_kept(folder, iterations[0], saved_train(folder) or cfg.TRAIN)
+
+
 def check_fresh_snapshot_dir(snapshot_dir, cfg):
     """Refuse to start a new run in a folder that holds snapshots or a train state of another."""
     found = run_files(snapshot_dir)
@@ -253,8 +266,7 @@ def check_fresh_snapshot_dir(snapshot_dir, cfg):
         raise UserError(f"{folder} already holds a training run ({files}); pass --resume to continue it, "
                         f"or change EXP_NAME / --exp-suffix for a new run")
     iterations = snapshot_iterations(found)
-    kept = ((train_state_gone(folder, iterations), None) if len(iterations) > 1 else
-            iterations and lone_snapshot_kept(folder, iterations[0], saved_train(folder) or cfg.TRAIN))
+    kept = snapshots_kept(folder, iterations, cfg)
     if kept:
         why, way_out = kept
         raise UserError(f"{why}; " + (way_out or f"put train_state_{iterations[-1]}.pth back and pass --resume to "
@@ -276,15 +288,12 @@ def check_restart(snapshot_dir, cfg):
         log.info("--resume: %s holds no run yet; starting it from iteration 0", snapshot_dir)
         return
     iterations = snapshot_iterations(found)
-    if len(iterations) > 1:  # starting again would replace trained snapshots
-        raise UserError(f"{train_state_gone(snapshot_dir, iterations)}, so this run cannot be resumed, and "
-                        f"restarting it would replace them; put train_state_{iterations[-1]}.pth back, or change "
-                        f"EXP_NAME / --exp-suffix for a new run")
-    kept = iterations and lone_snapshot_kept(snapshot_dir, iterations[0], saved_train(snapshot_dir) or cfg.TRAIN)
-    if kept:
+    kept = snapshots_kept(snapshot_dir, iterations, cfg)
+    if kept:  # starting again would replace trained snapshots
         why, way_out = kept
-        raise UserError(f"{why}, so this run cannot be resumed, and restarting it would replace it; " + (
-            way_out or f"put train_state_{iterations[0]}.pth back, or change EXP_NAME / --exp-suffix for a new run"))
+        them = "them" if len(iterations) > 1 else "it"
+        raise UserError(f"{why}, so this run cannot be resumed, and restarting it would replace {them}; " + (
+            way_out or f"put train_state_{iterations[-1]}.pth back, or change EXP_NAME / --exp-suffix for a new run"))
     if config.is_file():
         try:
             saved = yaml_load(config)

@@ -326,6 +326,7 @@ def pick_best(results):
 
 
 def check_best_config(folder, cfg_path):
+    """check_same_config for 'best' mode's results in the snapshot folder."""
     check_same_config(folder / RESULTS_BEST, cfg_path, "move that file out of the folder first (its evaluations "
                       "stay in the test cache), or run that config file")
 

@@ -171,6 +171,11 @@ def _resolved(folder):
     return Path(folder).resolve()
 
 
+def _nearest_existing(folder):
+    """The nearest existing folder on the way to the (resolved) `folder`, itself included."""
+    return next(path for path in (folder, *folder.parents) if path.exists())
+
+
 def _file_in_the_way(folder):
     """The nearest existing entry on the way to the (resolved) `folder`, itself included, when it
     is a file rather than a folder (so `folder` cannot be created); else None."""
@@ -186,7 +191,7 @@ def check_creatable(folder, what):
     blocker = _file_in_the_way(folder)
     if blocker is not None:
         raise UserError(f"cannot write {what} to {shown}: {blocker} is a file, not a folder")
-    nearest = next(path for path in (folder, *folder.parents) if path.exists())
+    nearest = _nearest_existing(folder)
     if not os.access(nearest, os.W_OK | os.X_OK):
         code = errno.EROFS if os.statvfs(nearest).f_flag & os.ST_RDONLY else errno.EACCES
         made = next((path for path in (folder, *folder.parents) if path.parent == nearest), folder)  # first mkdir
@@ -242,8 +247,7 @@ def check_name_room(folder, shown, key):
     """The (resolved) `folder`'s name leaves room for the names written beside it; a UserError
     naming `key` and the limit otherwise (before anything is made: no half-made staging folder)."""
     try:
-        nearest = next(path for path in (folder, *folder.parents) if path.exists())
-        name_max = os.pathconf(nearest, "PC_NAME_MAX")
+        name_max = os.pathconf(_nearest_existing(folder), "PC_NAME_MAX")
     except (OSError, ValueError):  # ENAMETOOLONG: a name over the limit already
         name_max = 255
     size = len(os.fsencode(folder.name))
