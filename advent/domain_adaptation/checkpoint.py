@@ -74,11 +74,11 @@ RESUME_MAY_CHANGE = {
 
 
 def total_iterations(cfg):
-    return last_iteration(cfg.TRAIN)
+    return min(cfg.TRAIN.EARLY_STOP, cfg.TRAIN.MAX_ITERS)
 
 
 def last_iteration(train):
-    """The iterations a run of TRAIN section `train` (a config's, or a config.yml's) trains."""
+    """total_iterations of a TRAIN mapping (a config.yml's, or a config's section)."""
     return min(int(train["EARLY_STOP"]), int(train["MAX_ITERS"]))
 
 
