@@ -192,6 +192,11 @@ PATH_KEYS = {
     "TRAIN.TENSORBOARD_LOGDIR", "TEST.RESTORE_FROM", "TEST.SNAPSHOT_DIR", "TEST.INFO_TARGET",
     "ESL.RESTORE_FROM", "ESL.INFO_TARGET",
 }
+# The path keys that must name a path: '' would be resolved against the current folder (EXP_ROOT
+# '' would write ./snapshots). Every other path key may be '': not set (no checkpoint to start
+# from, no pseudo-labels) or derived (derive_paths, TRAIN.INFO_SOURCE -> TRAIN.INFO_TARGET).
+REQUIRED_PATH_KEYS = ("DATA_LIST_SOURCE", "DATA_LIST_TARGET", "DATA_DIRECTORY_SOURCE", "DATA_DIRECTORY_TARGET",
+                      "EXP_ROOT", "TRAIN.INFO_TARGET", "TEST.INFO_TARGET", "ESL.INFO_TARGET")
 CHOICES = {
     "SOURCE": ("GTA", "SYNTHIA"),
     "TARGET": ("Cityscapes", "Mapillary"),
@@ -208,8 +213,12 @@ POSITIVE_KEYS = ("TRAIN.SAVE_PRED_EVERY", "TRAIN.MAX_ITERS", "TRAIN.EARLY_STOP",
                  "TEST.SNAPSHOT_MAXITER", "ESL.MAX_MEDIAN_BATCH", "TRAIN.BATCH_SIZE_SOURCE", "TRAIN.BATCH_SIZE_TARGET",
                  "TEST.BATCH_SIZE_TARGET", "ESL.BATCH_SIZE_TARGET", "TRAIN.DISCRIMINATOR_WIDTH",
                  "TRAIN.TENSORBOARD_VIZRATE")
+# The loss weights: 0 switches a term off; a negative one would climb its loss.
+LAMBDA_KEYS = ("TRAIN.LAMBDA_SEG_MAIN", "TRAIN.LAMBDA_SEG_AUX", "TRAIN.LAMBDA_ADV_MAIN", "TRAIN.LAMBDA_ADV_AUX",
+               "TRAIN.LAMBDA_ENT_MAIN", "TRAIN.LAMBDA_ENT_AUX")
+# TRAIN.POWER: the poly schedule's exponent (0: a constant rate; negative: a growing one).
 NON_NEGATIVE_KEYS = ("NUM_WORKERS", "ESL.THREADS", "TRAIN.LEARNING_RATE", "TRAIN.LEARNING_RATE_D",
-                     "TRAIN.WEIGHT_DECAY", "TEST.WAIT_TIMEOUT", "ESL.WAIT_TIMEOUT")
+                     "TRAIN.WEIGHT_DECAY", "TRAIN.POWER", "TEST.WAIT_TIMEOUT", "ESL.WAIT_TIMEOUT", *LAMBDA_KEYS)
 
 
 def get_default_cfg():
@@ -244,7 +253,9 @@ def cfg_from_file(filename, config=None):
         where = f"{filename}:{mark.line + 1}" if mark is not None else str(filename)
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise UserError(f"{where}: YAML syntax error: {problem}") from None
-    data = {} if data is None else data
+    if data is None:  # an empty file, only comments, `null`: every default, a 120000-iteration R101 run
+        raise UserError(f"config file {filename} is empty: it sets no key (write the keys that differ "
+                        f"from the defaults)")
     if not isinstance(data, dict):
         raise UserError(f"{filename}: the top level must be a mapping of keys, got {type_name(data)}")
     _merge(data, config, filename, prefix="")
@@ -365,7 +376,8 @@ def flat_items(tree, prefix="", sections=False):
 
 
 def check_cfg(config, filename="config"):
-    """Reject values of the right type that no run can use (bad choices, sizes, lengths)."""
+    """Reject values of the right type that no run can use (bad choices, sizes, lengths, signs,
+    empty paths, a 'best' snapshot range without a snapshot)."""
     for key, allowed in CHOICES.items():
         value = get_key(config, key)
         if value not in allowed:
@@ -408,6 +420,19 @@ def check_cfg(config, filename="config"):
     for key in NON_NEGATIVE_KEYS:
         if get_key(config, key) < 0:
             raise UserError(f"{filename}: {key} must be 0 or more, got {get_key(config, key)}")
+    for key in REQUIRED_PATH_KEYS:
+        if get_key(config, key) == "":
+            raise UserError(f"{filename}: {key} is empty; set it to a path ('' would be the current folder)")
+    check_snapshot_range(config.TEST, filename)
+
+
+def check_snapshot_range(test, filename):
+    """'best' mode evaluates model_<k>.pth for k = SNAPSHOT_STEP, 2 x STEP, ... SNAPSHOT_MAXITER: none
+    when MAXITER < STEP, which would only show at run time as a missing snapshot. 'single' mode
+    reads neither key."""
+    if test.MODE == "best" and test.SNAPSHOT_MAXITER < test.SNAPSHOT_STEP:
+        raise UserError(f"{filename}: TEST.SNAPSHOT_MAXITER ({test.SNAPSHOT_MAXITER}) is smaller than "
+                        f"TEST.SNAPSHOT_STEP ({test.SNAPSHOT_STEP}): 'best' mode would evaluate no snapshot")
 
 
 def derive_paths(config, exp_suffix=""):

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from advent import PROJECT_ROOT
 from advent.demo.report import per_class_table
-from advent.utils.cli import ArgumentParser, description, non_negative, positive
+from advent.utils.cli import ArgumentParser, MAX_SEED, description, non_empty_path, positive, seed
 from advent.utils.output_dir import check_owner, check_writable, recorded_file
 from advent.utils.runtime import run_main
 from advent.utils.serialization import json_dump, json_load
@@ -46,12 +46,12 @@ GAPS = (("label noise: oracle at ESL's coverage - ESL retrain", "oracle_coverage
 
 def parse_args(argv=None):
     parser = ArgumentParser(description=description(__doc__))
-    parser.add_argument("--seeds", type=non_negative, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=seed, nargs="+", default=[0, 1, 2], help=f"each 0 to {MAX_SEED}")
     parser.add_argument("--quick", action="store_true", help="demo.py --quick (shorter runs)")
     parser.add_argument("--study", action="store_true", help="demo.py --study (MPSL retrain, oracles)")
     parser.add_argument("--jobs", type=positive, default=1, help="seeds run at once (default 1)")
     parser.add_argument("--threads", type=positive, help="torch threads of each run (default: PyTorch's)")
-    parser.add_argument("--out", default=str(PROJECT_ROOT / "experiments" / "demo_seeds"))
+    parser.add_argument("--out", type=non_empty_path, default=str(PROJECT_ROOT / "experiments" / "demo_seeds"))
     parser.add_argument("--reuse", action="store_true",
                         help="take the results of seeds already run into --out with the same --quick / --study")
     args = parser.parse_args(argv)

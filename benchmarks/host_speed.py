@@ -21,7 +21,8 @@ regions, as a trained segmenter's, so the PNGs compress as real pseudo-labels do
 Each code version runs in its own subprocess with PYTHONPATH set to it (the baseline: `git
 archive REV` unpacked into a temporary folder), alternating, --rounds times each; printed: the
 median milliseconds per image of each and the ratio. Both must write the same labels (compared
-pixel for pixel) and thresholds, else the run fails.
+pixel for pixel) and thresholds, else the run fails (exit code 1). A bad argument, or a --baseline
+that is not a revision of this repository, is one line and exit code 2, before any work.
 """
 import argparse
 import json
@@ -41,24 +42,49 @@ WRITER = "host_speed.py"
 DEFAULT_BASELINE = "685a1e5"  # the last revision before the host-side work on esl.py and test.py
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser, but a bad command line is one line, `host_speed.py: error: <what>`, and
+    exit code 2, as advent.utils.cli's (not imported here: the child processes run with the
+    `advent` of the version they time, and the baseline's may not have it)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def at_least(low):
+    """An argparse `type`: an integer of at least `low`."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+    return parse
+
+
+def not_empty(text):
+    """An argparse `type`: a revision or path, refused when empty."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"empty: {text!r}")
+    return text
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))  # no advent import here
-    parser.add_argument("--baseline", default=DEFAULT_BASELINE, help="git revision to compare with")
-    parser.add_argument("--images", type=int, default=24)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--image-size", type=int, nargs=2, default=(2048, 1024), metavar=("W", "H"))
-    parser.add_argument("--input-size", type=int, nargs=2, default=(1024, 512), metavar=("W", "H"))
-    parser.add_argument("--output-size", type=int, nargs=2, default=(1024, 512), metavar=("W", "H"))
-    parser.add_argument("--test-output-size", type=int, nargs=2, default=(2048, 1024), metavar=("W", "H"))
+    parser = OneLineParser(description=" ".join(__doc__.split("\n\n")[0].split()))  # no advent import here
+    parser.add_argument("--baseline", type=not_empty, default=DEFAULT_BASELINE, help="git revision to compare with")
+    parser.add_argument("--images", type=at_least(1), default=24)
+    parser.add_argument("--rounds", type=at_least(1), default=2)
+    parser.add_argument("--image-size", type=at_least(1), nargs=2, default=(2048, 1024), metavar=("W", "H"))
+    parser.add_argument("--input-size", type=at_least(1), nargs=2, default=(1024, 512), metavar=("W", "H"))
+    parser.add_argument("--output-size", type=at_least(1), nargs=2, default=(1024, 512), metavar=("W", "H"))
+    parser.add_argument("--test-output-size", type=at_least(1), nargs=2, default=(2048, 1024), metavar=("W", "H"))
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--threads", type=at_least(0), default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", type=not_empty, help="also write the results here")
     parser.add_argument("--child", nargs=3, metavar=("CODE", "DATA", "OUT"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    sizes = (*args.image_size, *args.input_size, *args.output_size, *args.test_output_size)
-    if min(args.images, args.rounds, *sizes) < 1 or args.threads < 0:
-        parser.error("--images, --rounds and the sizes must be at least 1, --threads at least 0")
-    return args
+    return parser.parse_args(argv)
 
 
 # --- the data, written once ---
@@ -95,13 +121,16 @@ def write_data(folder, args):
 def unpack_revision(revision, folder):
     """The files of git revision `revision` of this repository, unpacked into `folder`."""
     archive = folder / "code.tar"
+    from advent.utils.errors import UserError  # the parent's: a child imports only the version it times
+
     with open(archive, "wb") as f:
         try:
             done = subprocess.run(["git", "-C", str(ROOT), "archive", revision], stdout=f, stderr=subprocess.PIPE)
         except FileNotFoundError:
-            sys.exit("git not found: host_speed.py unpacks the baseline revision with git archive")
+            raise UserError("git not found: host_speed.py unpacks the --baseline revision with git archive") from None
     if done.returncode:
-        sys.exit(f"git archive {revision}: {done.stderr.decode().strip()}")
+        said = (done.stderr.decode().strip().splitlines() or ["failed"])[-1].removeprefix("fatal: ")
+        raise UserError(f"--baseline {revision}: git archive: {said}")
     with tarfile.open(archive) as tar:
         tar.extractall(folder / "code", filter="data")
     return folder / "code"

@@ -37,21 +37,23 @@ import time
 
 import torch
 
-from advent.utils.cli import ArgumentParser, description, device, non_negative, number, positive
+from advent.config import MODELS
+from advent.utils.cli import ArgumentParser, MAX_IMAGE_SIDE, description, device, non_negative, number, positive
 from advent.utils.runtime import run_main
 
 MODES = ("none", "bf16", "fp16")
 LABEL = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
+side = number(int, 1, MAX_IMAGE_SIDE)  # an image side, in pixels
 
 
 def parse_args(argv=None):
     parser = ArgumentParser(description=description(__doc__))
     parser.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--models", nargs="+", default=None,
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=None,
                         help="default: DeepLabv2 (R101) on CUDA; DeepLabv2-Tiny and DeepLabv2 on the CPU")
-    parser.add_argument("--source-size", type=positive, nargs=2, default=None, metavar=("W", "H"),
+    parser.add_argument("--source-size", type=side, nargs=2, default=None, metavar=("W", "H"),
                         help="default: 1280 720 on CUDA (the paper's), 256 128 on the CPU")
-    parser.add_argument("--target-size", type=positive, nargs=2, default=None, metavar=("W", "H"),
+    parser.add_argument("--target-size", type=side, nargs=2, default=None, metavar=("W", "H"),
                         help="default: 1024 512 on CUDA (the paper's), 256 128 on the CPU")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=None,
                         help="TRAIN.AMP values to compare (default: none and those the device supports)")

@@ -49,3 +49,16 @@ def test_esl_memory_refuses_an_odd_image_count_before_any_work(capsys):
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
         ": error: --counts and --defaults-count must be even, got 3")
+
+
+def test_train_speed_refuses_an_unknown_model_or_a_huge_size_in_one_line_before_any_work(monkeypatch, capsys):
+    train_speed = load_benchmark("train_speed")
+    monkeypatch.setattr(train_speed, "measure", lambda spec: pytest.fail("a variant ran before the check"))
+    for argv, line in ((["--device", "cpu", "--models", "DeepLabv2-Tiny", "Foo"],
+                        "argument --models: invalid choice: 'Foo'"),
+                       (["--device", "cpu", "--source-size", "100000", "64"],
+                        "argument --source-size: must be in [1, 4096], got 100000")):
+        with pytest.raises(SystemExit) as stop:
+            train_speed.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(err) == 1 and f": error: {line}" in err[0], err

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from advent.config import (
-    SCRIPTS_DIR, cfg_from_file, cfg_to_dict, derive_paths, get_default_cfg, load_config, mutable_copy,
+    LAMBDA_KEYS, PATH_KEYS, REQUIRED_PATH_KEYS, SCRIPTS_DIR, cfg_from_file, cfg_to_dict, derive_paths,
+    flat_items, get_default_cfg, load_config, mutable_copy,
 )
 from advent.utils.errors import UserError
 from advent.utils.serialization import yaml_dump
@@ -191,6 +192,78 @@ def test_missing_file_and_non_mapping(tmp_path):
     with pytest.raises(UserError, match="model.pth is not a text"):
         cfg_from_file(tmp_path / "model.pth", get_default_cfg())
     assert "top level must be a mapping" in _error(tmp_path, "- a\n- b\n")
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n\n", "null\n", "~\n"])
+def test_an_empty_config_file_is_refused(tmp_path, text):
+    # accepted as all defaults, it would start a 120000-iteration ResNet-101 run
+    assert _error(tmp_path, text).startswith(f"config file {tmp_path / 'exp.yml'} is empty: ")
+
+
+def _yaml_key(key, value):
+    """YAML text setting the dotted `key` (at most one section deep) to `value`."""
+    section, _, name = key.rpartition(".")
+    return f"{section}:\n  {name}: {value}\n" if section else f"{key}: {value}\n"
+
+
+@pytest.mark.parametrize("key", REQUIRED_PATH_KEYS)
+def test_an_empty_path_that_would_be_the_current_folder_is_refused(tmp_path, key):
+    assert _error(tmp_path, _yaml_key(key, "''")).endswith(
+        f"exp.yml: {key} is empty; set it to a path ('' would be the current folder)")
+
+
+def test_optional_path_keys_may_stay_empty(tmp_path):
+    # '' means not set (no checkpoint, no pseudo-labels) or derived from the others (derive_paths)
+    optional = sorted(PATH_KEYS - set(REQUIRED_PATH_KEYS))
+    assert optional == ["ESL.RESTORE_FROM", "EXP_ROOT_LOGS", "EXP_ROOT_SNAPSHOT", "PSEUDO_LABEL_DIRECTORY_TARGET",
+                        "TEST.RESTORE_FROM", "TEST.SNAPSHOT_DIR", "TRAIN.INFO_SOURCE", "TRAIN.RESTORE_FROM",
+                        "TRAIN.SNAPSHOT_DIR", "TRAIN.TENSORBOARD_LOGDIR"]
+    text = ("EXP_ROOT_LOGS: ''\nEXP_ROOT_SNAPSHOT: ''\nPSEUDO_LABEL_DIRECTORY_TARGET: ''\n"
+            "TRAIN:\n  INFO_SOURCE: ''\n  RESTORE_FROM: ''\n  SNAPSHOT_DIR: ''\n  TENSORBOARD_LOGDIR: ''\n"
+            "TEST:\n  RESTORE_FROM: ['']\n  SNAPSHOT_DIR: ['']\nESL:\n  RESTORE_FROM: ''\n")
+    config = derive_paths(_load(tmp_path, text))
+    assert config.TRAIN.SNAPSHOT_DIR == config.TEST.SNAPSHOT_DIR[0] != ""
+    assert (config.PSEUDO_LABEL_DIRECTORY_TARGET, config.TRAIN.RESTORE_FROM, config.ESL.RESTORE_FROM) == ("", "", "")
+
+
+def test_every_loss_weight_and_the_lr_power_must_not_be_negative(tmp_path):
+    defaults = [key for key, _ in flat_items(get_default_cfg()) if key.rpartition(".")[2].startswith("LAMBDA_")]
+    assert sorted(LAMBDA_KEYS) == sorted(defaults)
+    for key in (*LAMBDA_KEYS, "TRAIN.POWER", "TRAIN.LEARNING_RATE_D"):
+        assert _error(tmp_path, _yaml_key(key, -1)).endswith(f"exp.yml: {key} must be 0 or more, got -1.0")
+    zero = _load(tmp_path, "TRAIN:\n" + "".join(f"  {key[6:]}: 0\n" for key in (*LAMBDA_KEYS, "TRAIN.POWER")))
+    assert zero.TRAIN.LAMBDA_SEG_AUX == 0 and zero.TRAIN.POWER == 0  # 0: a term off, a constant rate
+    assert "TRAIN.MOMENTUM must be in [0, 1), got -0.5" in _error(tmp_path, "TRAIN:\n  MOMENTUM: -0.5\n")
+
+
+def test_best_mode_needs_a_snapshot_range_holding_a_snapshot(tmp_path):
+    message = _error(tmp_path, "TEST:\n  MODE: best\n  SNAPSHOT_STEP: 2\n  SNAPSHOT_MAXITER: 1\n")
+    assert message.endswith("exp.yml: TEST.SNAPSHOT_MAXITER (1) is smaller than TEST.SNAPSHOT_STEP (2): "
+                            "'best' mode would evaluate no snapshot")
+    assert _load(tmp_path, "TEST:\n  SNAPSHOT_STEP: 2\n  SNAPSHOT_MAXITER: 2\n").TEST.SNAPSHOT_MAXITER == 2
+    single = "TEST:\n  MODE: single\n  SNAPSHOT_STEP: 2\n  SNAPSHOT_MAXITER: 1\n  RESTORE_FROM: [a.pth]\n"
+    assert _load(tmp_path, single).TEST.MODE == "single"  # 'single' mode reads neither key
+
+
+@pytest.mark.parametrize("script", ["train", "test", "esl"])
+@pytest.mark.parametrize("text, line", [
+    ("# nothing set\n", "error: config file config.yml is empty: "),
+    ("EXP_ROOT: ''\n", "error: config.yml: EXP_ROOT is empty; "),
+    ("TEST:\n  SNAPSHOT_STEP: 2\n  SNAPSHOT_MAXITER: 1\n", "error: config.yml: TEST.SNAPSHOT_MAXITER (1) is smaller "),
+])
+def test_a_script_stops_on_these_configs_with_one_line_before_making_a_folder(tmp_path, monkeypatch, capsys,
+                                                                             script, text, line):
+    import importlib
+
+    from advent.utils.runtime import run_main
+    (tmp_path / "config.yml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    main = importlib.import_module(f"advent.scripts.{script}").main
+    with pytest.raises(SystemExit) as info:
+        run_main(main, ["--cfg", "config.yml"])
+    lines = capsys.readouterr().err.splitlines()
+    assert info.value.code == 2 and len(lines) == 1 and lines[0].startswith(line)
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yml"]
 
 
 def test_relative_paths_are_relative_to_scripts_dir(tmp_path):

@@ -210,6 +210,50 @@ def test_bad_out_is_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def work_started(*_args, **_kwargs):
+    raise AssertionError("the demo began its work before checking its arguments")
+
+
+def test_out_and_data_that_overlap_are_refused_in_one_line_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    from advent.scripts import demo
+    from advent.utils.runtime import run_main
+    monkeypatch.setattr(pipeline.Demo, "run", work_started)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")  # compared resolved: link/x is inside real
+    here = str(tmp_path)
+    cases = [(f"{here}/d", f"{here}/d", f"--out {here}/d and --data {here}/d are the same folder"),
+             (f"{here}/d/../d", f"{here}/d", "are the same folder"),
+             (f"{here}/d/out", f"{here}/d", f"--out {here}/d/out is inside --data {here}/d"),
+             (f"{here}/d", f"{here}/d/data", f"--data {here}/d/data is inside --out {here}/d"),
+             (f"{here}/link/out", f"{here}/real", f"--out {here}/link/out is inside --data {here}/real")]
+    for out, data, line in cases:
+        with pytest.raises(SystemExit) as stop:
+            run_main(demo.main, ["--quick", "--out", out, "--data", data])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(err) == 1 and line in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"] and not any((tmp_path / "real").iterdir())
+    with pytest.raises(AssertionError, match="began its work"):  # separate folders: on to the work
+        run_main(demo.main, ["--quick", "--out", f"{here}/out", "--data", f"{here}/data"])
+
+
+def test_a_seed_outside_the_training_seeds_range_or_an_empty_folder_is_one_line_at_parsing(capsys):
+    from advent.scripts import demo
+    seeds = load_demo_seeds()
+    for parse, argv, line in (
+            (demo.parse_args, ["--seed", "99999999999"], "argument --seed: must be in [0, 4294967295], got 9999"),
+            (demo.parse_args, ["--seed", "-1"], "argument --seed: must be in [0, 4294967295], got -1"),
+            (demo.parse_args, ["--out", ""], "argument --out: an empty path: ''"),
+            (demo.parse_args, ["--data", ""], "argument --data: an empty path: ''"),
+            (seeds.parse_args, ["--seeds", "0", str(2 ** 32)], "argument --seeds: must be in [0, 4294967295]"),
+            (seeds.parse_args, ["--out", ""], "argument --out: an empty path: ''")):
+        with pytest.raises(SystemExit) as stop:
+            parse(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(err) == 1 and line in err[0], err
+    assert demo.parse_args(["--seed", str(2 ** 32 - 1)]).seed == 2 ** 32 - 1
+    assert seeds.parse_args(["--seeds", str(2 ** 32 - 1)]).seeds == [2 ** 32 - 1]
+
+
 def seed_results(mious, esl_accuracy, mpsl_accuracy):
     """A demo_results.json of a --study run, as far as demo_seeds.py reads it."""
     models = {key: {"name": report.MODELS[key], "mIoU": value, "per_class": {"road": value + 10, "pole": None}}

@@ -35,7 +35,7 @@ from advent.scripts.test import main
 from advent.utils.runtime import run_main
 from advent.utils.func import fast_hist
 from advent.utils.output_dir import exclusive_lock
-from advent.utils.serialization import yaml_dump
+from advent.utils.serialization import json_dump, yaml_dump
 from fake_data import make_fake_cfg, write_cfg_yaml, write_list
 
 TINY = "DeepLabv2-Tiny"
@@ -533,7 +533,7 @@ def test_best_mode_evaluates_again_a_snapshot_whose_cached_counts_were_damaged(t
         entry["confusion_matrix"][0][0] = -100000  # would lift that snapshot's mIoU and make it 'best'
     else:
         entry["unexpected_label_pixels"] = 1.5
-    (folder / CACHE_NAME).write_text(json.dumps(cache))
+    json_dump(cache, folder / CACHE_NAME, "test.py")  # as the project wrote it (one edited by hand is the user's)
     loaded.clear()
     with caplog.at_level(logging.WARNING):
         run_test(cfg, tmp_path)

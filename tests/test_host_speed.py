@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from advent import PROJECT_ROOT
+from advent.utils.runtime import run_main
 from advent.utils.serialization import json_load
 from benchmark_scripts import benchmark_path, load_benchmark
 from processes import HANG_GUARD_S
@@ -50,3 +51,25 @@ def test_label_folders_are_compared_pixel_for_pixel(tmp_path):
     Image.fromarray(labels).save(tmp_path / "b" / "y.png")
     Image.fromarray(labels).save(tmp_path / "a" / "x.png")
     assert not check.same_labels(tmp_path / "a", tmp_path / "b")  # a file the other lacks
+
+
+def work_started(*_args, **_kwargs):
+    raise AssertionError("host_speed.py began its work before checking its arguments")
+
+
+def test_bad_arguments_are_one_line_and_exit_2_before_any_work(tmp_path, monkeypatch, capsys):
+    check = load_benchmark("host_speed")
+    monkeypatch.setattr(check, "write_data", work_started)
+    cases = [(["--images", "0"], ": error: argument --images: must be at least 1, got 0"),
+             (["--image-size", "64", "x"], ": error: argument --image-size: not an integer: 'x'"),
+             (["--threads", "-1"], ": error: argument --threads: must be at least 0, got -1"),
+             (["--json", ""], ": error: argument --json: empty: ''"),
+             (["--baseline", ""], ": error: argument --baseline: empty: ''")]
+    if in_a_git_checkout():
+        cases.append((["--baseline", "nonexistentrev"], "error: --baseline nonexistentrev: git archive: "))
+    for argv, line in cases:
+        with pytest.raises(SystemExit) as stop:
+            run_main(check.main, argv + ["--json", str(tmp_path / "speed.json")] * ("--json" not in argv))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(err) == 1 and line in err[0], err
+    assert not any(tmp_path.iterdir())

@@ -1,8 +1,11 @@
 """The output layer (advent/utils/output_dir.py): manifests that record every entry the project
 wrote and by which script, ownership checks, all-or-nothing folder replacement (with and without
 the atomic exchange), leftovers removed by their exact recorded names, locks."""
+import errno
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,7 +15,8 @@ import pytest
 from advent.utils import output_dir
 from advent.utils.errors import UserError
 from advent.utils.output_dir import (
-    MANIFEST_NAME, FolderReplacement, atomic_path, check_complete, check_folder, check_names, check_writable,
+    MANIFEST_NAME, FolderReplacement, atomic_path, check_complete, check_folder, check_names, check_owner,
+    check_writable,
     exclusive_lock, foreign_entries, lock_path, prepare_folder, read_manifest, recorded_file, remove_own,
     remove_stale, updating_manifest,
 )
@@ -375,8 +379,10 @@ def test_an_entry_recorded_by_an_enclosing_manifest_is_the_projects(tmp_path):
         manifest.files[".run.lock"] = "train.py"
     (out / "snapshots" / ".run.lock").write_text("")
     with updating_manifest(out, owner="demo.py") as manifest:
-        manifest.files.update({name: "demo.py" for name in ("snapshots", "snapshots/run", "snapshots/run/model_2.pth")})
+        manifest.files.update({name: "demo.py" for name in ("snapshots", "snapshots/run", "snapshots/run/model_2.pth",
+                                                            "snapshots/.run.lock")})
     assert foreign_entries(out) == []
+    check_folder(out, "demo.py", "KEY")  # train.py's lock, in the demo's folder: the demo's too
     (out / "snapshots" / "run" / "notes.txt").write_text("mine")
     assert foreign_entries(out) == ["snapshots/run/notes.txt"]
 
@@ -404,3 +410,182 @@ def test_a_run_record_never_replaces_one_another_run_wrote_at_the_same_moment(tm
     assert json.loads(path.read_text())["n"] == "ours"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != MANIFEST_NAME) == [other.name, path.name]
     assert write_run_record(tmp_path, record, "test.py").name == "run_test_20261206T024919_2.json"
+
+
+# --- a file of the user's under a name the project wrote ---
+
+def set_time(path, seconds):
+    os.utime(path, ns=(seconds * 10**9, seconds * 10**9))
+
+
+def test_a_file_written_whole_is_recorded_with_its_size_time_and_hash(tmp_path):
+    path = tmp_path / "results.json"
+    with atomic_path(path, "test.py") as tmp:
+        tmp.write_text('{"mIoU": 40.1}')
+    [identity] = read_manifest(tmp_path).identity["results.json"]
+    info = path.stat()
+    assert identity == {"size": info.st_size, "mtime_ns": info.st_mtime_ns,
+                        "sha256": hashlib.sha256(b'{"mIoU": 40.1}').hexdigest()}
+    assert output_dir.is_unchanged(path, [identity])
+
+
+def test_a_users_file_in_place_of_the_projects_is_the_users(tmp_path):
+    path = tmp_path / "results.json"
+    with atomic_path(path, "test.py") as tmp:
+        tmp.write_text('{"mIoU": 40.1}')
+    path.write_text('{"mIoU": 39.9}')  # the same size: the time tells
+    set_time(path, 1_700_000_000)
+    with pytest.raises(UserError, match=r"results.json exists and test.py may not replace it \(it is not the file "
+                                        r"test.py wrote there\)"):
+        with atomic_path(path, "test.py") as tmp:
+            tmp.write_text("{}")
+    assert not remove_own(path, "test.py") and path.read_text() == '{"mIoU": 39.9}'
+    assert foreign_entries(tmp_path) == ["results.json"]
+    with pytest.raises(UserError, match=r"holds files this project did not write \(results.json: not the file "
+                                        r"test.py wrote there\); esl.py would replace"):
+        check_folder(tmp_path, "esl.py", "KEY", guests=("test.py",))
+    (tmp_path / "sub").mkdir()  # a folder, a link: not the file written either
+    path.unlink()
+    path.symlink_to(tmp_path / "sub")
+    assert foreign_entries(tmp_path) == ["results.json", "sub"]
+
+
+def test_a_copy_with_new_times_is_still_the_projects_by_its_hash(tmp_path, monkeypatch):
+    final = tmp_path / "labels"
+    replace_with(final, {"a.png": "labels a", "b.png": "labels b"})
+    copy = tmp_path / "copy"
+    shutil.copytree(final, copy, copy_function=shutil.copy)  # cp -r: new times
+    set_time(copy / "a.png", 1_700_000_000)
+    assert foreign_entries(copy) == []
+    check_folder(copy, "esl.py", "KEY")
+    hashed = []
+    monkeypatch.setattr(output_dir, "_sha256", lambda path, info: hashed.append(path))
+    assert foreign_entries(final) == [] and hashed == []  # size and time agree: nothing is read
+
+
+def test_a_record_from_before_identities_goes_by_name_and_a_damaged_one_proves_nothing(tmp_path):
+    path = tmp_path / "results.json"
+    with atomic_path(path, "test.py") as tmp:
+        tmp.write_text("{}")
+    with updating_manifest(tmp_path) as manifest:
+        manifest.identity.clear()
+    path.write_text("the user's, in its place")
+    assert foreign_entries(tmp_path) == []  # by name, as before
+    with atomic_path(path, "test.py") as tmp:  # replaced: recorded with its identity from now on
+        tmp.write_text("{}")
+    assert len(read_manifest(tmp_path).identity["results.json"]) == 1
+    data = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    data["identity"]["results.json"] = [{"size": "2"}]
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
+    assert read_manifest(tmp_path) is None and foreign_entries(tmp_path) == ["results.json"]
+
+
+def test_while_a_file_is_renamed_over_the_old_one_either_is_recorded(tmp_path, monkeypatch):
+    path = tmp_path / "model_2.pth"
+    with atomic_path(path, "train.py") as tmp:
+        tmp.write_bytes(b"old weights")
+    old = read_manifest(tmp_path).identity[path.name]
+    seen, replace = [], os.replace
+
+    def watching(source, target):  # a kill here leaves the old file under the name; just after, the new one
+        if os.path.basename(target) == path.name:
+            seen.append(read_manifest(tmp_path).identity[path.name])
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", watching)
+    with atomic_path(path, "train.py") as tmp:
+        tmp.write_bytes(b"new weights!")
+    monkeypatch.undo()
+    [during] = seen
+    after = read_manifest(tmp_path).identity[path.name]
+    assert during == old + after and len(after) == 1 and after[0]["size"] == len(b"new weights!")
+
+    def failing(source, target):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError):
+        with atomic_path(path, "train.py") as tmp:
+            tmp.write_bytes(b"never published")
+    assert read_manifest(tmp_path).identity[path.name] == after and path.read_bytes() == b"new weights!"
+
+
+def test_without_the_exchange_the_old_and_new_files_are_both_recorded_until_the_end(tmp_path, monkeypatch):
+    final = tmp_path / "labels"
+    replace_with(final, {"a.png": "old a"})
+    monkeypatch.setattr(output_dir, "_exchange", lambda a, b: False)
+    seen, replace = [], os.replace
+
+    def watching(source, target):
+        if os.path.basename(target) == "a.png":
+            seen.append(len(read_manifest(final).identity["a.png"]))
+            assert foreign_entries(final) == []  # a kill here: the old file is still the project's
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", watching)
+    replace_with(final, {"a.png": "new a!"})
+    assert seen == [2] and foreign_entries(final) == []
+    assert [i["size"] for i in read_manifest(final).identity["a.png"]] == [len("new a!")]
+
+
+def test_a_log_written_in_place_goes_by_its_name(tmp_path):
+    log = tmp_path / "seed0.log"
+    with atomic_path(log, "demo_seeds.py") as tmp:
+        tmp.write_text("an earlier log")
+    with recorded_file(log, "demo_seeds.py") as stream:
+        stream.write("it grows while the run goes on\n")
+    assert "seed0.log" not in read_manifest(tmp_path).identity
+    with open(log, "a") as stream:
+        stream.write("more\n")
+    assert foreign_entries(tmp_path) == []
+
+
+def test_a_lock_file_inside_a_replaced_folder_still_goes_by_its_name(tmp_path):
+    """The demo's folder: a script locks a folder inside it while it is staged, and again later."""
+    final = tmp_path / "demo"
+    output = FolderReplacement(final, "demo.py", "KEY")
+    with output.held(), output.staged() as staging:
+        with exclusive_lock(staging / "labels", "esl.py"):
+            (staging / "labels").mkdir()
+    assert lock_path(final / "labels").name not in read_manifest(final).identity
+    lock_path(final / "labels").write_text('{"what": "esl.py", "pid": 1}')  # another holder's record, in place
+    assert foreign_entries(final) == []
+
+
+def test_another_scripts_files_inside_a_folder_are_not_replaced_with_it(tmp_path):
+    """viz.py's panel in a subfolder of test.py's predictions, esl.py's labels inside the synthetic
+    data folder: the script replacing the enclosing folder stops, naming them."""
+    final = tmp_path / "predictions"
+    replace_with(final, {"color/a.png": "c"}, writer="test.py")
+    with atomic_path(final / "color" / "panel.png", "viz.py") as tmp:  # as an earlier viz.py could write it
+        tmp.write_text("a panel")
+    with pytest.raises(UserError, match=r"^KEY .*predictions holds what viz.py wrote there \(color/panel.png\); "
+                                        r"test.py does not take over another script's files"):
+        FolderReplacement(final, "test.py", "KEY").check()
+    assert foreign_entries(final) == []  # the project's, but not test.py's
+    demo = tmp_path / "demo"  # the demo: a stage run again by hand in its folder writes the demo's files
+    replace_with(demo, {"snapshots/run/model_2.pth": "w"}, writer="demo.py")
+    with atomic_path(demo / "snapshots" / "run" / "results_best.json", "test.py") as tmp:
+        tmp.write_text("{}")
+    FolderReplacement(demo, "demo.py", "KEY", guests=("test.py",)).check()
+    with pytest.raises(UserError, match=r"holds what test.py wrote there \(snapshots/run/results_best.json\)"):
+        FolderReplacement(demo, "demo.py", "KEY").check()
+
+
+def test_a_folder_recorded_inside_another_scripts_output_is_refused_to_a_third(tmp_path):
+    final = tmp_path / "predictions"
+    replace_with(final, {"color/a.png": "c"}, writer="test.py")
+    for inside in (final / "color", final / "color" / "new" / "deeper"):
+        with pytest.raises(UserError, match=rf"^--out {inside} is part of what test.py wrote in {final}; viz.py "
+                                            r"does not take over another script's folder"):
+            check_owner(inside, "viz.py", "--out")
+        check_owner(inside, "test.py", "--out")
+    check_owner(tmp_path / "mine", "viz.py", "--out")  # a folder of the user's
+
+
+def test_a_folder_inside_a_scripts_own_output_is_named_as_such(tmp_path):
+    data = tmp_path / "data"
+    replace_with(data, {"GTA5/all.txt": "names", "GTA5/images/a.png": "x"}, writer="make_synthetic_data.py")
+    with pytest.raises(UserError, match=rf"^--out {data / 'GTA5'} is part of the output make_synthetic_data.py "
+                                        rf"wrote in {data}, which it replaces only as a whole"):
+        check_folder(data / "GTA5", "make_synthetic_data.py", "--out")

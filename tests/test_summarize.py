@@ -128,3 +128,14 @@ def test_results_of_different_evaluations_are_not_combined(tmp_path):
     assert summarize.summarize_files([a, b])["single"]["statistics"]["mIoU"]["mean"] == 35.0
     c = single(tmp_path / "c" / "results_single.json", 50.0, [5.0, 6.0])  # records no setting: not compared
     assert summarize.summarize_files([a, b, c])["single"]["statistics"]["mIoU"]["n"] == 3
+
+
+def test_an_empty_path_is_refused_in_one_line_before_any_reading(tmp_path, monkeypatch, capsys):
+    results = single(tmp_path / "runs" / "results_single.json", 1.0, [1.0, 2.0])
+    monkeypatch.setattr(summarize, "find_result_files", lambda paths: pytest.fail("read before the check"))
+    for argv, line in (([str(results), "--json", ""], "argument --json: an empty path: ''"),
+                       (["", str(results)], "argument paths: an empty path: ''")):  # '' would search the current folder
+        with pytest.raises(SystemExit) as stop:
+            summarize.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(err) == 1 and f": error: {line}" in err[0], err

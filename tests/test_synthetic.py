@@ -17,6 +17,7 @@ from advent.demo.synthetic_scene import (
     BUILDING, CAR, EGO_VEHICLE, ROAD, SCENE_LABEL_IDS, SIDEWALK, SKY, VEGETATION, blend_styles,
     render_scene)
 from advent.scripts import make_synthetic_data
+from advent.utils.output_dir import MANIFEST_NAME
 
 SIZE = (128, 64)
 SMALL = dict(num_source=4, num_source_val=2, num_target_train=4, num_target_val=3, size=SIZE)
@@ -48,7 +49,8 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path, demo):
     other = write_demo_data(tmp_path / "other", seed=4, **SMALL)
     first, second, third = all_files(demo.root), all_files(again.root), all_files(other.root)
     assert len(first) == 4 * 2 + 2 * 2 + 4 * 2 + 3 * 2 + 4 + 2  # pairs, four lists, its manifest, output_dir's
-    assert first == second
+    content = [path for path in first if path.name != MANIFEST_NAME]  # a manifest records the files' times too
+    assert first.keys() == second.keys() and all(first[p] == second[p] for p in content)
     images = [path for path in first if path.suffix == ".png"]
     assert all(first[path] != third[path] for path in images)
 
@@ -214,3 +216,56 @@ def test_cli(tmp_path, capsys):
         make_synthetic_data.run_main(make_synthetic_data.main, ["--out", str(out), "--shift", "2"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: --shift must be in [0, 1], got 2.0\n"
+
+
+def test_cli_refuses_bad_sizes_seeds_and_an_empty_out_in_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(make_synthetic_data, "write_demo_data", lambda *a, **k: pytest.fail("work before the check"))
+    out = str(tmp_path / "out")
+    for argv, line in ((["--out", out, "--size", "100000", "100000", "--num-source", "1"],
+                        "argument --size: must be in [16, 4096], got 100000"),
+                       (["--out", out, "--size", "64", "8"], "argument --size: must be in [16, 4096], got 8"),
+                       (["--out", out, "--seed", "99999999999"], "argument --seed: must be in [0, 4294967295]"),
+                       (["--out", out, "--seed", "-1"], "argument --seed: must be in [0, 4294967295], got -1"),
+                       (["--out", out, "--num-target-val", "0"], "argument --num-target-val: must be at least 1"),
+                       (["--out", ""], "argument --out: an empty path: ''")):
+        with pytest.raises(SystemExit) as stop:
+            make_synthetic_data.run_main(make_synthetic_data.main, argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(err) == 1 and ": error: " in err[0] and line in err[0], err
+    assert not any(tmp_path.iterdir())
+
+
+def test_running_out_of_memory_is_one_line_naming_what_ran_out(tmp_path, monkeypatch, capsys):
+    """run_main: numpy's MemoryError, PyTorch's CPU allocator's RuntimeError and CUDA's
+    OutOfMemoryError end as one line and exit code 2, as a full disk does."""
+    import torch
+
+    def numpy_out_of_memory():
+        np.empty((2 ** 30, 2 ** 30), np.uint8)  # 1 EiB
+
+    def torch_out_of_memory():
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 32212254720 bytes. Error code 12 (Cannot allocate memory)")
+
+    def cuda_out_of_memory():
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total "
+                                          "capacity of 79.19 GiB of which 1.06 GiB is free.")
+
+    for fault, line in ((numpy_out_of_memory, "error: out of host memory: Unable to allocate 1.00 EiB for an array "
+                                              "with shape (1073741824, 1073741824)"),
+                        (torch_out_of_memory, "error: out of host memory: tried to allocate 30.0 GiB"),
+                        (cuda_out_of_memory, "error: out of GPU memory: tried to allocate 20.00 GiB"),
+                        (lambda: (_ for _ in ()).throw(MemoryError()), "error: out of host memory")):
+        monkeypatch.setattr(make_synthetic_data, "write_demo_data", lambda *a, fault=fault, **k: fault())
+        with pytest.raises(SystemExit) as stop:
+            make_synthetic_data.run_main(make_synthetic_data.main, ["--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(err) == 1 and err[0].startswith(line), err
+        assert err[0].endswith("(use smaller sizes or batches)")
+
+    def a_bug(*_args, **_kwargs):
+        raise RuntimeError("shapes do not match")
+
+    monkeypatch.setattr(make_synthetic_data, "write_demo_data", a_bug)
+    with pytest.raises(RuntimeError, match="shapes do not match"):  # any other error is a bug: its traceback stays
+        make_synthetic_data.run_main(make_synthetic_data.main, ["--out", str(tmp_path / "out")])

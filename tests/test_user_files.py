@@ -3,6 +3,7 @@ on tiny data in the real formats (issue: one output layer that knows every file 
 and a run refused for its data leaves nothing behind."""
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,33 @@ def test_test_best_keeps_the_users_results_and_cache_files(tmp_path, monkeypatch
                          f"it (this project did not write it); move it away or choose another folder"]
         assert json.loads((folder / name).read_text()) == {"mine": name}
         (folder / name).rename(tmp_path / name)
+
+
+def test_a_users_file_put_in_place_of_one_the_project_wrote_is_kept(tmp_path, capsys):
+    """A label of one's own under the name of one esl.py wrote, a results file edited by hand:
+    the user's, whatever its name; a copy of the project's own folder (new times) is still its."""
+    cfg, _ = esl_config(tmp_path)
+    path = write_cfg_yaml(cfg, tmp_path / "esl.yml")
+    assert esl_script.main(["--cfg", str(path)]) == 0
+    labels = Path(cfg.PSEUDO_LABEL_DIRECTORY_TARGET)
+    first = sorted(p.name for p in labels.glob("*.png"))[0]
+    (labels / first).write_bytes((labels / first).read_bytes() + b"my correction")
+    before = files_bytes(labels)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run_main(esl_script.main, ["--cfg", str(path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and err == [
+        f"error: PSEUDO_LABEL_DIRECTORY_TARGET {labels} holds files this project did not write ({first}: not the "
+        f"file esl.py wrote there); esl.py would replace or remove what it holds: esl.py replaces only a new, "
+        f"empty or own earlier label folder"]
+    assert files_bytes(labels) == before
+    (labels / first).unlink()
+    copy = tmp_path / "labels_copy"
+    shutil.copytree(labels, copy, copy_function=shutil.copy)  # cp -r: every file has a new time
+    cfg.PSEUDO_LABEL_DIRECTORY_TARGET = str(copy)
+    assert esl_script.main(["--cfg", str(write_cfg_yaml(cfg, tmp_path / "esl.yml"))]) == 0
+    assert sorted(p.name for p in copy.glob("*.png")) == sorted([first, *(p.name for p in labels.glob("*.png"))])
 
 
 # --- the benchmarks: what they write where the user points them ---

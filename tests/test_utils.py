@@ -198,7 +198,7 @@ def test_numeric_flags_are_refused_out_of_range_by_argparse_in_one_line(capsys):
     ("train_speed", ["--seed-batch", "1"], "argument --seed-batch: must be at least 2, got 1"),
     ("gpu_check", ["--dry-run", "--sweep", "0"], "argument --sweep: must be at least 1, got 0"),
     ("numerics_check", ["--batches", "0"], "argument --batches: must be at least 1, got 0"),
-    ("host_speed", ["--rounds", "0"], "--images, --rounds and the sizes must be at least 1"),
+    ("host_speed", ["--rounds", "0"], "argument --rounds: must be at least 1, got 0"),
     ("demo_seeds", ["--seeds", "1", "1"], "--seeds: each seed once, got [1, 1]"),
 ])
 def test_benchmarks_refuse_counts_that_would_measure_nothing_or_twice(capsys, name, argv, message):

@@ -105,6 +105,18 @@ def test_bad_inputs(tmp_path):
         viz.main(["--cfg", str(path), "--num-images", "0"])
 
 
+def test_an_empty_path_is_refused_in_one_line_not_taken_for_the_default(tmp_path, capsys):
+    path = str(tmp_path / "viz.yml")
+    for argv, line in ((["--cfg", path, "--out", ""], "argument --out: an empty path: ''"),
+                       (["--cfg", ""], "argument --cfg: an empty path: ''"),
+                       (["--cfg", path, "--checkpoint", ""], "argument --checkpoint: an empty path: ''")):
+        with pytest.raises(SystemExit) as stop:
+            viz.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(err) == 1 and f": error: {line}" in err[0], err
+    assert not any(tmp_path.iterdir())
+
+
 def test_out_is_not_another_scripts_folder(tmp_path, monkeypatch):
     path, _ = config(tmp_path)
     labels = tmp_path / "labels"  # esl.py's: its next run replaces the folder whole

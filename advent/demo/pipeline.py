@@ -38,7 +38,8 @@ so a crash leaves the earlier demo's results as they were (the unfinished one is
 a kill, by the next run, by the exact name recorded). The paths in the configs and in
 demo_results.json are the final ones; the scripts' own records and logs name the staging folder
 the run was built in. A folder holding anything the project did not write is refused; two
-demos into one folder at once, too (the second stops).
+demos into one folder at once, too (the second stops). An output folder that is the data
+folder, or inside it, or holds it, is refused before anything is written (`check_folders`).
 """
 import logging
 import sys
@@ -60,6 +61,7 @@ from advent.domain_adaptation.eval_UDA import RESULTS_BEST
 from advent.scripts import esl as esl_script
 from advent.scripts import test as test_script
 from advent.scripts import train as train_script
+from advent.utils.errors import UserError
 from advent.utils.output_dir import FolderReplacement
 from advent.utils.serialization import json_dump, json_load
 
@@ -77,12 +79,15 @@ DATA = {"num_source": 400, "num_source_val": 100, "num_target_train": 400, "num_
 
 # --- the output folder ---
 
+STAGE_SCRIPTS = ("train.py", "esl.py", "test.py")  # what the demo runs, also by hand in its folder
+
 @contextmanager
 def staged_out(out):
     """Hold the output folder `out` (output_dir.FolderReplacement: refused unless new, empty or an
     earlier demo's, locked) and yield a fresh staging folder beside it, which takes its place when
     the block ends without error (and is removed when it fails)."""
-    output = FolderReplacement(out, "demo.py", "--out", advice="move them or choose another folder")
+    output = FolderReplacement(out, "demo.py", "--out", advice="move them or choose another folder",
+                               guests=STAGE_SCRIPTS)  # a stage re-run by hand in it stays the demo's
     with output.held(), output.staged() as work:
         try:
             yield work
@@ -260,9 +265,26 @@ def run_summary(demo):
 
 # --- entry point ---
 
+def check_folders(out, data):
+    """Refuse an output folder `out` and a data folder `data` that overlap (the same folder, or one
+    inside the other; compared resolved): the output folder is replaced as a whole at the end, so
+    the data would be lost with it, or written into a folder the run then refuses to replace."""
+    out_path, data_path = Path(out).resolve(), Path(data).resolve()
+    if out_path == data_path:
+        overlap = f"--out {out} and --data {data} are the same folder"
+    elif out_path.is_relative_to(data_path):
+        overlap = f"--out {out} is inside --data {data}"
+    elif data_path.is_relative_to(out_path):
+        overlap = f"--data {data} is inside --out {out}"
+    else:
+        return
+    raise UserError(f"{overlap}: give two separate folders, neither inside the other (--out is replaced as a whole)")
+
+
 def run_demo(args, argv):
     """Run the demo with the parsed arguments `args` of the command line `argv`; return the results
-    (as in the JSON)."""
+    (as in the JSON). The arguments are checked before anything is written."""
+    check_folders(args.out, args.data)
     args.argv = list(argv)
     setup_console()
     if args.threads:

@@ -35,9 +35,10 @@ from advent.config import cfg_to_dict, flat_items
 from advent.domain_adaptation.esl_UDA import REPORT_NAME as ESL_REPORT
 from advent.domain_adaptation.train_data import rng_state, set_rng_state
 from advent.model import load_checkpoint
-from advent.model.weights import CheckpointInfo, file_sha256, read_checkpoint
+from advent.model.weights import CheckpointInfo, read_checkpoint
 from advent.utils.distributed import get_world_size, is_main_process
 from advent.utils.errors import UserError, file_system_fault
+from advent.utils.func import file_sha256
 from advent.utils.output_dir import (
     atomic_path, check_creatable, check_folder, check_owner, exclusive_lock, prepare_folder, record_new_entries,
     remove_own, tree_entries,

@@ -44,11 +44,12 @@ from advent.domain_adaptation.metrics import (
 )
 from advent.model import load_checkpoint
 from advent.model.inference import load_segmenter, main_logits, nonfinite_images, to_model, upsample
-from advent.model.weights import CheckpointInfo, file_sha256
+from advent.model.weights import CheckpointInfo
 from advent.utils.distributed import (
     broadcast_from_main, is_main_process, join_process_group, shard_batches, sum_over_processes,
 )
 from advent.utils.errors import UserError
+from advent.utils.func import file_sha256
 from advent.utils.output_dir import check_creatable, check_names, exclusive_lock, prepare_folder
 from advent.utils.serialization import json_load
 

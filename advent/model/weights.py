@@ -16,7 +16,6 @@ Backbone-only inits must hold every backbone tensor and leave the classifiers at
 initialisation. `num_batches_tracked` entries are optional everywhere (old files lack them and
 batch norm does not use them here). Every mismatch raises a one-line UserError naming the file.
 """
-import hashlib
 import logging
 import os
 import re
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from advent.utils.errors import UserError
+from advent.utils.func import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +46,6 @@ class CheckpointInfo:
     path: str
     sha256: str
     layout: str
-
-
-def file_sha256(path, chunk_size=1 << 20):
-    """SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_checkpoint(path):

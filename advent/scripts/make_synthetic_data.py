@@ -5,27 +5,31 @@
         [--shift T] [--overwrite]
 
 The files are in the real GTA5 and Cityscapes layouts (see advent.demo.synthetic); the
-config values that point at them are printed at the end, as YAML.
+config values that point at them are printed at the end, as YAML. --seed is in 0 .. 2**32 - 1
+(TRAIN.RANDOM_SEED's range), --size 16 to 4096 pixels a side (the papers' largest images are
+2048x1024; larger ones would only exhaust the memory).
 """
 import advent.utils.startup  # noqa: F401  (first: Ctrl-C during the imports below is one line, exit 130)
 import sys
 import time
 
 from advent.demo.synthetic import write_demo_data
-from advent.utils.cli import ArgumentParser, description
+from advent.utils.cli import ArgumentParser, MAX_IMAGE_SIDE, description, non_empty_path, number, positive, seed
 from advent.utils.errors import UserError
 from advent.utils.runtime import run_main
 
 
 def parse_args(argv):
     parser = ArgumentParser(description=description(__doc__))
-    parser.add_argument("--out", required=True, help="output folder (GTA5/ and Cityscapes/ go inside)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-source", type=int, default=400, help="source training images (split 'all')")
-    parser.add_argument("--num-source-val", type=int, default=100, help="held-out source images ('val')")
-    parser.add_argument("--num-target-train", type=int, default=400)
-    parser.add_argument("--num-target-val", type=int, default=100)
-    parser.add_argument("--size", type=int, nargs=2, default=[128, 64], metavar=("W", "H"))
+    parser.add_argument("--out", type=non_empty_path, required=True,
+                        help="output folder (GTA5/ and Cityscapes/ go inside)")
+    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument("--num-source", type=positive, default=400, help="source training images (split 'all')")
+    parser.add_argument("--num-source-val", type=positive, default=100, help="held-out source images ('val')")
+    parser.add_argument("--num-target-train", type=positive, default=400)
+    parser.add_argument("--num-target-val", type=positive, default=100)
+    parser.add_argument("--size", type=number(int, 16, MAX_IMAGE_SIDE), nargs=2, default=[128, 64],
+                        metavar=("W", "H"), help=f"image size, 16 to {MAX_IMAGE_SIDE} pixels a side (default 128 64)")
     parser.add_argument("--shift", type=float, default=1.0,
                         help="domain shift strength: 0 = target drawn like the source, 1 = full shift")
     parser.add_argument("--overwrite", action="store_true",
@@ -34,13 +38,6 @@ def parse_args(argv):
 
 
 def check_args(args):
-    counts = (args.num_source, args.num_source_val, args.num_target_train, args.num_target_val)
-    if args.seed < 0:
-        raise UserError(f"--seed must be >= 0, got {args.seed}")
-    if min(counts) < 1:
-        raise UserError(f"every image count must be at least 1, got {list(counts)}")
-    if min(args.size) < 16:
-        raise UserError(f"--size must be at least 16 x 16 pixels, got {args.size[0]} x {args.size[1]}")
     if not 0.0 <= args.shift <= 1.0:
         raise UserError(f"--shift must be in [0, 1], got {args.shift}")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from advent.utils.cli import ArgumentParser
+from advent.utils.cli import ArgumentParser, non_empty_path
 from advent.utils.errors import UserError
 from advent.utils.output_dir import check_writable
 from advent.utils.runtime import run_main
@@ -150,8 +150,8 @@ def format_group(group, summary):
 
 def parse_args(argv=None):
     parser = ArgumentParser(description="mean ± std of test.py results over runs (e.g. seeds)")
-    parser.add_argument("paths", nargs="+", help="results_*.json files or folders holding them")
-    parser.add_argument("--json", help="also write the statistics to this JSON file")
+    parser.add_argument("paths", type=non_empty_path, nargs="+", help="results_*.json files or folders holding them")
+    parser.add_argument("--json", type=non_empty_path, help="also write the statistics to this JSON file")
     return parser.parse_args(argv)
 
 

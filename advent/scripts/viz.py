@@ -27,7 +27,7 @@ from advent.dataset import get_class_info, get_target_dataset, png_name
 from advent.dataset.factory import stage_section
 from advent.domain_adaptation.pseudo_labels import predict_with_confidence
 from advent.model.inference import load_segmenter, main_logits, upsample
-from advent.utils.cli import ArgumentParser
+from advent.utils.cli import ArgumentParser, non_empty_path
 from advent.utils.distributed import select_device
 from advent.utils.errors import UserError
 from advent.utils.output_dir import check_creatable, check_names, check_owner, prepare_folder
@@ -42,13 +42,14 @@ WRITER = "viz.py"
 
 def parse_args(argv=None):
     parser = ArgumentParser(description="Write image | prediction | entropy | labels panels")
-    parser.add_argument("--cfg", required=True, help="YAML config file")
+    parser.add_argument("--cfg", type=non_empty_path, required=True, help="YAML config file")
     parser.add_argument("--stage", choices=("test", "esl"), default="test",
                         help="which config section gives the split, sizes and model (default: test)")
-    parser.add_argument("--checkpoint", help="model file (default: TEST.RESTORE_FROM[0] or ESL.RESTORE_FROM)")
+    parser.add_argument("--checkpoint", type=non_empty_path,
+                        help="model file (default: TEST.RESTORE_FROM[0] or ESL.RESTORE_FROM)")
     parser.add_argument("--num-images", type=int, default=4, help="the first N images of the split")
     parser.add_argument("--names", nargs="+", help="list entries to show instead of the first N")
-    parser.add_argument("--out", help="output folder (default: EXP_ROOT_LOGS/viz/EXP_NAME)")
+    parser.add_argument("--out", type=non_empty_path, help="output folder (default: EXP_ROOT_LOGS/viz/EXP_NAME)")
     args = parser.parse_args(argv)
     if args.num_images < 1:
         raise UserError(f"--num-images must be at least 1, got {args.num_images}")

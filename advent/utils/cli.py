@@ -44,10 +44,23 @@ def device(text):
     return text
 
 
+def non_empty_path(text):
+    """An argparse `type`: a file or folder path, refused when empty (an empty --json would be
+    ignored, an empty --out or --cfg taken for the default or the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"an empty path: {text!r} (give a file or folder)")
+    return text
+
+
 def description(doc):
     """A script's --help description: the first paragraph of its docstring `doc`, on one line."""
     return " ".join(doc.split("\n\n")[0].split())
 
 
 positive = number(int, 1)  # a count: images, iterations, rounds, threads
-non_negative = number(int, 0)  # a seed, a warm-up, a thread count where 0 means the default
+non_negative = number(int, 0)  # a warm-up, a thread count where 0 means the default
+MAX_SEED = 2 ** 32 - 1  # numpy's and TRAIN.RANDOM_SEED's range
+seed = number(int, 0, MAX_SEED)  # a data or training seed
+# the largest image side a script's size flag takes (the papers' largest images are 2048x1024):
+# beyond it an image (or a batch of them) would only exhaust the memory
+MAX_IMAGE_SIDE = 4096

@@ -1,9 +1,19 @@
 """Small pure helpers shared by training, ESL and evaluation (names as in the original ADVENT)."""
+import hashlib
 import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+def file_sha256(path, chunk_size=1 << 20):
+    """SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def lr_poly(base_lr, i_iter, max_iter, power):

@@ -3,9 +3,11 @@ removes goes through here, so that no script ever loses a file the project did n
 
 The record. Every folder the project writes in holds a manifest (MANIFEST_NAME) saying which script
 created the folder (`owner`, None when it existed before), which entries (files and folders,
-recursively, by relative path) each script wrote there, and which temporary entries are being
-written by which process. An entry is recorded before it is created, so a kill never leaves a
-file of ours unrecorded; anything the manifest does not list is the user's ("foreign").
+recursively, by relative path) each script wrote there, what each file written whole was (its
+`identity`: size, modification time, SHA-256), and which temporary entries are being written by
+which process. An entry is recorded before it is created, so a kill never leaves a file of ours
+unrecorded; anything the manifest does not list, and any file that is no longer what was
+recorded (the user's own put in its place), is the user's ("foreign").
 
 The rules.
 - A script overwrites or removes only entries recorded as its own (`atomic_path`, `remove_own`,
@@ -36,6 +38,7 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,6 +47,7 @@ from typing import Optional
 
 from advent.utils.distributed import barrier, broadcast_from_main, is_main_process
 from advent.utils.errors import UserError
+from advent.utils.func import file_sha256
 
 MANIFEST_NAME = ".advent-manifest.json"
 _MANIFEST_TMP = MANIFEST_NAME + ".tmp"  # the manifest's own temporary file (written under the folder's flock)
@@ -66,6 +70,10 @@ class Manifest:
     files: dict = field(default_factory=dict)  # relative path -> the script that wrote it
     temporary: dict = field(default_factory=dict)  # relative path -> the process writing it (`_process`)
     complete: bool = True  # False while a replacement without atomic exchange is moving files in
+    # relative path -> the identities (`file_identity`) the file may have: several only while it is
+    # being replaced. A file without one (a log or event file that grows in place, a lock file, a
+    # record from before identities) is the project's by its name alone.
+    identity: dict = field(default_factory=dict)
 
     def writer_of(self, name):
         return self.files.get(str(name))
@@ -81,7 +89,9 @@ def read_manifest(folder):
         with open(folder / MANIFEST_NAME) as f:
             data = json.load(f)
         if data.get("format") == MANIFEST_FORMAT:
-            return Manifest(data["owner"], dict(data["files"]), dict(data["temporary"]), bool(data["complete"]))
+            identity = {str(name): [_checked_identity(i) for i in ids] for name, ids in data.get("identity", {}).items()}
+            return Manifest(data["owner"], dict(data["files"]), dict(data["temporary"]), bool(data["complete"]),
+                            identity)
         writer = data["writer"]
         return Manifest(writer, {n: writer for n in data["files"] if (folder / n).is_file()})
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -93,7 +103,8 @@ def _write_manifest(folder, manifest):
     caller holds the folder's flock, so no one else is writing it)."""
     tmp = Path(folder) / _MANIFEST_TMP
     data = {"format": MANIFEST_FORMAT, "owner": manifest.owner, "complete": manifest.complete,
-            "files": dict(sorted(manifest.files.items())), "temporary": manifest.temporary}
+            "files": dict(sorted(manifest.files.items())), "temporary": manifest.temporary,
+            "identity": dict(sorted(manifest.identity.items()))}
     with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         json.dump(data, f, indent=1)
         f.write("\n")
@@ -118,35 +129,99 @@ def updating_manifest(folder, owner=None):
         os.close(fd)  # releases the flock
 
 
+# --- what a file the project wrote is ---
+
+_DIGESTS = {}  # (device, inode, size, mtime, ctime) -> SHA-256 of the files this process has hashed
+
+
+def _sha256(path, info):
+    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_sha256(path)
+    return _DIGESTS[key]
+
+
+def file_identity(path):
+    """What the complete file `path` is: its size, modification time and SHA-256."""
+    info = os.stat(path)
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": _sha256(path, info)}
+
+
+def _checked_identity(data):
+    if not (isinstance(data, dict) and isinstance(data.get("size"), int)
+            and isinstance(data.get("mtime_ns"), int) and isinstance(data.get("sha256"), str)):
+        raise ValueError(f"not a file identity: {data!r}")
+    return data
+
+
+def is_unchanged(path, identities):
+    """Whether `path` is still what the project wrote there: true with no identity recorded (the
+    file goes by its name) or nothing there; else a regular file of one of `identities`, by its
+    size and time, or, when those differ (a copy: `cp -r` gives new times), by its SHA-256."""
+    if not identities:
+        return True
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    if not stat.S_ISREG(info.st_mode):
+        return False
+    sized = [i for i in identities if i["size"] == info.st_size]
+    if any(i["mtime_ns"] == info.st_mtime_ns for i in sized):
+        return True
+    return bool(sized) and any(i["sha256"] == _sha256(path, info) for i in sized)
+
+
 def foreign_entries(folder):
     """Relative paths of the entries under `folder` the project did not write, sorted: every entry
     when it has no manifest. An entry is the project's when the manifest of `folder` or of any
     recorded subfolder on its way records it (a subfolder a script wrote keeps a manifest of its
-    own; the demo's records its whole tree); a foreign folder is named, not entered."""
+    own; the demo's records its whole tree) and, for a file written whole, it is still that file
+    (is_unchanged); a foreign folder is named, not entered."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(_foreign(folder, set()))
+    return sorted(entry.path for entry in _entries(folder, {}) if entry.foreign)
 
 
-def _foreign(folder, inherited):
-    """Foreign entries under `folder`, where `inherited` holds the paths (relative to it) that an
-    enclosing folder's manifest records."""
+@dataclass
+class _Entry:
+    path: str  # relative to the folder walked
+    writers: Optional[frozenset]  # the scripts the manifests on its way record as its writer; None: temporary
+    replaced_by_other: bool = False  # a file recorded whole, another file now in its place
+
+    @property
+    def foreign(self):
+        return self.writers == frozenset() or self.replaced_by_other
+
+
+def _entries(folder, inherited):
+    """Every entry under `folder`, recorded or not, as an _Entry; an unrecorded folder is listed,
+    not entered. `inherited` maps the paths under `folder` (relative to it) that enclosing
+    manifests record to (their writers, identities); the folder's own manifest adds its writer
+    and has the last word on identities."""
     manifest = read_manifest(folder) or Manifest()
-    known = inherited | set(manifest.files) | set(manifest.temporary)
+    known = dict(inherited)
+    for name, by in manifest.files.items():
+        writers = known.get(name, (frozenset(), None))[0]
+        known[name] = (writers | {by}, manifest.identity.get(name))
+    known.update(dict.fromkeys(manifest.temporary, (None, None)))
     found, pending = [], [Path(".")]
     while pending:
         relative = pending.pop()
-        for entry in os.scandir(folder / relative):
-            key = str(relative / entry.name)
+        for item in os.scandir(folder / relative):
+            key = str(relative / item.name)
             if key in _RESERVED:
                 continue
-            if key not in known:
-                found.append(key)
-            elif entry.is_dir(follow_symlinks=False) and key not in manifest.temporary:
+            writers, identities = known.get(key, (frozenset(), None))
+            found.append(_Entry(key, writers, not is_unchanged(item.path, identities)))
+            if writers and not found[-1].replaced_by_other and item.is_dir(follow_symlinks=False):
                 if (folder / key / MANIFEST_NAME).exists():
-                    below = {k[len(key) + 1:] for k in known if k.startswith(key + "/")}
-                    found += [f"{key}/{name}" for name in _foreign(folder / key, below)]
+                    below = {k[len(key) + 1:]: v for k, v in known.items() if k.startswith(key + "/")}
+                    found += [_Entry(f"{key}/{e.path}", e.writers, e.replaced_by_other)
+                              for e in _entries(folder / key, below)]
                 else:
                     pending.append(Path(key))
     return found
@@ -226,7 +301,13 @@ def check_owner(folder, writer, key, advice=NEW_FOLDER, guests=()):
     shown, folder = folder, _resolved(folder)
     if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
         raise UserError(f"{key} {shown} exists and is not a folder")
-    manifest = read_manifest(folder) or Manifest()
+    manifest = read_manifest(folder)
+    if manifest is None:  # a folder inside another script's output, which records it there
+        above, other = _recorded_above(folder)
+        if other not in (None, writer, *guests):
+            raise UserError(f"{key} {shown} is part of what {other} wrote in {above}; {writer} does not take "
+                            f"over another script's folder: {advice}")
+        return
     others = sorted(name for name, by in manifest.files.items() if by not in (writer, *guests))
     if manifest.owner not in (None, writer):
         other, which = manifest.owner, ""
@@ -236,6 +317,19 @@ def check_owner(folder, writer, key, advice=NEW_FOLDER, guests=()):
         return
     raise UserError(f"{key} {shown} was written by {other}{which}; {writer} does not take over "
                     f"another script's folder: {advice}")
+
+
+def _recorded_above(folder):
+    """(the nearest folder above the (resolved) `folder` whose manifest records it or a folder on
+    its way, the script recorded there), or (None, None)."""
+    for above in folder.parents:
+        manifest = read_manifest(above)
+        if manifest is not None:
+            relative = folder.relative_to(above)
+            for path in (relative, *list(relative.parents)[:-1]):  # the folder itself first
+                if manifest.writer_of(path) is not None:
+                    return above, manifest.writer_of(path)
+    return None, None
 
 
 # what the longest name the project puts beside an output folder adds to its name: the staging
@@ -265,16 +359,29 @@ def check_folder(folder, writer, key, advice=NEW_FOLDER, guests=()):
     shown, folder = folder, _resolved(folder)
     check_name_room(folder, shown, key)
     check_owner(shown, writer, key, advice, guests)
-    foreign = foreign_entries(folder)
+    entries = sorted(_entries(folder, {}), key=lambda e: e.path) if folder.is_dir() else []
+    foreign = [e for e in entries if e.foreign]
     if foreign:
-        enclosing = read_manifest(folder.parent) or Manifest()  # a folder inside another script's output
-        other = enclosing.writer_of(folder.name) or enclosing.writer_of(f"{folder.name}/{foreign[0]}")
-        if other not in (None, writer, *guests):
-            raise UserError(f"{key} {shown} is part of what {other} wrote in {folder.parent}; {writer} does not "
+        first, more = foreign[0], len(foreign) - 1
+        above, other = (None, None) if read_manifest(folder) else _recorded_above(folder)  # inside an output
+        if other is None:
+            above, other = folder.parent, (read_manifest(folder.parent) or Manifest()).writer_of(
+                f"{folder.name}/{first.path}")
+        if other == writer:
+            raise UserError(f"{key} {shown} is part of the output {writer} wrote in {above}, which it replaces only "
+                            f"as a whole: {advice}")
+        if other not in (None, *guests):
+            raise UserError(f"{key} {shown} is part of what {other} wrote in {above}; {writer} does not "
                             f"take over another script's folder: {advice}")
-        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
-        raise UserError(f"{key} {shown} holds files this project did not write ({foreign[0]}{more}); "
+        which = (f"{first.path}: not the file {', '.join(sorted(first.writers))} wrote there"
+                 if first.replaced_by_other else first.path)
+        more = f" and {more} more" if more else ""
+        raise UserError(f"{key} {shown} holds files this project did not write ({which}{more}); "
                         f"{writer} would replace or remove what it holds: {advice}")
+    others = [e for e in entries if e.writers and e.writers.isdisjoint({writer, *guests})]
+    if others:  # another script's output inside this one (viz.py's panels in test.py's predictions)
+        raise UserError(f"{key} {shown} holds what {', '.join(sorted(others[0].writers))} wrote there "
+                        f"({others[0].path}); {writer} does not take over another script's files: {advice}")
 
 
 def check_names(folder, writer, names, key):
@@ -283,10 +390,16 @@ def check_names(folder, writer, names, key):
     manifest = read_manifest(folder) or Manifest()
     for name in names:
         path = Path(folder) / name
-        if (path.exists() or path.is_symlink()) and manifest.writer_of(name) != writer:
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if manifest.writer_of(name) != writer:
             whose = manifest.writer_of(name) or "this project did not write it"
-            raise UserError(f"{key}: {path} exists and {writer} may not replace it ({whose}); "
-                            f"move it away or choose another folder")
+        elif not is_unchanged(path, manifest.identity.get(name)):
+            whose = f"it is not the file {writer} wrote there"
+        else:
+            continue
+        raise UserError(f"{key}: {path} exists and {writer} may not replace it ({whose}); "
+                        f"move it away or choose another folder")
 
 
 def check_writable(paths, writer, key):
@@ -366,12 +479,15 @@ def atomic_path(path, writer=None, new=False):
 
     With `writer` (a folder that may hold the user's files too): `path` may exist only as
     `writer`'s own (check_names), and both `path` and the temporary file are recorded in the
-    folder's manifest first. Without (inside a folder the project built whole, a staging folder)
-    nothing is recorded: the folder is recorded as a whole."""
+    folder's manifest first; the new file's identity (file_identity) is recorded beside the old
+    one's before the rename and alone after it, so that whenever a kill comes, the file under
+    that name is the one recorded. Without (inside a folder the project built whole, a staging
+    folder) nothing is recorded: the folder is recorded as a whole."""
     path = Path(path)
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    identity, published = None, False
     if writer is not None:
         check_names(folder, writer, [path.name], "cannot write")
     try:
@@ -384,14 +500,33 @@ def atomic_path(path, writer=None, new=False):
             yield tmp
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-        publish_new(tmp, path) if new else os.replace(tmp, path)
+            os.chmod(tmp, FILE_MODE)
+            if writer is not None:
+                identity = file_identity(tmp)
+                with updating_manifest(folder) as manifest:
+                    manifest.identity[path.name] = _old_identities(path, manifest) + [identity]
+            publish_new(tmp, path) if new else os.replace(tmp, path)
+        published = True
     finally:
         if tmp.exists():
             tmp.unlink()
         if writer is not None:
             with contextlib.suppress(OSError), updating_manifest(folder) as manifest:
                 manifest.temporary.pop(tmp.name, None)
+                if identity is not None:
+                    kept = [identity] if published else [i for i in manifest.identity.get(path.name, []) if i != identity]
+                    manifest.identity.pop(path.name, None)
+                    if kept:
+                        manifest.identity[path.name] = kept
+
+
+def _old_identities(path, manifest):
+    """The identities the file now at `path` may have: those recorded, or, for a file recorded by
+    its name alone (by an earlier version), its own."""
+    recorded = manifest.identity.get(path.name)
+    if recorded or not path.is_file() or path.is_symlink():
+        return list(recorded or [])
+    return [file_identity(path)]
 
 
 def publish_new(tmp, path):
@@ -416,18 +551,21 @@ def recorded_file(path, writer):
     check_names(path.parent, writer, [path.name], "cannot write")
     with updating_manifest(path.parent) as manifest:
         manifest.files[path.name] = writer
+        manifest.identity.pop(path.name, None)  # it grows in place: it goes by its name
     with writing(path), open(path, "w") as stream:
         yield stream
 
 
 def remove_own(path, writer):
-    """Delete the file `path` when `writer` wrote it (its manifest says so), and its record."""
+    """Delete the file `path` when `writer` wrote it (its manifest says so, and it is still the file
+    written: is_unchanged), and its record; return whether it did."""
     path = Path(path)
     with updating_manifest(path.parent) as manifest:
-        if manifest.writer_of(path.name) != writer:
+        if manifest.writer_of(path.name) != writer or not is_unchanged(path, manifest.identity.get(path.name)):
             return False
         path.unlink(missing_ok=True)
         del manifest.files[path.name]
+        manifest.identity.pop(path.name, None)
     return True
 
 
@@ -567,11 +705,12 @@ class FolderReplacement:
     when the block succeeds, and every process has left it, the main process lists the whole tree
     in its manifest and swaps it in (`publish`); after an error it is removed."""
 
-    def __init__(self, final, writer, key, advice=NEW_FOLDER):
+    def __init__(self, final, writer, key, advice=NEW_FOLDER, guests=()):
         self.final, self.writer, self.key, self.advice = Path(final).resolve(), writer, key, advice
+        self.guests = guests  # the scripts whose output inside the folder is `writer`'s too (the demo runs them)
 
     def check(self):
-        check_folder(self.final, self.writer, self.key, self.advice)
+        check_folder(self.final, self.writer, self.key, self.advice, self.guests)
 
     @contextlib.contextmanager
     def held(self):
@@ -603,7 +742,10 @@ class FolderReplacement:
             return
         self.check()  # a folder that came to hold foreign files meanwhile is refused, not replaced
         with updating_manifest(staging) as manifest:
+            in_place = set(manifest.files) - set(manifest.identity)  # a lock or a log written there: by name
             manifest.owner, manifest.files = self.writer, {e: self.writer for e in tree_entries(staging)}
+            manifest.identity = {e: [file_identity(staging / e)] for e in manifest.files
+                                 if e not in in_place and _whole_file(staging / e)}
         if self.final.exists():
             if not _exchange(staging, self.final):
                 _replace_in_place(staging, self.final, self.writer)
@@ -654,14 +796,24 @@ def _exchange(a, b):
     raise OSError(code, os.strerror(code), str(b))
 
 
+def _whole_file(path):
+    """Whether `path` is a file written whole, whose identity is recorded: not a folder, a link, or
+    a subfolder's manifest (which changes as its folder is written in)."""
+    return path.is_file() and not path.is_symlink() and path.name not in _RESERVED
+
+
 def _replace_in_place(staging, final, writer):
     """Without atomic exchange: move the new entries into `final` one by one (each file by an atomic
     rename), then remove the old ones the new set lacks. `final` never stops existing; its manifest
     lists both sets and says 'incomplete' until the end (check_complete)."""
-    new = read_manifest(staging).files
+    staged = read_manifest(staging)
+    new = staged.files
     with updating_manifest(final, owner=writer) as manifest:
         old = dict(manifest.files)
         manifest.files.update(new)
+        for name, ids in staged.identity.items():  # the old file or the new one (an old one by name stays so)
+            if name not in old or manifest.identity.get(name):
+                manifest.identity[name] = manifest.identity.get(name, []) + ids
         manifest.complete = False
     for entry in sorted(new):  # folders before what they hold
         source, target = staging / entry, final / entry
@@ -676,4 +828,4 @@ def _replace_in_place(staging, final, writer):
     for entry in sorted(set(old) - set(new), reverse=True):  # what folders hold before the folders
         _remove_entry(final / entry)
     with updating_manifest(final) as manifest:
-        manifest.owner, manifest.files, manifest.complete = writer, new, True
+        manifest.owner, manifest.files, manifest.identity, manifest.complete = writer, new, staged.identity, True

@@ -1,6 +1,7 @@
 """What the scripts share: `run_main` (a user error ends as one line), logging, seeding, memory format."""
 import logging
 import random
+import re
 import sys
 
 import numpy as np
@@ -37,7 +38,9 @@ def run_main(main, argv=None):
     the others naming their rank) and torchrun stops the rest; a process that loses contact with
     one that failed says so in one line (exit code 1). An error every process raised together
     (`all_processes`, e.g. a diverged loss averaged over them) is said by the main process alone.
-    Ctrl-C before, while the script's imports load, is one line too (advent.utils.startup)."""
+    Ctrl-C before, while the script's imports load, is one line too (advent.utils.startup).
+    Running out of memory (host or GPU: `out_of_memory`) is one line and exit code 2 as well: as a
+    full disk, a limit the user meets with smaller sizes, batches or another machine, not a bug."""
     try:
         loud_interrupts()  # from here Ctrl-C is a KeyboardInterrupt, handled below or by `main`
         return main(argv)
@@ -51,7 +54,12 @@ def run_main(main, argv=None):
         if shared:
             leave_process_group()
         sys.exit(2)
-    except RuntimeError as error:
+    except (MemoryError, RuntimeError) as error:
+        if out_of_memory(error):
+            _say(out_of_memory(error))
+            sys.exit(2)
+        if isinstance(error, MemoryError):
+            raise
         if symlink_loop(error):
             _say(symlink_loop(error))
             sys.exit(2)
@@ -62,6 +70,27 @@ def run_main(main, argv=None):
     except KeyboardInterrupt:
         print("interrupted (Ctrl-C); what was complete before is kept", file=sys.stderr, flush=True)
         sys.exit(130)
+
+
+def out_of_memory(error):
+    """One line for running out of memory, else None: Python's or numpy's MemoryError and PyTorch's
+    CPU allocator's RuntimeError ("can't allocate memory"): host memory; torch.cuda.OutOfMemoryError:
+    GPU memory. A DataLoader worker's error, re-raised as "Caught ... in DataLoader worker" with
+    its traceback, is taken by its last line."""
+    text = str(error).strip()
+    if text.startswith("Caught ") and "\n" in text:
+        text = text.splitlines()[-1].split("Error: ", 1)[-1]
+    text = text.splitlines()[0] if text else ""
+    advice = "use smaller sizes or batches"
+    if isinstance(error, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in text:
+        asked = re.search(r"Tried to allocate ([0-9.]+ \w+)", text)
+        return f"out of GPU memory: {f'tried to allocate {asked.group(1)}' if asked else text} ({advice})"
+    if isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and "can't allocate memory" in text):
+        asked = re.search(r"tried to allocate (\d+) bytes", text)
+        if asked:
+            text = f"tried to allocate {int(asked.group(1)) / 2 ** 30:.1f} GiB"
+        return f"out of host memory: {text} ({advice})" if text else f"out of host memory ({advice})"
+    return None
 
 
 def _say(line):
