@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from advent.domain_adaptation.eval_UDA import Buffers, upsampled_prediction
 from advent.domain_adaptation.metrics import ConfusionMatrix
-from advent.utils.cli import ArgumentParser, description, device, non_negative, number, positive
+from advent.utils.cli import ArgumentParser, description, device, non_negative, number, positive, seed
 from advent.utils.func import fast_hist
 from advent.utils.runtime import run_main
 
@@ -36,7 +36,7 @@ def parse_args(argv=None):
     parser.add_argument("--output-size", type=positive, nargs=2, default=(2048, 1024), metavar=("W", "H"))
     parser.add_argument("--input-size", type=positive, nargs=2, default=(1024, 512), metavar=("W", "H"),
                         help="the model input size; the logits have the DeepLab-v2 output size for it")
-    parser.add_argument("--seed", type=non_negative, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--threads", type=non_negative, default=0, help="torch CPU threads (default: torch's choice)")
     return parser.parse_args(argv)
 

@@ -72,7 +72,9 @@ import train_speed  # noqa: E402
 
 from advent import PROJECT_ROOT  # noqa: E402
 from advent.config import get_default_cfg  # noqa: E402
-from advent.utils.cli import ArgumentParser, description, device, non_negative, number, positive  # noqa: E402
+from advent.utils.cli import (  # noqa: E402
+    ArgumentParser, description, device, non_empty_path, non_negative, number, positive,
+)
 from advent.utils.errors import UserError  # noqa: E402
 from advent.utils.output_dir import check_writable  # noqa: E402
 from advent.utils.runtime import run_main  # noqa: E402
@@ -104,7 +106,7 @@ TIMED = {"train": ("advent.domain_adaptation.train_UDA", "make_step", True),
 
 def parse_args(argv=None):
     parser = ArgumentParser(description=description(__doc__))
-    parser.add_argument("--out", default="gpu_check.json", help="the table as JSON (default gpu_check.json)")
+    parser.add_argument("--out", default="gpu_check.json", type=non_empty_path, help="the table as JSON (default gpu_check.json)")
     parser.add_argument("--gpu", type=non_negative, default=0, help="the GPU (GPU_ID, nvidia-smi -i)")
     parser.add_argument("--images", type=positive, default=None, help="target train and val images (default 100)")
     parser.add_argument("--sweep", type=positive, nargs="+", default=None, help="concurrent runs (default 1 2 4 8)")
@@ -124,7 +126,7 @@ def parse_args(argv=None):
                         help="leave out the two test rows (--stages without tests)")
     parser.add_argument("--seed-batch", type=number(int, 2), nargs="*", default=[], metavar="N",
                         help="also speed rows of N seeds batched in one network (seed_batching.py)")
-    parser.add_argument("--work", default=None, help="folder for the data and runs (default: a temporary one)")
+    parser.add_argument("--work", default=None, type=non_empty_path, help="folder for the data and runs (default: a temporary one)")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, few iterations")
     args = parser.parse_args(argv)
     dry = args.dry_run

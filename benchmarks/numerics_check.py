@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_speed (benchmarks/ is no package)
 from train_speed import training_cfg  # noqa: E402
 
-from advent.utils.cli import ArgumentParser, description, device, number, positive  # noqa: E402
+from advent.utils.cli import ArgumentParser, description, device, non_empty_path, number, positive  # noqa: E402
 from advent.utils.output_dir import check_writable  # noqa: E402
 from advent.utils.runtime import memory_format, run_main  # noqa: E402
 from advent.utils.serialization import json_dump  # noqa: E402
@@ -65,7 +65,7 @@ def parse_args(argv=None):
     parser.add_argument("--cuda-graph", action="store_true", help="TRAIN.CUDA_GRAPH where TRAIN.AMP allows it")
     parser.add_argument("--window", type=positive, default=20, help="iterations of the moving mean (default 20)")
     parser.add_argument("--tolerance", type=number(float, 0), default=0.05, help="relative, of the smoothed losses")
-    parser.add_argument("--json", default=None, help="also write the curves and the verdicts here")
+    parser.add_argument("--json", default=None, type=non_empty_path, help="also write the curves and the verdicts here")
     args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
     args.model = args.model or ("DeepLabv2" if cuda else "DeepLabv2-Tiny")

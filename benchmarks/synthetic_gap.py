@@ -25,7 +25,8 @@ from advent.config import get_default_cfg
 from advent.dataset import get_class_info, get_source_dataset, get_target_dataset
 from advent.demo.synthetic import write_demo_data
 from advent.model import build_segmenter
-from advent.utils.cli import ArgumentParser, description, non_negative, number, positive
+from advent.utils import cli
+from advent.utils.cli import ArgumentParser, description, non_empty_path, number, positive
 from advent.utils.func import fast_hist, per_class_iu
 from advent.utils.loss import cross_entropy_2d
 from advent.utils.runtime import run_main
@@ -35,7 +36,7 @@ MODEL = "DeepLabv2-Tiny"
 
 def parse_args(argv):
     parser = ArgumentParser(description=description(__doc__))
-    parser.add_argument("--seeds", type=non_negative, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=cli.seed, nargs="+", default=[0, 1])
     parser.add_argument("--iters", type=positive, default=300, help="training iterations per model")
     parser.add_argument("--batch", type=positive, default=8)
     parser.add_argument("--lr", type=number(float, 0), default=2e-3, help="Adam learning rate")
@@ -43,7 +44,7 @@ def parse_args(argv):
     parser.add_argument("--num-train", type=positive, default=400, help="source 'all' and target 'train' images")
     parser.add_argument("--num-val", type=positive, default=100, help="source 'val' and target 'val' images")
     parser.add_argument("--shift", type=number(float, 0, 1), default=1.0, help="domain shift strength in [0, 1]")
-    parser.add_argument("--out", default="", help="data folder (default: a temporary one)")
+    parser.add_argument("--out", default=None, type=non_empty_path, help="data folder (default: a temporary one)")
     return parser.parse_args(argv)
 
 

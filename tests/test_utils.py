@@ -200,6 +200,12 @@ def test_numeric_flags_are_refused_out_of_range_by_argparse_in_one_line(capsys):
     ("numerics_check", ["--batches", "0"], "argument --batches: must be at least 1, got 0"),
     ("host_speed", ["--rounds", "0"], "argument --rounds: must be at least 1, got 0"),
     ("demo_seeds", ["--seeds", "1", "1"], "--seeds: each seed once, got [1, 1]"),
+    ("gpu_check", ["--dry-run", "--out", ""], "argument --out: an empty path: ''"),
+    ("gpu_check", ["--dry-run", "--work", " "], "argument --work: an empty path: ' '"),
+    ("numerics_check", ["--json", ""], "argument --json: an empty path: ''"),
+    ("synthetic_gap", ["--out", ""], "argument --out: an empty path: ''"),
+    ("synthetic_gap", ["--seeds", "4294967296"], "argument --seeds: must be in [0, 4294967295], got 4294967296"),
+    ("eval_speed", ["--seed", "-1"], "argument --seed: must be in [0, 4294967295], got -1"),
 ])
 def test_benchmarks_refuse_counts_that_would_measure_nothing_or_twice(capsys, name, argv, message):
     module = load_benchmark(name)
